@@ -1,0 +1,31 @@
+/* Sentences for the codes documented in shmq.h. */
+#include <errno.h>
+#include <string.h>
+
+#include "shmq.h"
+
+const char *shmq_strerror(int code)
+{
+    switch (code) {
+    case 0: return "success";
+    case -EAGAIN: return "no message available";
+    case -ETIMEDOUT: return "timed out waiting for a message";
+    case -EINTR: return "interrupted by a signal";
+    case -EMSGSIZE: return "message larger than the slot size, or buffer too small";
+    case -EBUSY: return "another live producer holds this queue";
+    case -ENOENT: return "no queue with that name";
+    case -EEXIST: return "a queue with that name already exists";
+    case -EINVAL: return "invalid argument or name (names: 1-200 of [A-Za-z0-9._-], starting with a letter or digit)";
+    case -ENAMETOOLONG: return "name longer than 200 characters";
+    case -EPROTO: return "segment is not a shmq queue (bad magic)";
+    case -ENODATA: return "segment is empty or was never fully initialised";
+    case -EPROTONOSUPPORT: return "segment has an unsupported layout version";
+    case -EBADMSG: return "segment header is corrupt or does not match the segment size";
+    case -EMEDIUMTYPE: return "queue exists with a different slot size or capacity";
+    case -ECHILD: return "producer handle inherited across fork(); open a new producer in the child";
+    case -ENOSPC: return "no space left in /dev/shm for the queue";
+    case -EACCES: return "permission denied";
+    case -ENOMEM: return "out of memory";
+    default: return code < 0 ? strerror(-code) : "unknown code";
+    }
+}

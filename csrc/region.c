@@ -1,0 +1,196 @@
+/*
+ * Named POSIX shared-memory regions.
+ *
+ * Creation is exclusive (O_CREAT|O_EXCL) so we never adopt an object someone
+ * else planted under our name; the mode is set again with fchmod because
+ * shm_open's mode is filtered through the umask. Space is reserved with
+ * posix_fallocate: on tmpfs ftruncate only sets the size, and touching a page
+ * that can't be allocated later raises SIGBUS in whoever touches it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "shmq_region.h"
+
+struct shmq_region {
+    int fd;
+    void *base;
+    size_t size;
+};
+
+int shmq_name_validate(const char *name)
+{
+    if (name == NULL || name[0] == '\0')
+        return -EINVAL;
+    size_t n = strnlen(name, SHMQ_NAME_MAX + 1);
+    if (n > SHMQ_NAME_MAX)
+        return -ENAMETOOLONG;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        int alnum = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+        if (!alnum && (i == 0 || (ch != '.' && ch != '_' && ch != '-')))
+            return -EINVAL;
+    }
+    return 0;
+}
+
+/* "/shmq-NAME": the leading slash is what shm_open wants. */
+static int object_path(char *path, size_t path_size, const char *name)
+{
+    int rc = shmq_name_validate(name);
+    if (rc < 0)
+        return rc;
+    snprintf(path, path_size, "/" SHMQ_NAME_PREFIX "%s", name);
+    return 0;
+}
+
+#define PATH_SIZE (SHMQ_NAME_MAX + sizeof(SHMQ_NAME_PREFIX) + 2)
+
+static int map_region(struct shmq_region **out, int fd, size_t size, int prot)
+{
+    struct shmq_region *region = malloc(sizeof(*region));
+    if (region == NULL)
+        return -ENOMEM;
+    void *base = mmap(NULL, size, prot, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        int rc = -errno;
+        free(region);
+        return rc;
+    }
+    region->fd = fd;
+    region->base = base;
+    region->size = size;
+    *out = region;
+    return 0;
+}
+
+int shmq_region_create(struct shmq_region **out, const char *name, size_t size, mode_t mode)
+{
+    char path[PATH_SIZE];
+    int rc = object_path(path, sizeof(path), name);
+    if (rc < 0)
+        return rc;
+    if (size == 0 || size > (size_t)LLONG_MAX)
+        return -EINVAL;
+    mode &= 0777;
+    int fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0)
+        return -errno;
+    if (fchmod(fd, mode) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    rc = posix_fallocate(fd, 0, (off_t)size); /* returns the error number itself */
+    if (rc != 0) {
+        rc = -rc;
+        goto fail;
+    }
+    rc = map_region(out, fd, size, PROT_READ | PROT_WRITE);
+    if (rc == 0)
+        return 0;
+fail:
+    shm_unlink(path);
+    close(fd);
+    return rc;
+}
+
+int shmq_region_open(struct shmq_region **out, const char *name, enum shmq_region_access access)
+{
+    char path[PATH_SIZE];
+    int rc = object_path(path, sizeof(path), name);
+    if (rc < 0)
+        return rc;
+    if (access != SHMQ_REGION_READ_ONLY && access != SHMQ_REGION_READ_WRITE &&
+        access != SHMQ_REGION_MOSTLY_READ)
+        return -EINVAL;
+    int fd = shm_open(path, (access == SHMQ_REGION_READ_ONLY ? O_RDONLY : O_RDWR) | O_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    if (st.st_size <= 0) {
+        rc = -ENODATA;
+        goto fail;
+    }
+    if ((unsigned long long)st.st_size > (unsigned long long)SIZE_MAX) {
+        rc = -EFBIG;
+        goto fail;
+    }
+    rc = map_region(out, fd, (size_t)st.st_size,
+                    access == SHMQ_REGION_READ_WRITE ? PROT_READ | PROT_WRITE : PROT_READ);
+    if (rc == 0)
+        return 0;
+fail:
+    close(fd);
+    return rc;
+}
+
+void shmq_region_close(struct shmq_region *region)
+{
+    if (region == NULL)
+        return;
+    munmap(region->base, region->size);
+    close(region->fd);
+    free(region);
+}
+
+int shmq_region_unlink(const char *name)
+{
+    char path[PATH_SIZE];
+    int rc = object_path(path, sizeof(path), name);
+    if (rc < 0)
+        return rc;
+    return shm_unlink(path) == 0 ? 0 : -errno;
+}
+
+int shmq_region_exists(const char *name)
+{
+    char path[PATH_SIZE];
+    int rc = object_path(path, sizeof(path), name);
+    if (rc < 0)
+        return rc;
+    /* A refusal other than ENOENT (permissions, say) still means it exists. */
+    int fd = shm_open(path, O_RDONLY | O_CLOEXEC, 0);
+    if (fd >= 0) {
+        close(fd);
+        return 1;
+    }
+    return errno == ENOENT ? 0 : 1;
+}
+
+int shmq_region_lock(struct shmq_region *region)
+{
+    /* flock belongs to the open file description, so the kernel drops it when
+     * the last descriptor for it closes, including at process death. */
+    if (flock(region->fd, LOCK_EX | LOCK_NB) == 0)
+        return 0;
+    return errno == EWOULDBLOCK ? -EBUSY : -errno;
+}
+
+int shmq_region_make_writable(struct shmq_region *region, size_t offset, size_t length)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || offset % (size_t)page || length % (size_t)page || offset > region->size ||
+        length > region->size - offset)
+        return -EINVAL;
+    if (mprotect((char *)region->base + offset, length, PROT_READ | PROT_WRITE) != 0)
+        return -errno;
+    return 0;
+}
+
+void *shmq_region_base(const struct shmq_region *region) { return region->base; }
+size_t shmq_region_size(const struct shmq_region *region) { return region->size; }
+int shmq_region_fd(const struct shmq_region *region) { return region->fd; }
