@@ -41,8 +41,11 @@ TESTS := $(patsubst tests/c/%.c,build/tests/%,$(TEST_SRC))
 test: $(TESTS) producer consumer
 	@sh tests/c/run_tests.sh $(TESTS)
 
+# TSan does not model atomic_thread_fence (-Wtsan says so). Every shared access
+# in the ring is atomic, so TSan still checks that no plain access races; the
+# fence-based seqlock argument is what test_torn_read_stress proves.
 build/tsan/test_tsan: tests/c/tsan_threads.c $(CORE_SRC) $(CORE_HDR) $(TEST_HDR) | build
-	$(CC) $(WARN) -O1 -g -fsanitize=thread -Icsrc $< $(CORE_SRC) $(LDLIBS) -o $@
+	$(CC) $(WARN) -Wno-tsan -O1 -g -fsanitize=thread -Icsrc $< $(CORE_SRC) $(LDLIBS) -o $@
 
 tsan: build/tsan/test_tsan
 	@sh tests/c/run_tests.sh build/tsan/test_tsan

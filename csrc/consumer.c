@@ -35,17 +35,6 @@
 
 #include "ring_internal.h"
 
-struct shmq_consumer {
-    struct shmq_region *region;
-    struct shmq_control *control; /* mapped read-only */
-    struct shmq_consumer_area *consumers; /* the one writable page */
-    unsigned char *slots; /* mapped read-only */
-    struct shmq_geometry geometry;
-    uint64_t position;
-    uint64_t lost;
-    uint32_t spin;
-};
-
 enum copy_result { COPY_OK, COPY_EMPTY, COPY_OVERRUN, COPY_TOO_SMALL, COPY_CORRUPT };
 
 /* A lapped reader is normally resynchronised once; more laps within one call
@@ -57,6 +46,22 @@ static uint64_t load_head(const struct shmq_consumer *c)
     /* Acquire: pairs with the release store of head in finish_publish, so the
      * slots before head are written by the time we read them. */
     return shmq_load_acquire(&c->control->head);
+}
+
+void shmq_consumer_bind(struct shmq_consumer *c, unsigned char *base,
+                        const struct shmq_geometry *geometry, enum shmq_start start)
+{
+    c->geometry = *geometry;
+    c->control = (struct shmq_control *)base;
+    c->consumers = (struct shmq_consumer_area *)(base + c->geometry.consumer_area_offset);
+    c->slots = base + c->geometry.slots_offset;
+    uint64_t head = load_head(c);
+    c->position = head;
+    if (start == SHMQ_START_EARLIEST) {
+        uint64_t published = head - c->geometry.first_sequence;
+        c->position = published >= c->geometry.capacity ? head - c->geometry.capacity
+                                                         : c->geometry.first_sequence;
+    }
 }
 
 int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_start start)
@@ -77,17 +82,7 @@ int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_s
                                    c->geometry.page_size);
     if (rc < 0)
         goto fail_close;
-    c->control = (struct shmq_control *)base;
-    c->consumers = (struct shmq_consumer_area *)(base + c->geometry.consumer_area_offset);
-    c->slots = base + c->geometry.slots_offset;
-
-    uint64_t head = load_head(c);
-    c->position = head;
-    if (start == SHMQ_START_EARLIEST) {
-        uint64_t published = head - c->geometry.first_sequence;
-        c->position = published >= c->geometry.capacity ? head - c->geometry.capacity
-                                                         : c->geometry.first_sequence;
-    }
+    shmq_consumer_bind(c, base, &c->geometry, start);
     *out = c;
     return 0;
 fail_close:

@@ -38,16 +38,6 @@
 
 #include "ring_internal.h"
 
-struct shmq_producer {
-    struct shmq_region *region;
-    struct shmq_control *control;
-    struct shmq_consumer_area *consumers;
-    unsigned char *slots;
-    struct shmq_geometry geometry;
-    uint64_t next; /* private copy of head: only this producer writes head */
-    unsigned fork_generation;
-};
-
 /* Bumped in every child after fork(), so a handle can tell it was inherited
  * without a getpid() syscall on the hot path. */
 static _Atomic unsigned fork_generation;
@@ -112,6 +102,28 @@ static int attach_queue(struct shmq_region **region, const char *name,
     return rc;
 }
 
+void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
+                        const struct shmq_geometry *geometry)
+{
+    pthread_once(&fork_hook_once, install_fork_hook);
+    p->geometry = *geometry;
+    p->control = (struct shmq_control *)base;
+    p->consumers = (struct shmq_consumer_area *)(base + p->geometry.consumer_area_offset);
+    p->slots = base + p->geometry.slots_offset;
+    /* Relaxed: we hold the producer lock, and the last writer of head released
+     * it by closing or dying, which the kernel orders before our flock. */
+    p->next = shmq_load_relaxed(&p->control->head);
+    /* A producer that died between stamping message `next` and advancing head
+     * left a complete message behind; keep it, or readers past it would never
+     * see the message we would write under the same number. */
+    if (shmq_load_relaxed(&shmq_slot_at(p->slots, &p->geometry, p->next)->stamp) == p->next)
+        /* Release: pairs with the consumers' acquire loads of head, as in
+         * finish_publish. */
+        shmq_store_release(&p->control->head, ++p->next);
+    /* Relaxed: only this thread's own view of the counter matters. */
+    p->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+}
+
 int shmq_producer_open(struct shmq_producer **out, const char *name,
                        const struct shmq_config *config, unsigned flags)
 {
@@ -120,8 +132,6 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
     int rc = shmq_name_validate(name);
     if (rc < 0)
         return rc;
-    pthread_once(&fork_hook_once, install_fork_hook);
-
     struct shmq_producer *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return -ENOMEM;
@@ -140,21 +150,7 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
         free(p);
         return rc;
     }
-    unsigned char *base = shmq_region_base(p->region);
-    p->control = (struct shmq_control *)base;
-    p->consumers = (struct shmq_consumer_area *)(base + p->geometry.consumer_area_offset);
-    p->slots = base + p->geometry.slots_offset;
-    /* Relaxed: we hold the producer lock, and the last writer of head released
-     * it by closing or dying, which the kernel orders before our flock. */
-    p->next = shmq_load_relaxed(&p->control->head);
-    /* A producer that died between stamping message `next` and advancing head
-     * left a complete message behind; keep it, or readers past it would never
-     * see the message we would write under the same number. */
-    if (shmq_load_relaxed(&shmq_slot_at(p->slots, &p->geometry, p->next)->stamp) == p->next)
-        /* Release: pairs with the consumers' acquire loads of head, as in
-         * finish_publish. */
-        shmq_store_release(&p->control->head, ++p->next);
-    p->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    shmq_producer_bind(p, shmq_region_base(p->region), &p->geometry);
     *out = p;
     return 0;
 }

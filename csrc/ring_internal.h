@@ -3,6 +3,7 @@
 #define SHMQ_RING_INTERNAL_H
 
 #include <stdint.h>
+#include <time.h>
 
 #include "shmq.h"
 #include "shmq_layout.h"
@@ -19,6 +20,35 @@ struct shmq_geometry {
     uint64_t slots_offset;
     uint64_t total_size;
 };
+
+struct shmq_producer {
+    struct shmq_region *region; /* NULL when bound to a caller's mapping */
+    struct shmq_control *control;
+    struct shmq_consumer_area *consumers;
+    unsigned char *slots;
+    struct shmq_geometry geometry;
+    uint64_t next; /* private copy of head: only this producer writes head */
+    unsigned fork_generation;
+};
+
+struct shmq_consumer {
+    struct shmq_region *region; /* NULL when bound to a caller's mapping */
+    struct shmq_control *control; /* mapped read-only */
+    struct shmq_consumer_area *consumers; /* the one writable page */
+    unsigned char *slots; /* mapped read-only */
+    struct shmq_geometry geometry;
+    uint64_t position;
+    uint64_t lost;
+    uint32_t spin;
+};
+
+/* Point a handle at a mapped, validated ring. shmq_*_open use these; the
+ * ThreadSanitizer test uses them to put every thread on one mapping, since
+ * TSan tracks addresses and two mappings of one object look unrelated. */
+void shmq_producer_bind(struct shmq_producer *producer, unsigned char *base,
+                        const struct shmq_geometry *geometry);
+void shmq_consumer_bind(struct shmq_consumer *consumer, unsigned char *base,
+                        const struct shmq_geometry *geometry, enum shmq_start start);
 
 /* header.c */
 int shmq_geometry_plan(struct shmq_geometry *geometry, const struct shmq_config *config);

@@ -1,0 +1,152 @@
+/* Single-process behaviour of publish and poll: exact lengths and content,
+ * limits, empty queue, start positions, poll_many, small buffers. */
+#include "helpers.h"
+
+static void messages_arrive_with_exact_length_and_content(void)
+{
+    const char *name = test_name("exact");
+    struct shmq_producer *p = make_producer(name, 100, 8, 0);
+    struct shmq_consumer *c;
+    CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
+    unsigned char msg[100], buf[100];
+    for (size_t len = 0; len <= 100; len++) {
+        for (size_t i = 0; i < len; i++)
+            msg[i] = (unsigned char)(len * 7 + i);
+        uint64_t seq;
+        CHECK_RC(shmq_producer_publish(p, msg, len, &seq), 0);
+        CHECK(seq == len);
+        size_t got = 999;
+        memset(buf, 0xEE, sizeof(buf));
+        CHECK_RC(shmq_consumer_poll(c, buf, sizeof(buf), &got), 0);
+        CHECK(got == len);
+        CHECK(memcmp(buf, msg, len) == 0);
+        for (size_t i = len; i < sizeof(buf); i++)
+            CHECK(buf[i] == 0xEE); /* nothing written past the message */
+    }
+    CHECK_RC(shmq_consumer_poll(c, buf, sizeof(buf), NULL), SHMQ_EMPTY);
+    CHECK(shmq_consumer_lost(c) == 0);
+    CHECK(shmq_consumer_position(c) == 101);
+    shmq_consumer_close(c);
+    shmq_producer_close(p);
+}
+
+static void oversize_messages_are_refused_not_truncated(void)
+{
+    const char *name = test_name("oversize");
+    struct shmq_producer *p = make_producer(name, 64, 4, 0);
+    unsigned char msg[65] = {0};
+    CHECK_RC(shmq_producer_publish(p, msg, 65, NULL), -EMSGSIZE);
+    CHECK_RC(shmq_producer_publish(p, NULL, 3, NULL), -EINVAL);
+    const void *msgs[2] = {msg, msg};
+    size_t lens[2] = {10, 65};
+    CHECK_RC(shmq_producer_publish_many(p, msgs, lens, 2, NULL), -EMSGSIZE);
+    CHECK(shmq_producer_next_sequence(p) == 0); /* nothing of the batch published */
+    CHECK_RC(shmq_producer_publish(p, msg, 64, NULL), 0);
+    CHECK(shmq_producer_next_sequence(p) == 1);
+    shmq_producer_close(p);
+}
+
+static void small_buffer_gets_emsgsize_and_keeps_the_message(void)
+{
+    const char *name = test_name("smallbuf");
+    struct shmq_producer *p = make_producer(name, 64, 4, 0);
+    struct shmq_consumer *c;
+    CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
+    CHECK_RC(shmq_producer_publish(p, "0123456789", 10, NULL), 0);
+    char small[4], big[64];
+    size_t len = 0;
+    CHECK_RC(shmq_consumer_poll(c, small, sizeof(small), &len), -EMSGSIZE);
+    CHECK(len == 10);
+    CHECK_RC(shmq_consumer_poll(c, big, sizeof(big), &len), 0);
+    CHECK(len == 10 && memcmp(big, "0123456789", 10) == 0);
+    shmq_consumer_close(c);
+    shmq_producer_close(p);
+}
+
+static void start_positions_latest_and_earliest(void)
+{
+    const char *name = test_name("start");
+    struct shmq_producer *p = make_producer(name, 16, 8, 0);
+    uint64_t v;
+    for (v = 0; v < 3; v++)
+        CHECK_RC(shmq_producer_publish(p, &v, 8, NULL), 0);
+    struct shmq_consumer *early, *late;
+    CHECK_RC(shmq_consumer_open(&early, name, SHMQ_START_EARLIEST), 0);
+    CHECK_RC(shmq_consumer_open(&late, name, SHMQ_START_LATEST), 0);
+    CHECK(shmq_consumer_position(early) == 0);
+    CHECK(shmq_consumer_position(late) == 3);
+    uint64_t got;
+    CHECK_RC(shmq_consumer_poll(early, &got, 8, NULL), 0);
+    CHECK(got == 0);
+    CHECK_RC(shmq_consumer_poll(late, &got, 8, NULL), SHMQ_EMPTY);
+    shmq_consumer_close(early);
+    /* Once the ring has wrapped, earliest is the oldest slot still intact. */
+    for (; v < 20; v++)
+        CHECK_RC(shmq_producer_publish(p, &v, 8, NULL), 0);
+    CHECK_RC(shmq_consumer_open(&early, name, SHMQ_START_EARLIEST), 0);
+    CHECK(shmq_consumer_position(early) == 12);
+    CHECK_RC(shmq_consumer_poll(early, &got, 8, NULL), 0);
+    CHECK(got == 12);
+    CHECK(shmq_consumer_lost(early) == 0);
+    /* The late consumer was lapped: it skips to half a ring behind the head. */
+    CHECK_RC(shmq_consumer_poll(late, &got, 8, NULL), 0);
+    CHECK(got == 16);
+    CHECK(shmq_consumer_lost(late) == 13); /* 3..15 */
+    shmq_consumer_close(early);
+    shmq_consumer_close(late);
+    shmq_producer_close(p);
+}
+
+static void poll_many_packs_whole_messages(void)
+{
+    const char *name = test_name("many");
+    struct shmq_producer *p = make_producer(name, 32, 16, 0);
+    struct shmq_consumer *c;
+    CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
+    const void *msgs[5] = {"a", "bb", "ccc", "dddd", "eeeee"};
+    size_t lens[5] = {1, 2, 3, 4, 5};
+    uint64_t last;
+    CHECK_RC(shmq_producer_publish_many(p, msgs, lens, 5, &last), 0);
+    CHECK(last == 4);
+    char buf[8];
+    size_t got[5];
+    CHECK_RC(shmq_consumer_poll_many(c, buf, sizeof(buf), got, 5), 3); /* 1+2+3 fit, 4 more does not */
+    CHECK(got[0] == 1 && got[1] == 2 && got[2] == 3 && memcmp(buf, "abbccc", 6) == 0);
+    CHECK_RC(shmq_consumer_poll_many(c, buf, 3, got, 5), -EMSGSIZE);
+    CHECK_RC(shmq_consumer_poll_many(c, buf, sizeof(buf), got, 5), 1);
+    CHECK_RC(shmq_consumer_poll_many(c, buf, sizeof(buf), got, 5), 1);
+    CHECK(memcmp(buf, "eeeee", 5) == 0);
+    CHECK_RC(shmq_consumer_poll_many(c, buf, sizeof(buf), got, 5), 0);
+    shmq_consumer_close(c);
+    shmq_producer_close(p);
+}
+
+static void bad_arguments_get_einval(void)
+{
+    struct shmq_producer *p;
+    struct shmq_config config = {.capacity = 3};
+    CHECK_RC(shmq_producer_open(&p, test_name("cap3"), &config, SHMQ_CREATE), -EINVAL);
+    config.capacity = 1;
+    CHECK_RC(shmq_producer_open(&p, test_name("cap1"), &config, SHMQ_CREATE), -EINVAL);
+    config.capacity = 8;
+    config.slot_size = SHMQ_SLOT_SIZE_MAX + 1;
+    CHECK_RC(shmq_producer_open(&p, test_name("slotmax"), &config, SHMQ_CREATE), -EINVAL);
+    CHECK_RC(shmq_producer_open(&p, "bad/name", NULL, SHMQ_CREATE), -EINVAL);
+    CHECK_RC(shmq_producer_open(NULL, "x", NULL, SHMQ_CREATE), -EINVAL);
+    struct shmq_consumer *c;
+    CHECK_RC(shmq_consumer_open(&c, test_name("missing"), SHMQ_START_LATEST), -ENOENT);
+    CHECK_RC(shmq_consumer_open(&c, "x", (enum shmq_start)7), -EINVAL);
+    CHECK_RC(shmq_unlink(test_name("never")), -ENOENT);
+}
+
+int main(void)
+{
+    test_start(30);
+    messages_arrive_with_exact_length_and_content();
+    oversize_messages_are_refused_not_truncated();
+    small_buffer_gets_emsgsize_and_keeps_the_message();
+    start_positions_latest_and_earliest();
+    poll_many_packs_whole_messages();
+    bad_arguments_get_einval();
+    return 0;
+}
