@@ -92,11 +92,15 @@ static int attach_queue(struct shmq_region **region, const char *name,
     int rc = shmq_region_open(region, name, SHMQ_REGION_READ_WRITE);
     if (rc < 0)
         return rc;
-    rc = shmq_region_lock(*region);
-    if (rc == 0)
-        rc = shmq_header_read(shmq_region_base(*region), shmq_region_size(*region), g);
+    /* Lock first, so a header being initialised by its creator reads as
+     * busy, not as damaged; but a geometry mismatch is the more useful answer
+     * even when the queue is busy. */
+    int locked = shmq_region_lock(*region);
+    rc = shmq_header_read(shmq_region_base(*region), shmq_region_size(*region), g);
     if (rc == 0 && !geometry_matches(g, config))
         rc = -EMEDIUMTYPE;
+    else if (locked < 0)
+        rc = locked;
     if (rc < 0)
         shmq_region_close(*region);
     return rc;

@@ -1,0 +1,46 @@
+"""shmq: the fastest correct way to move messages between processes on one Linux host.
+
+One Producer publishes bytes into a ring of fixed-size slots in shared memory;
+any number of Consumers each read every message at their own pace. A consumer
+that falls more than a ring behind is told exactly how many messages it lost
+(``Consumer.lost``) and never gets a torn message.
+
+    with shmq.Producer("ticks", slot_size=256, capacity=65536) as p:
+        p.publish(b"hello")
+
+    with shmq.Consumer("ticks", start="earliest") as c:
+        msg = c.poll(timeout=1.0)
+"""
+from ._shmq import (
+    CAPACITY_MAX,
+    NAME_MAX,
+    NAME_PREFIX,
+    SLOT_SIZE_MAX,
+    Consumer,
+    IncompatibleQueue,
+    MessageTooLarge,
+    Producer,
+    ProducerBusy,
+    QueueNotFound,
+    ShmqError,
+    exists,
+    unlink,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Producer",
+    "Consumer",
+    "unlink",
+    "exists",
+    "ShmqError",
+    "QueueNotFound",
+    "IncompatibleQueue",
+    "MessageTooLarge",
+    "ProducerBusy",
+    "SLOT_SIZE_MAX",
+    "CAPACITY_MAX",
+    "NAME_MAX",
+    "NAME_PREFIX",
+]

@@ -1,0 +1,1018 @@
+/*
+ * shmq._shmq: the CPython binding over the C core in csrc/.
+ *
+ * Only binding work lives here: argument parsing, the buffer protocol, GIL
+ * release and signal checks while waiting, mapping error codes to exceptions,
+ * and object lifetime. The queue protocol is entirely in csrc/.
+ *
+ * Multi-phase init; the types are heap types and, with the exceptions, live in
+ * the module state.
+ *
+ * Threads: publish and non-blocking poll hold the GIL, so one handle is never
+ * used by two threads at once there. A blocking poll releases the GIL, so the
+ * handle is marked busy for its duration: a second thread using the same
+ * Consumer gets RuntimeError, and close() from another thread defers the unmap
+ * until the waiter returns (within one wait slice).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "shmq.h"
+
+/* Longest time a blocking poll stays in C before checking for signals. */
+#define WAIT_SLICE_NS (50LL * 1000 * 1000)
+
+typedef struct {
+    PyTypeObject *producer_type;
+    PyTypeObject *consumer_type;
+    PyObject *ShmqError;
+    PyObject *QueueNotFound;
+    PyObject *IncompatibleQueue;
+    PyObject *MessageTooLarge;
+    PyObject *ProducerBusy;
+} module_state;
+
+static inline module_state *state_of_module(PyObject *module)
+{
+    return (module_state *)PyModule_GetState(module);
+}
+
+static struct PyModuleDef shmq_module;
+
+static inline module_state *state_of_type(PyTypeObject *type)
+{
+    return state_of_module(PyType_GetModuleByDef(type, &shmq_module));
+}
+
+/* Raises the exception that matches a negative code from the core. */
+static PyObject *raise_code(module_state *st, int code, PyObject *name)
+{
+    const char *why = shmq_strerror(code);
+    PyObject *kind;
+    switch (code) {
+    case -ENOENT:
+        kind = st->QueueNotFound;
+        break;
+    case -EPROTO: case -ENODATA: case -EPROTONOSUPPORT: case -EBADMSG: case -EMEDIUMTYPE:
+        kind = st->IncompatibleQueue;
+        break;
+    case -EMSGSIZE:
+        kind = st->MessageTooLarge;
+        break;
+    case -EBUSY: case -ECHILD:
+        kind = st->ProducerBusy;
+        break;
+    case -EINVAL: case -ENAMETOOLONG:
+        kind = PyExc_ValueError;
+        break;
+    case -EACCES: case -EPERM:
+        errno = -code;
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_PermissionError, name);
+    case -ENOMEM:
+        return PyErr_NoMemory();
+    default:
+        errno = -code;
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+    }
+    if (name)
+        PyErr_Format(kind, "%s: %R", why, name);
+    else
+        PyErr_SetString(kind, why);
+    return NULL;
+}
+
+/* Validates and converts a queue name; sets ValueError/TypeError on failure. */
+static const char *queue_name(module_state *st, PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "queue name must be str, not %.100s", Py_TYPE(name)->tp_name);
+        return NULL;
+    }
+    const char *utf8 = PyUnicode_AsUTF8(name);
+    if (utf8 == NULL)
+        return NULL;
+    int rc = shmq_name_validate(utf8);
+    if (rc < 0 || strlen(utf8) != (size_t)PyUnicode_GET_LENGTH(name)) {
+        raise_code(st, rc < 0 ? rc : -EINVAL, name);
+        return NULL;
+    }
+    return utf8;
+}
+
+/* Reads an optional non-negative size argument that must fit in uint32. */
+static int optional_u32(PyObject *value, const char *what, uint32_t *out)
+{
+    *out = 0;
+    if (value == NULL || value == Py_None)
+        return 0;
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be int or None, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be a positive integer", what);
+        return -1;
+    }
+    if (v == 0 || v > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s out of range: %llu", what, v);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static PyObject *closed_error(const char *what)
+{
+    PyErr_Format(PyExc_ValueError, "I/O operation on closed %s", what);
+    return NULL;
+}
+
+/* ------------------------------------------------------------- Producer */
+
+typedef struct {
+    PyObject_HEAD
+    struct shmq_producer *producer;
+    PyObject *name;
+    int unlink_on_close;
+} ProducerObject;
+
+static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"name", "slot_size", "capacity", "mode", "unlink_on_close", NULL};
+    module_state *st = state_of_type(type);
+    PyObject *name, *slot_size = NULL, *capacity = NULL;
+    int mode = 0600, unlink_on_close = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$ip:Producer", keywords, &name, &slot_size,
+                                     &capacity, &mode, &unlink_on_close))
+        return NULL;
+    const char *cname = queue_name(st, name);
+    if (cname == NULL)
+        return NULL;
+    struct shmq_config config = {0};
+    if (optional_u32(slot_size, "slot_size", &config.slot_size) < 0 ||
+        optional_u32(capacity, "capacity", &config.capacity) < 0)
+        return NULL;
+    if (mode <= 0 || mode > 0777) {
+        PyErr_SetString(PyExc_ValueError, "mode must be permission bits between 0o001 and 0o777");
+        return NULL;
+    }
+    config.mode = (mode_t)mode;
+    ProducerObject *self = (ProducerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = shmq_producer_open(&self->producer, cname, &config, SHMQ_CREATE);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        Py_DECREF(self);
+        return raise_code(st, rc, name);
+    }
+    self->name = Py_NewRef(name);
+    self->unlink_on_close = unlink_on_close;
+    return (PyObject *)self;
+}
+
+static void Producer_close_handle(ProducerObject *self)
+{
+    if (self->producer == NULL)
+        return;
+    shmq_producer_close(self->producer);
+    self->producer = NULL;
+    if (self->unlink_on_close)
+        shmq_unlink(PyUnicode_AsUTF8(self->name));
+}
+
+static void Producer_dealloc(ProducerObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    Producer_close_handle(self);
+    Py_XDECREF(self->name);
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+static PyObject *publish_error(ProducerObject *self, int rc, size_t length)
+{
+    module_state *st = state_of_type(Py_TYPE(self));
+    if (rc == -EMSGSIZE)
+        return PyErr_Format(st->MessageTooLarge, "message of %zu bytes exceeds slot_size %u of queue %R",
+                            length, shmq_producer_slot_size(self->producer), self->name);
+    return raise_code(st, rc, self->name);
+}
+
+static PyObject *Producer_publish(ProducerObject *self, PyObject *data)
+{
+    if (self->producer == NULL)
+        return closed_error("Producer");
+    uint64_t sequence;
+    size_t length;
+    int rc;
+    if (PyBytes_CheckExact(data)) {
+        length = (size_t)PyBytes_GET_SIZE(data);
+        rc = shmq_producer_publish(self->producer, PyBytes_AS_STRING(data), length, &sequence);
+    } else {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        length = (size_t)view.len;
+        rc = shmq_producer_publish(self->producer, view.buf, length, &sequence);
+        PyBuffer_Release(&view);
+    }
+    if (rc < 0)
+        return publish_error(self, rc, length);
+    return PyLong_FromUnsignedLongLong(sequence);
+}
+
+static PyObject *Producer_publish_many(ProducerObject *self, PyObject *messages)
+{
+    if (self->producer == NULL)
+        return closed_error("Producer");
+    PyObject *seq = PySequence_Fast(messages, "publish_many() takes an iterable of bytes-like objects");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *result = NULL;
+    const void **pointers = PyMem_Malloc(sizeof(void *) * (size_t)(n ? n : 1));
+    size_t *lengths = PyMem_Malloc(sizeof(size_t) * (size_t)(n ? n : 1));
+    Py_buffer *views = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
+    Py_ssize_t held = 0;
+    if (pointers == NULL || lengths == NULL || views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < n; held++) {
+        if (PyObject_GetBuffer(items[held], &views[held], PyBUF_SIMPLE) < 0)
+            goto done;
+        pointers[held] = views[held].buf;
+        lengths[held] = (size_t)views[held].len;
+    }
+    uint64_t last = 0;
+    int rc = shmq_producer_publish_many(self->producer, pointers, lengths, (size_t)n, &last);
+    if (rc == -EMSGSIZE) {
+        size_t longest = 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            longest = lengths[i] > longest ? lengths[i] : longest;
+        publish_error(self, rc, longest);
+    } else if (rc < 0)
+        publish_error(self, rc, 0);
+    else if (n == 0)
+        result = Py_NewRef(Py_None);
+    else
+        result = PyLong_FromUnsignedLongLong(last);
+done:
+    for (Py_ssize_t i = 0; i < held; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(pointers);
+    PyMem_Free(lengths);
+    PyMem_Free(views);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyObject *Producer_close(ProducerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    Producer_close_handle(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *return_self(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *Producer_exit(ProducerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    Producer_close_handle(self);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Producer_repr(ProducerObject *self)
+{
+    if (self->producer == NULL)
+        return PyUnicode_FromFormat("<shmq.Producer name=%R closed>", self->name);
+    return PyUnicode_FromFormat("<shmq.Producer name=%R slot_size=%u capacity=%u next_sequence=%llu>",
+                                self->name, shmq_producer_slot_size(self->producer),
+                                shmq_producer_capacity(self->producer),
+                                (unsigned long long)shmq_producer_next_sequence(self->producer));
+}
+
+#define PRODUCER_GETTER(field, expr)                                             \
+    static PyObject *Producer_get_##field(ProducerObject *self, void *closure) \
+    {                                                                            \
+        (void)closure;                                                           \
+        if (self->producer == NULL)                                              \
+            return closed_error("Producer");                                     \
+        return expr;                                                             \
+    }
+PRODUCER_GETTER(slot_size, PyLong_FromUnsignedLong(shmq_producer_slot_size(self->producer)))
+PRODUCER_GETTER(capacity, PyLong_FromUnsignedLong(shmq_producer_capacity(self->producer)))
+PRODUCER_GETTER(next_sequence,
+                PyLong_FromUnsignedLongLong(shmq_producer_next_sequence(self->producer)))
+
+static PyObject *Producer_get_name(ProducerObject *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(self->name);
+}
+
+static PyObject *Producer_get_closed(ProducerObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->producer == NULL);
+}
+
+static PyMethodDef Producer_methods[] = {
+    {"publish", (PyCFunction)Producer_publish, METH_O,
+     "publish(data) -> int\n--\n\nPublish one message (any C-contiguous bytes-like object) and "
+     "return its sequence number. Raises MessageTooLarge if it exceeds slot_size."},
+    {"publish_many", (PyCFunction)Producer_publish_many, METH_O,
+     "publish_many(messages) -> int | None\n--\n\nPublish every message of an iterable in order "
+     "and return the last sequence number (None if empty). All sizes are checked first: on "
+     "MessageTooLarge nothing is published."},
+    {"close", (PyCFunction)Producer_close, METH_NOARGS,
+     "close() -> None\n--\n\nRelease the queue (idempotent). Unlinks it if unlink_on_close."},
+    {"__enter__", return_self, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Producer_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Producer_getset[] = {
+    {"name", (getter)Producer_get_name, NULL, "Queue name.", NULL},
+    {"slot_size", (getter)Producer_get_slot_size, NULL, "Largest message in bytes.", NULL},
+    {"capacity", (getter)Producer_get_capacity, NULL, "Number of slots in the ring.", NULL},
+    {"next_sequence", (getter)Producer_get_next_sequence, NULL,
+     "Sequence number the next message will get.", NULL},
+    {"closed", (getter)Producer_get_closed, NULL, "True after close().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(Producer_doc,
+"Producer(name, slot_size=None, capacity=None, *, mode=0o600, unlink_on_close=False)\n"
+"--\n\n"
+"The single producer of queue `name`.\n\n"
+"Creates the queue if it does not exist (slot_size bytes per message, default\n"
+"1024; capacity slots, a power of two, default 8192), or attaches to it and\n"
+"continues its sequence. A given slot_size or capacity that differs from an\n"
+"existing queue raises IncompatibleQueue. Raises ProducerBusy while another\n"
+"live producer holds the queue.");
+
+static PyType_Slot Producer_slots[] = {
+    {Py_tp_new, Producer_new},
+    {Py_tp_dealloc, Producer_dealloc},
+    {Py_tp_repr, Producer_repr},
+    {Py_tp_methods, Producer_methods},
+    {Py_tp_getset, Producer_getset},
+    {Py_tp_doc, (void *)Producer_doc},
+    {0, NULL},
+};
+
+static PyType_Spec Producer_spec = {
+    .name = "shmq.Producer",
+    .basicsize = sizeof(ProducerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Producer_slots,
+};
+
+/* ------------------------------------------------------------- Consumer */
+
+typedef struct {
+    PyObject_HEAD
+    struct shmq_consumer *consumer;
+    PyObject *name;
+    unsigned char *scratch; /* slot_size bytes: poll copies here, then into bytes */
+    size_t scratch_size;
+    int busy;          /* a blocking call has released the GIL with this handle */
+    int close_pending; /* close() was called while busy */
+} ConsumerObject;
+
+static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"name", "start", "spin", NULL};
+    module_state *st = state_of_type(type);
+    PyObject *name;
+    const char *start = "latest";
+    unsigned int spin = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s$I:Consumer", keywords, &name, &start, &spin))
+        return NULL;
+    const char *cname = queue_name(st, name);
+    if (cname == NULL)
+        return NULL;
+    enum shmq_start where;
+    if (strcmp(start, "latest") == 0)
+        where = SHMQ_START_LATEST;
+    else if (strcmp(start, "earliest") == 0)
+        where = SHMQ_START_EARLIEST;
+    else {
+        PyErr_Format(PyExc_ValueError, "start must be 'latest' or 'earliest', not %R",
+                     PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1) : Py_None);
+        return NULL;
+    }
+    ConsumerObject *self = (ConsumerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = shmq_consumer_open(&self->consumer, cname, where);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        Py_DECREF(self);
+        return raise_code(st, rc, name);
+    }
+    self->name = Py_NewRef(name);
+    shmq_consumer_set_spin(self->consumer, spin);
+    self->scratch_size = shmq_consumer_slot_size(self->consumer);
+    self->scratch = PyMem_Malloc(self->scratch_size ? self->scratch_size : 1);
+    if (self->scratch == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void Consumer_close_handle(ConsumerObject *self)
+{
+    if (self->busy) {
+        self->close_pending = 1; /* the waiting thread closes it when it returns */
+        return;
+    }
+    shmq_consumer_close(self->consumer);
+    self->consumer = NULL;
+    PyMem_Free(self->scratch);
+    self->scratch = NULL;
+}
+
+static void Consumer_dealloc(ConsumerObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    Consumer_close_handle(self);
+    Py_XDECREF(self->name);
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+/* Checks the handle is open and not in use by a thread that released the GIL. */
+static int consumer_usable(ConsumerObject *self)
+{
+    if (self->consumer == NULL || self->close_pending) {
+        closed_error("Consumer");
+        return 0;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Consumer is in use by another thread (blocking poll in progress)");
+        return 0;
+    }
+    return 1;
+}
+
+/* timeout: None -> wait forever (-1); a number of seconds >= 0. */
+static int parse_timeout(PyObject *timeout, int64_t *ns)
+{
+    if (timeout == NULL) {
+        *ns = 0;
+        return 0;
+    }
+    if (timeout == Py_None) {
+        *ns = -1;
+        return 0;
+    }
+    double seconds = PyFloat_AsDouble(timeout);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
+                     Py_TYPE(timeout)->tp_name);
+        return -1;
+    }
+    if (!(seconds >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be non-negative (or None to wait forever)");
+        return -1;
+    }
+    *ns = seconds >= 9e9 ? -1 : (int64_t)(seconds * 1e9);
+    return 0;
+}
+
+static int64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/*
+ * Polls into buf, waiting up to timeout_ns (-1: forever) without the GIL, in
+ * slices, checking for signals between slices. Returns what
+ * shmq_consumer_poll returns (SHMQ_EMPTY when the time ran out), or
+ * INT32_MIN with a Python exception set (a signal handler raised, or the
+ * handle was closed meanwhile).
+ */
+#define PYTHON_ERROR INT32_MIN
+static int poll_waiting(ConsumerObject *self, void *buf, size_t size, size_t *length,
+                        int64_t timeout_ns)
+{
+    int rc = shmq_consumer_poll(self->consumer, buf, size, length);
+    if (rc != SHMQ_EMPTY || timeout_ns == 0)
+        return rc;
+    int64_t deadline = timeout_ns > 0 ? monotonic_ns() + timeout_ns : INT64_MAX;
+    self->busy = 1;
+    for (;;) {
+        int64_t slice = WAIT_SLICE_NS;
+        if (timeout_ns > 0) {
+            int64_t left = deadline - monotonic_ns();
+            if (left <= 0) {
+                rc = SHMQ_EMPTY;
+                break;
+            }
+            slice = left < slice ? left : slice;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rc = shmq_consumer_poll_wait(self->consumer, buf, size, length, slice);
+        Py_END_ALLOW_THREADS
+        if (rc != -ETIMEDOUT && rc != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0) {
+            rc = PYTHON_ERROR;
+            break;
+        }
+        if (self->close_pending)
+            break;
+    }
+    self->busy = 0;
+    if (self->close_pending) {
+        Consumer_close_handle(self);
+        closed_error("Consumer");
+        return PYTHON_ERROR;
+    }
+    return rc;
+}
+
+/* Turns a poll result into an exception; returns NULL always. */
+static PyObject *poll_error(ConsumerObject *self, int rc, size_t length, size_t buf_size)
+{
+    if (rc == PYTHON_ERROR)
+        return NULL;
+    module_state *st = state_of_type(Py_TYPE(self));
+    if (rc == -EMSGSIZE)
+        return PyErr_Format(st->MessageTooLarge,
+                            "next message is %zu bytes, the buffer holds only %zu", length, buf_size);
+    return raise_code(st, rc, self->name);
+}
+
+/* Parses (timeout=0) or a single leading positional/keyword argument. */
+static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *const *names, int required, PyObject **out, int count)
+{
+    for (int i = 0; i < count; i++)
+        out[i] = NULL;
+    if (nargs > count) {
+        PyErr_Format(PyExc_TypeError, "takes at most %d arguments (%zd given)", count, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nk; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        int found = 0;
+        for (int i = 0; i < count && !found; i++) {
+            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0) {
+                if (out[i] != NULL) {
+                    PyErr_Format(PyExc_TypeError, "got multiple values for argument '%s'", names[i]);
+                    return -1;
+                }
+                out[i] = args[nargs + k];
+                found = 1;
+            }
+        }
+        if (!found) {
+            PyErr_Format(PyExc_TypeError, "got an unexpected keyword argument '%S'", key);
+            return -1;
+        }
+    }
+    for (int i = 0; i < required; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "missing required argument '%s'", names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *poll_bytes(ConsumerObject *self, int64_t timeout_ns)
+{
+    size_t length = 0;
+    int rc = poll_waiting(self, self->scratch, self->scratch_size, &length, timeout_ns);
+    if (rc == 0)
+        return PyBytes_FromStringAndSize((const char *)self->scratch, (Py_ssize_t)length);
+    if (rc == SHMQ_EMPTY)
+        Py_RETURN_NONE;
+    return poll_error(self, rc, length, self->scratch_size);
+}
+
+static PyObject *Consumer_poll(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout"};
+    PyObject *timeout;
+    int64_t timeout_ns;
+    if (!consumer_usable(self))
+        return NULL;
+    if ((nargs || kwnames) && parse_args(args, nargs, kwnames, names, 0, &timeout, 1) < 0)
+        return NULL;
+    if (parse_timeout(nargs || kwnames ? timeout : NULL, &timeout_ns) < 0)
+        return NULL;
+    return poll_bytes(self, timeout_ns);
+}
+
+static PyObject *Consumer_poll_many(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    static const char *const names[] = {"max_messages", "timeout"};
+    PyObject *argv[2];
+    int64_t timeout_ns;
+    if (!consumer_usable(self))
+        return NULL;
+    if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0 || parse_timeout(argv[1], &timeout_ns) < 0)
+        return NULL;
+    Py_ssize_t max_messages = PyNumber_AsSsize_t(argv[0], PyExc_OverflowError);
+    if (max_messages == -1 && PyErr_Occurred())
+        return NULL;
+    if (max_messages < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_messages must be non-negative");
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (list == NULL || max_messages == 0)
+        return list;
+    for (Py_ssize_t i = 0; i < max_messages; i++) {
+        size_t length = 0;
+        /* Only the first message is waited for; then take what is there. */
+        int rc = poll_waiting(self, self->scratch, self->scratch_size, &length, i == 0 ? timeout_ns : 0);
+        if (rc == SHMQ_EMPTY)
+            break;
+        if (rc < 0) {
+            Py_DECREF(list);
+            return poll_error(self, rc, length, self->scratch_size);
+        }
+        PyObject *msg = PyBytes_FromStringAndSize((const char *)self->scratch, (Py_ssize_t)length);
+        if (msg == NULL || PyList_Append(list, msg) < 0) {
+            Py_XDECREF(msg);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(msg);
+    }
+    return list;
+}
+
+static PyObject *Consumer_poll_into(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    static const char *const names[] = {"buffer", "timeout"};
+    PyObject *argv[2];
+    int64_t timeout_ns;
+    if (!consumer_usable(self))
+        return NULL;
+    if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0 || parse_timeout(argv[1], &timeout_ns) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(argv[0], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    size_t length = 0;
+    int rc = poll_waiting(self, view.buf, (size_t)view.len, &length, timeout_ns);
+    PyBuffer_Release(&view);
+    if (rc == 0)
+        return PyLong_FromSize_t(length);
+    if (rc == SHMQ_EMPTY)
+        Py_RETURN_NONE;
+    return poll_error(self, rc, length, (size_t)view.len);
+}
+
+static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *args,
+                                         Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"buffer", "max_messages", "timeout"};
+    PyObject *argv[3];
+    int64_t timeout_ns;
+    if (!consumer_usable(self))
+        return NULL;
+    if (parse_args(args, nargs, kwnames, names, 1, argv, 3) < 0 || parse_timeout(argv[2], &timeout_ns) < 0)
+        return NULL;
+    Py_ssize_t max_messages = 1024;
+    if (argv[1] != NULL && argv[1] != Py_None) {
+        max_messages = PyNumber_AsSsize_t(argv[1], PyExc_OverflowError);
+        if (max_messages == -1 && PyErr_Occurred())
+            return NULL;
+        if (max_messages < 0) {
+            PyErr_SetString(PyExc_ValueError, "max_messages must be non-negative");
+            return NULL;
+        }
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(argv[0], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    size_t *lengths = PyMem_Malloc(sizeof(size_t) * (size_t)(max_messages ? max_messages : 1));
+    if (lengths == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int n = 0;
+    if (max_messages > 0) {
+        /* Wait for the first message in place, then take the rest in one call. */
+        int rc = poll_waiting(self, view.buf, (size_t)view.len, &lengths[0], timeout_ns);
+        if (rc == 0) {
+            /* -EMSGSIZE or -EBADMSG here only end the batch: the next call
+             * reports them (a bad slot is already counted in lost). */
+            int more = shmq_consumer_poll_many(self->consumer, (unsigned char *)view.buf + lengths[0],
+                                               (size_t)view.len - lengths[0], lengths + 1,
+                                               (size_t)max_messages - 1);
+            n = 1 + (more > 0 ? more : 0);
+        } else if (rc != SHMQ_EMPTY) {
+            poll_error(self, rc, lengths[0], (size_t)view.len);
+            goto done;
+        }
+    }
+    result = PyList_New(n);
+    for (int i = 0; result != NULL && i < n; i++) {
+        PyObject *len = PyLong_FromSize_t(lengths[i]);
+        if (len == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, len);
+    }
+done:
+    PyMem_Free(lengths);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *Consumer_iternext(ConsumerObject *self)
+{
+    if (!consumer_usable(self))
+        return NULL;
+    return poll_bytes(self, -1);
+}
+
+static PyObject *Consumer_close(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->consumer != NULL)
+        Consumer_close_handle(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Consumer_exit(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    if (self->consumer != NULL)
+        Consumer_close_handle(self);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Consumer_repr(ConsumerObject *self)
+{
+    if (self->consumer == NULL)
+        return PyUnicode_FromFormat("<shmq.Consumer name=%R closed>", self->name);
+    return PyUnicode_FromFormat("<shmq.Consumer name=%R slot_size=%u capacity=%u position=%llu lost=%llu>",
+                                self->name, shmq_consumer_slot_size(self->consumer),
+                                shmq_consumer_capacity(self->consumer),
+                                (unsigned long long)shmq_consumer_position(self->consumer),
+                                (unsigned long long)shmq_consumer_lost(self->consumer));
+}
+
+#define CONSUMER_GETTER(field, expr)                                             \
+    static PyObject *Consumer_get_##field(ConsumerObject *self, void *closure) \
+    {                                                                            \
+        (void)closure;                                                           \
+        if (self->consumer == NULL)                                              \
+            return closed_error("Consumer");                                     \
+        return expr;                                                             \
+    }
+CONSUMER_GETTER(slot_size, PyLong_FromUnsignedLong(shmq_consumer_slot_size(self->consumer)))
+CONSUMER_GETTER(capacity, PyLong_FromUnsignedLong(shmq_consumer_capacity(self->consumer)))
+CONSUMER_GETTER(position, PyLong_FromUnsignedLongLong(shmq_consumer_position(self->consumer)))
+CONSUMER_GETTER(lost, PyLong_FromUnsignedLongLong(shmq_consumer_lost(self->consumer)))
+
+static PyObject *Consumer_get_name(ConsumerObject *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(self->name);
+}
+
+static PyObject *Consumer_get_closed(ConsumerObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->consumer == NULL || self->close_pending);
+}
+
+static PyMethodDef Consumer_methods[] = {
+    {"poll", (PyCFunction)(void (*)(void))Consumer_poll, METH_FASTCALL | METH_KEYWORDS,
+     "poll(timeout=0) -> bytes | None\n--\n\nReturn the next message, or None if none arrives "
+     "within timeout seconds (0: don't wait; None: wait forever). Releases the GIL while "
+     "waiting; Ctrl-C interrupts it."},
+    {"poll_many", (PyCFunction)(void (*)(void))Consumer_poll_many, METH_FASTCALL | METH_KEYWORDS,
+     "poll_many(max_messages, timeout=0) -> list[bytes]\n--\n\nWait up to timeout for the first "
+     "message, then return it with every message already available, up to max_messages."},
+    {"poll_into", (PyCFunction)(void (*)(void))Consumer_poll_into, METH_FASTCALL | METH_KEYWORDS,
+     "poll_into(buffer, timeout=0) -> int | None\n--\n\nCopy the next message into a writable "
+     "buffer and return its length, or None on timeout. Raises MessageTooLarge (and keeps the "
+     "message) if the buffer is too small."},
+    {"poll_many_into", (PyCFunction)(void (*)(void))Consumer_poll_many_into,
+     METH_FASTCALL | METH_KEYWORDS,
+     "poll_many_into(buffer, max_messages=1024, timeout=0) -> list[int]\n--\n\nCopy as many "
+     "whole messages as fit (up to max_messages) back to back into a writable buffer and return "
+     "their lengths; waits up to timeout for the first one."},
+    {"close", (PyCFunction)Consumer_close, METH_NOARGS,
+     "close() -> None\n--\n\nDetach from the queue (idempotent). Never unlinks it."},
+    {"__enter__", return_self, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Consumer_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Consumer_getset[] = {
+    {"name", (getter)Consumer_get_name, NULL, "Queue name.", NULL},
+    {"slot_size", (getter)Consumer_get_slot_size, NULL, "Largest message in bytes.", NULL},
+    {"capacity", (getter)Consumer_get_capacity, NULL, "Number of slots in the ring.", NULL},
+    {"position", (getter)Consumer_get_position, NULL,
+     "Next sequence number this consumer will read.", NULL},
+    {"lost", (getter)Consumer_get_lost, NULL,
+     "Messages this consumer lost to overrun, cumulative.", NULL},
+    {"closed", (getter)Consumer_get_closed, NULL, "True after close().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(Consumer_doc,
+"Consumer(name, start='latest', *, spin=0)\n"
+"--\n\n"
+"A reader of queue `name`; every consumer sees every message.\n\n"
+"start='latest' reads what is published after it attaches; 'earliest' starts\n"
+"at the oldest message still in the ring. A consumer that falls more than a\n"
+"ring behind skips ahead and counts what it missed in `lost`; it never returns\n"
+"a torn message. spin: iterations to spin before a blocking poll sleeps.\n"
+"Iterating blocks for each next message.");
+
+static PyType_Slot Consumer_slots[] = {
+    {Py_tp_new, Consumer_new},
+    {Py_tp_dealloc, Consumer_dealloc},
+    {Py_tp_repr, Consumer_repr},
+    {Py_tp_methods, Consumer_methods},
+    {Py_tp_getset, Consumer_getset},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, Consumer_iternext},
+    {Py_tp_doc, (void *)Consumer_doc},
+    {0, NULL},
+};
+
+static PyType_Spec Consumer_spec = {
+    .name = "shmq.Consumer",
+    .basicsize = sizeof(ConsumerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Consumer_slots,
+};
+
+/* --------------------------------------------------------------- module */
+
+static PyObject *shmq_unlink_py(PyObject *module, PyObject *name)
+{
+    module_state *st = state_of_module(module);
+    const char *cname = queue_name(st, name);
+    if (cname == NULL)
+        return NULL;
+    int rc = shmq_unlink(cname);
+    if (rc < 0)
+        return raise_code(st, rc, name);
+    Py_RETURN_NONE;
+}
+
+static PyObject *shmq_exists_py(PyObject *module, PyObject *name)
+{
+    module_state *st = state_of_module(module);
+    const char *cname = queue_name(st, name);
+    if (cname == NULL)
+        return NULL;
+    int rc = shmq_region_exists(cname);
+    if (rc < 0)
+        return raise_code(st, rc, name);
+    return PyBool_FromLong(rc);
+}
+
+static PyMethodDef module_methods[] = {
+    {"unlink", shmq_unlink_py, METH_O,
+     "unlink(name) -> None\n--\n\nRemove queue `name` from /dev/shm; open handles keep working. "
+     "Raises QueueNotFound if there is none."},
+    {"exists", shmq_exists_py, METH_O, "exists(name) -> bool\n--\n\nWhether queue `name` exists."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *new_exception(PyObject *module, const char *name, const char *doc, PyObject *bases)
+{
+    PyObject *exc = PyErr_NewExceptionWithDoc(name, doc, bases, NULL);
+    Py_DECREF(bases);
+    if (exc == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, strrchr(name, '.') + 1, exc) < 0) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    return exc;
+}
+
+static int module_exec(PyObject *module)
+{
+    module_state *st = state_of_module(module);
+    st->producer_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Producer_spec, NULL);
+    if (st->producer_type == NULL || PyModule_AddType(module, st->producer_type) < 0)
+        return -1;
+    st->consumer_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Consumer_spec, NULL);
+    if (st->consumer_type == NULL || PyModule_AddType(module, st->consumer_type) < 0)
+        return -1;
+    st->ShmqError = new_exception(module, "shmq.ShmqError", "Base class of shmq's own errors.",
+                                  PyTuple_Pack(1, PyExc_Exception));
+    if (st->ShmqError == NULL)
+        return -1;
+    st->QueueNotFound = new_exception(module, "shmq.QueueNotFound", "No queue with that name.",
+                                      PyTuple_Pack(2, st->ShmqError, PyExc_FileNotFoundError));
+    st->IncompatibleQueue = new_exception(
+        module, "shmq.IncompatibleQueue",
+        "The segment is not a usable shmq queue: other geometry, foreign, corrupt or truncated.",
+        PyTuple_Pack(2, st->ShmqError, PyExc_ValueError));
+    st->MessageTooLarge = new_exception(module, "shmq.MessageTooLarge",
+                                        "Message larger than the slot size, or than the buffer.",
+                                        PyTuple_Pack(2, st->ShmqError, PyExc_ValueError));
+    st->ProducerBusy = new_exception(module, "shmq.ProducerBusy",
+                                     "Another live producer holds the queue.",
+                                     PyTuple_Pack(1, st->ShmqError));
+    if (!st->QueueNotFound || !st->IncompatibleQueue || !st->MessageTooLarge || !st->ProducerBusy)
+        return -1;
+    if (PyModule_AddIntConstant(module, "SLOT_SIZE_MAX", SHMQ_SLOT_SIZE_MAX) < 0 ||
+        PyModule_AddIntConstant(module, "CAPACITY_MAX", SHMQ_CAPACITY_MAX) < 0 ||
+        PyModule_AddIntConstant(module, "NAME_MAX", SHMQ_NAME_MAX) < 0 ||
+        PyModule_AddStringConstant(module, "NAME_PREFIX", SHMQ_NAME_PREFIX) < 0)
+        return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    module_state *st = state_of_module(module);
+    Py_VISIT(st->producer_type);
+    Py_VISIT(st->consumer_type);
+    Py_VISIT(st->ShmqError);
+    Py_VISIT(st->QueueNotFound);
+    Py_VISIT(st->IncompatibleQueue);
+    Py_VISIT(st->MessageTooLarge);
+    Py_VISIT(st->ProducerBusy);
+    return 0;
+}
+
+static int module_clear(PyObject *module)
+{
+    module_state *st = state_of_module(module);
+    Py_CLEAR(st->producer_type);
+    Py_CLEAR(st->consumer_type);
+    Py_CLEAR(st->ShmqError);
+    Py_CLEAR(st->QueueNotFound);
+    Py_CLEAR(st->IncompatibleQueue);
+    Py_CLEAR(st->MessageTooLarge);
+    Py_CLEAR(st->ProducerBusy);
+    return 0;
+}
+
+static void module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef shmq_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmq._shmq",
+    .m_doc = "C core binding of shmq; use the shmq package.",
+    .m_size = sizeof(module_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__shmq(void)
+{
+    return PyModuleDef_Init(&shmq_module);
+}
