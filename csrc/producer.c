@@ -38,20 +38,56 @@
 
 #include "ring_internal.h"
 
-/* Bumped in every child after fork(), so a handle can tell it was inherited
- * without a getpid() syscall on the hot path. */
+/*
+ * fork(). A child shares its parent's open file descriptions, and with them
+ * the producer's flock: if the child kept its copy, a parent that dies would
+ * leave the queue locked for as long as the child lives. So in the child,
+ * right after fork(), every open producer drops its lock descriptor (the lock
+ * stays with the parent alone) and its handle refuses to publish (-ECHILD),
+ * since two processes publishing through one handle would corrupt the ring.
+ * fork_generation lets publish detect that without a getpid() syscall.
+ */
 static _Atomic unsigned fork_generation;
+static struct shmq_producer *open_producers;
+static pthread_mutex_t open_producers_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t fork_hook_once = PTHREAD_ONCE_INIT;
 
-static void bump_fork_generation(void)
+static void before_fork(void) { pthread_mutex_lock(&open_producers_lock); }
+static void after_fork_in_parent(void) { pthread_mutex_unlock(&open_producers_lock); }
+
+static void after_fork_in_child(void)
 {
     /* Relaxed: the child is single-threaded when this runs. */
     atomic_fetch_add_explicit(&fork_generation, 1, memory_order_relaxed);
+    for (struct shmq_producer *p = open_producers; p != NULL; p = p->next_open)
+        if (p->region != NULL)
+            shmq_region_drop_lock(p->region);
+    pthread_mutex_unlock(&open_producers_lock);
 }
 
 static void install_fork_hook(void)
 {
-    pthread_atfork(NULL, NULL, bump_fork_generation);
+    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+}
+
+static void track_open(struct shmq_producer *p)
+{
+    pthread_mutex_lock(&open_producers_lock);
+    p->next_open = open_producers;
+    open_producers = p;
+    pthread_mutex_unlock(&open_producers_lock);
+}
+
+static void untrack_open(struct shmq_producer *p)
+{
+    pthread_mutex_lock(&open_producers_lock);
+    for (struct shmq_producer **link = &open_producers; *link != NULL; link = &(*link)->next_open) {
+        if (*link == p) {
+            *link = p->next_open;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&open_producers_lock);
 }
 
 static int geometry_matches(const struct shmq_geometry *g, const struct shmq_config *config)
@@ -155,6 +191,7 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
         return rc;
     }
     shmq_producer_bind(p, shmq_region_base(p->region), &p->geometry);
+    track_open(p);
     *out = p;
     return 0;
 }
@@ -275,6 +312,7 @@ void shmq_producer_close(struct shmq_producer *p)
 {
     if (p == NULL)
         return;
+    untrack_open(p);
     shmq_region_close(p->region);
     free(p);
 }

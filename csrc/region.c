@@ -23,7 +23,8 @@
 #include "shmq_region.h"
 
 struct shmq_region {
-    int fd;
+    int fd;      /* the descriptor the mapping came from */
+    int lock_fd; /* its own open file description for flock, or -1 */
     void *base;
     size_t size;
 };
@@ -68,6 +69,7 @@ static int map_region(struct shmq_region **out, int fd, size_t size, int prot)
         return rc;
     }
     region->fd = fd;
+    region->lock_fd = -1;
     region->base = base;
     region->size = size;
     *out = region;
@@ -143,6 +145,7 @@ void shmq_region_close(struct shmq_region *region)
     if (region == NULL)
         return;
     munmap(region->base, region->size);
+    shmq_region_drop_lock(region);
     close(region->fd);
     free(region);
 }
@@ -173,11 +176,29 @@ int shmq_region_exists(const char *name)
 
 int shmq_region_lock(struct shmq_region *region)
 {
-    /* flock belongs to the open file description, so the kernel drops it when
-     * the last descriptor for it closes, including at process death. */
-    if (flock(region->fd, LOCK_EX | LOCK_NB) == 0)
+    /* flock belongs to an open file description, which lives until its last
+     * reference goes: descriptors, but also mappings. A forked child inherits
+     * the mapping, so a lock on the mapped description would outlive the
+     * parent for as long as the child lives. The lock therefore goes on a
+     * description of its own, opened afresh through /proc and never mapped,
+     * which shmq_region_drop_lock can release in a child. */
+    if (region->lock_fd < 0) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", region->fd);
+        region->lock_fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (region->lock_fd < 0)
+            return errno == ENOENT ? -ENOTSUP : -errno; /* no /proc */
+    }
+    if (flock(region->lock_fd, LOCK_EX | LOCK_NB) == 0)
         return 0;
     return errno == EWOULDBLOCK ? -EBUSY : -errno;
+}
+
+void shmq_region_drop_lock(struct shmq_region *region)
+{
+    if (region->lock_fd >= 0)
+        close(region->lock_fd);
+    region->lock_fd = -1;
 }
 
 int shmq_region_make_writable(struct shmq_region *region, size_t offset, size_t length)

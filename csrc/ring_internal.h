@@ -29,6 +29,7 @@ struct shmq_producer {
     struct shmq_geometry geometry;
     uint64_t next; /* private copy of head: only this producer writes head */
     unsigned fork_generation;
+    struct shmq_producer *next_open; /* list of open producers, for fork() */
 };
 
 struct shmq_consumer {

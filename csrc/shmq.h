@@ -44,9 +44,10 @@
  * THREADS AND PROCESSES
  *   Handles are not synchronised: use each handle from one thread at a time.
  *   Different handles (in one process or many) may be used concurrently.
- *   A producer handle must not be used in a child after fork(); the child
- *   gets -ECHILD and should open its own (which fails with -EBUSY while the
- *   parent's is open, since both share the lock).
+ *   A producer handle must not be used in a child after fork(): there it
+ *   returns -ECHILD and holds no lock, so the child may open its own producer
+ *   once the parent's is closed, and a child never keeps a dead parent's
+ *   queue locked.
  */
 #ifndef SHMQ_H
 #define SHMQ_H

@@ -71,8 +71,14 @@ int shmq_region_exists(const char *name);
 
 /* Takes an exclusive lock on the object that the kernel drops when this
  * process closes the region or dies, so a crashed holder never blocks anyone.
- * Returns 0, or -EBUSY when another open region holds it. */
+ * Returns 0, -EBUSY when another open region holds it, or -ENOTSUP when /proc
+ * is not mounted (the lock needs a fresh open of the object through it). */
 int shmq_region_lock(struct shmq_region *region);
+
+/* Releases the lock (if held) but keeps the mapping. Async-signal-safe, so it
+ * may run in a child right after fork(), where it leaves the lock to the
+ * parent alone. */
+void shmq_region_drop_lock(struct shmq_region *region);
 
 void *shmq_region_base(const struct shmq_region *region);
 size_t shmq_region_size(const struct shmq_region *region);

@@ -2,7 +2,7 @@
  * a second producer (another process) gets -EBUSY; after kill -9 of the
  * first, a new one takes over and continues the sequence. A producer killed
  * in the middle of a write leaves nothing a reader would deliver, and a
- * handle inherited across fork() refuses to publish. */
+ * handle inherited across fork() refuses to publish and holds no lock. */
 #include "helpers.h"
 
 #include "ring_internal.h"
@@ -104,6 +104,32 @@ static void inherited_producer_refuses_to_publish_in_the_child(void)
     shmq_producer_close(p);
 }
 
+static void forked_child_does_not_keep_the_queue_locked(void)
+{
+    const char *name = test_name("forklock");
+    struct shmq_producer *p = make_producer(name, 8, 8, 0);
+    int forked[2];
+    CHECK(pipe(forked) == 0);
+    pid_t kid = fork();
+    CHECK(kid >= 0);
+    if (kid == 0) {
+        char x = 1; /* fork() has returned here, so the fork handlers ran */
+        if (write(forked[1], &x, 1) != 1)
+            _exit(2);
+        pause(); /* outlives the parent's producer, with its mapping */
+        _exit(0);
+    }
+    char x;
+    CHECK(read(forked[0], &x, 1) == 1);
+    shmq_producer_close(p);
+    /* The child still runs, but its copy of the descriptor was dropped at
+     * fork, so the lock went with the parent's close. */
+    CHECK_RC(shmq_producer_open(&p, name, NULL, 0), 0);
+    shmq_producer_close(p);
+    kill(kid, SIGKILL);
+    wait_child(kid);
+}
+
 static void geometry_mismatch_is_refused(void)
 {
     const char *name = test_name("geometry");
@@ -127,6 +153,7 @@ int main(void)
     second_producer_is_refused_until_the_first_dies();
     producer_killed_mid_write_leaves_nothing_torn();
     inherited_producer_refuses_to_publish_in_the_child();
+    forked_child_does_not_keep_the_queue_locked();
     geometry_mismatch_is_refused();
     return 0;
 }
