@@ -10,18 +10,24 @@ import os
 
 from setuptools import Extension, setup
 
+# Each flavour builds in its own folder, so one never reuses the other's objects
+# (build/ itself belongs to the Makefile).
+flavour = "py"
 compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 link_args = []
 if os.environ.get("SHMQ_DEBUG") == "1":
+    flavour += "-debug"
     compile_args += ["-O0", "-g3", "-UNDEBUG"]
 else:
     compile_args += ["-O2"]
 if os.environ.get("SHMQ_SANITIZE") == "1":
+    flavour += "-sanitize"
     sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
     compile_args += sanitize
     link_args += sanitize
 
 setup(
+    options={"build": {"build_base": os.path.join("build", flavour)}},
     ext_modules=[
         Extension(
             "shmq._shmq",

@@ -128,6 +128,19 @@ static int optional_u32(PyObject *value, const char *what, uint32_t *out)
     return 0;
 }
 
+/* Gets a writable buffer; a read-only or non-buffer object is a TypeError. */
+static int writable_buffer(PyObject *obj, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE) == 0)
+        return 0;
+    if (PyErr_ExceptionMatches(PyExc_BufferError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "a writable bytes-like object is required, not '%.100s'",
+                     Py_TYPE(obj)->tp_name);
+    }
+    return -1;
+}
+
 static PyObject *closed_error(const char *what)
 {
     PyErr_Format(PyExc_ValueError, "I/O operation on closed %s", what);
@@ -400,11 +413,20 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
 {
     static char *keywords[] = {"name", "start", "spin", NULL};
     module_state *st = state_of_type(type);
-    PyObject *name;
+    PyObject *name, *spin_arg = NULL;
     const char *start = "latest";
-    unsigned int spin = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s$I:Consumer", keywords, &name, &start, &spin))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s$O:Consumer", keywords, &name, &start, &spin_arg))
         return NULL;
+    unsigned long spin = 0;
+    if (spin_arg != NULL) {
+        spin = PyLong_AsUnsignedLong(spin_arg); /* TypeError / OverflowError */
+        if (spin == (unsigned long)-1 && PyErr_Occurred())
+            return NULL;
+        if (spin > UINT32_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "spin must fit in 32 bits");
+            return NULL;
+        }
+    }
     const char *cname = queue_name(st, name);
     if (cname == NULL)
         return NULL;
@@ -430,7 +452,7 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         return raise_code(st, rc, name);
     }
     self->name = Py_NewRef(name);
-    shmq_consumer_set_spin(self->consumer, spin);
+    shmq_consumer_set_spin(self->consumer, (uint32_t)spin);
     self->scratch_size = shmq_consumer_slot_size(self->consumer);
     self->scratch = PyMem_Malloc(self->scratch_size ? self->scratch_size : 1);
     if (self->scratch == NULL) {
@@ -686,7 +708,7 @@ static PyObject *Consumer_poll_into(ConsumerObject *self, PyObject *const *args,
     if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0 || parse_timeout(argv[1], &timeout_ns) < 0)
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(argv[0], &view, PyBUF_WRITABLE) < 0)
+    if (writable_buffer(argv[0], &view) < 0)
         return NULL;
     size_t length = 0;
     int rc = poll_waiting(self, view.buf, (size_t)view.len, &length, timeout_ns);
@@ -719,7 +741,7 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
         }
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(argv[0], &view, PyBUF_WRITABLE) < 0)
+    if (writable_buffer(argv[0], &view) < 0)
         return NULL;
     PyObject *result = NULL;
     size_t *lengths = PyMem_Malloc(sizeof(size_t) * (size_t)(max_messages ? max_messages : 1));
