@@ -20,8 +20,8 @@ all: build/libshmq.a producer consumer
 build/%.o: csrc/%.c $(CORE_HDR) | build
 	$(CC) $(WARN) $(CFLAGS) -fPIC -c $< -o $@
 
-build:
-	mkdir -p build build/tests build/tsan
+build build/tests build/tsan:
+	mkdir -p $@
 
 build/libshmq.a: $(patsubst csrc/%.c,build/%.o,$(CORE_SRC))
 	ar rcs $@ $^
@@ -33,7 +33,7 @@ consumer: csrc/tools/consumer.c build/libshmq.a $(CORE_HDR)
 	$(CC) $(WARN) $(CFLAGS) $< build/libshmq.a $(LDLIBS) -o $@
 
 # Each test is one program built with the core under ASan+UBSan: exit 0 pass, 1 fail, 77 skip.
-build/tests/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) $(TEST_HDR) | build
+build/tests/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) $(TEST_HDR) | build/tests
 	$(CC) $(WARN) -O1 -g $(SAN) -Icsrc $< $(CORE_SRC) $(LDLIBS) -o $@
 
 TESTS := $(patsubst tests/c/%.c,build/tests/%,$(TEST_SRC))
@@ -44,7 +44,7 @@ test: $(TESTS) producer consumer
 # TSan does not model atomic_thread_fence (-Wtsan says so). Every shared access
 # in the ring is atomic, so TSan still checks that no plain access races; the
 # fence-based seqlock argument is what test_torn_read_stress proves.
-build/tsan/test_tsan: tests/c/tsan_threads.c $(CORE_SRC) $(CORE_HDR) $(TEST_HDR) | build
+build/tsan/test_tsan: tests/c/tsan_threads.c $(CORE_SRC) $(CORE_HDR) $(TEST_HDR) | build/tsan
 	$(CC) $(WARN) -Wno-tsan -O1 -g -fsanitize=thread -Icsrc $< $(CORE_SRC) $(LDLIBS) -o $@
 
 tsan: build/tsan/test_tsan
