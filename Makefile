@@ -54,3 +54,12 @@ clean:
 	rm -rf build producer consumer
 
 .PHONY: all test tsan clean
+
+# The C benchmark program used by `python -m shmq bench` (built there on demand too).
+build/cbench: benchmarks/cbench.c build/libshmq.a $(CORE_HDR)
+	$(CC) $(WARN) -O2 -g -Icsrc $< build/libshmq.a $(LDLIBS) -o $@
+
+bench: build/cbench
+	python3 -m shmq bench
+
+.PHONY: bench
