@@ -262,11 +262,19 @@ static PyObject *Producer_publish_many(ProducerObject *self, PyObject *messages)
         PyErr_NoMemory();
         goto done;
     }
-    for (; held < n; held++) {
-        if (PyObject_GetBuffer(items[held], &views[held], PyBUF_SIMPLE) < 0)
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        if (PyBytes_CheckExact(item)) {
+            /* Kept alive by seq; no buffer export needed. */
+            pointers[i] = PyBytes_AS_STRING(item);
+            lengths[i] = (size_t)PyBytes_GET_SIZE(item);
+            continue;
+        }
+        if (PyObject_GetBuffer(item, &views[held], PyBUF_SIMPLE) < 0)
             goto done;
-        pointers[held] = views[held].buf;
-        lengths[held] = (size_t)views[held].len;
+        pointers[i] = views[held].buf;
+        lengths[i] = (size_t)views[held].len;
+        held++;
     }
     uint64_t last = 0;
     int rc = shmq_producer_publish_many(self->producer, pointers, lengths, (size_t)n, &last);
