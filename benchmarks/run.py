@@ -5,10 +5,9 @@
 import sys
 from pathlib import Path
 
-root = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(root)) if False else None  # the installed shmq is used
+from shmq import _bench  # the installed package
 
-from shmq import _bench  # noqa: E402
+root = Path(__file__).resolve().parent.parent
 
 if __name__ == "__main__":
     args = sys.argv[1:]

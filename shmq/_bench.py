@@ -528,6 +528,9 @@ def markdown(result):
     s = result["settings"]
     lines.append(f"Settings: {s['rounds']} interleaved rounds, {s['seconds']} s of publishing per "
                  f"throughput run, {s['pingpong_iterations']} ping-pong round trips; medians (min-max).")
+    placements = sorted({f"{x['shape']}: {x['placement']}" for x in result["samples"] if x.get("placement")})
+    if placements:
+        lines.append("Placement: " + "; ".join(placements) + ".")
     lines.append("")
     for shape, title in (("1p1c", "1P -> 1C throughput (messages delivered per second)"),
                          ("1p3c", "1P -> 3C multicast (slowest consumer's delivered rate)")):
@@ -535,7 +538,8 @@ def markdown(result):
             continue
         sizes = sorted({int(k) for v in rep[shape].values() for k in v})
         lines.append(f"### {title}\n")
-        lines.append("| contender | " + " | ".join(f"{z} B" for z in sizes) + " | lost (all runs) |")
+        lost_head = "lost (all consumers, all runs) of messages due" if shape == "1p3c" else "lost (all runs) of sent"
+        lines.append("| contender | " + " | ".join(f"{z} B" for z in sizes) + f" | {lost_head} |")
         lines.append("|---|" + "---|" * len(sizes) + "---|")
         for who, by_size in rep[shape].items():
             cells = []
@@ -548,8 +552,8 @@ def markdown(result):
                 mb = d["median"] * z / 1e6
                 cells.append(f"{_fmt_rate(d['median'])} ({_fmt_rate(d['min'])}-{_fmt_rate(d['max'])}), {mb:,.0f} MB/s")
             lost = sum(e.get("lost", 0) for e in by_size.values())
-            sent = sum(e.get("sent", 0) for e in by_size.values())
-            lines.append(f"| {who} | " + " | ".join(cells) + f" | {lost:,} of {sent:,} |")
+            due = sum(e.get("sent", 0) for e in by_size.values()) * (3 if shape == "1p3c" else 1)
+            lines.append(f"| {who} | " + " | ".join(cells) + f" | {lost:,} of {due:,} |")
         lines.append("")
     if rep["pingpong"]:
         lines.append("### Ping-pong round trip, 64 B (microseconds)\n")

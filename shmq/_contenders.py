@@ -195,6 +195,9 @@ class MpQueue(Contender):
     name = "mp.Queue"
     pingpong_modes = ("block",)
 
+    def version(self):
+        return "stdlib"
+
     def setup(self, size, consumers):
         ctx = mp.get_context("fork")
         return [ctx.Queue() for _ in range(consumers)]
@@ -252,6 +255,9 @@ class MpQueue(Contender):
 class MpPipe(Contender):
     name = "mp.Pipe"
     pingpong_modes = ("block",)
+
+    def version(self):
+        return "stdlib"
 
     def setup(self, size, consumers):
         ctx = mp.get_context("fork")
@@ -442,7 +448,7 @@ class Zmq(Contender):
         while True:
             for _ in range(256):
                 for send in sends:
-                    send(msg, copy=False) if size > 512 else send(msg)
+                    send(msg, copy=size <= 512)  # zero-copy where pyzmq advises it
             sent += 256
             if time.perf_counter() >= end:
                 break
@@ -450,6 +456,9 @@ class Zmq(Contender):
             send(b"")
         for s in socks:
             s.close(linger=10000)
+        # The child leaves through os._exit: terminate the context now, which
+        # waits until the queued frames (the end marker included) are sent.
+        zmq.Context.instance().term()
         return sent
 
     def consume(self, sock, index, size, board):
