@@ -204,9 +204,12 @@ static void report_latency(const char *what, double *rtt, long n)
 {
     qsort(rtt, (size_t)n, sizeof(double), compare);
     printf("{\"shape\": \"pingpong\", \"contender\": \"%s\", \"iterations\": %ld, "
-           "\"p50_us\": %.3f, \"p99_us\": %.3f, \"p999_us\": %.3f, \"max_us\": %.3f}\n",
+           "\"p50_us\": %.3f, \"p99_us\": %.3f, \"p999_us\": %.3f, \"max_us\": %.3f, \"cdf_us\": [",
            what, n, rtt[n / 2] * 1e6, rtt[(long)(n * 0.99)] * 1e6, rtt[(long)(n * 0.999)] * 1e6,
            rtt[n - 1] * 1e6);
+    for (int q = 0; q < 100; q++) /* percentiles 0..99, then the maximum */
+        printf("%.3f, ", rtt[(long)n * q / 100] * 1e6);
+    printf("%.3f]}\n", rtt[n - 1] * 1e6);
 }
 
 static void ref_pingpong(long n)

@@ -263,6 +263,7 @@ int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size,
                 break;
             shmq_cpu_relax();
         }
+        /* Relaxed: a hint; the sleep protocol re-checks with seq_cst. */
         if (!something_to_read(c, memory_order_relaxed)) {
             int slept = sleep_until_published(c, timeout_ns > 0 ? &deadline : NULL);
             if (slept < 0) {
