@@ -93,6 +93,15 @@ def _placement(consumers):
     return producer, placed, f"producer on CPU {producer}, {who} on CPU {','.join(map(str, placed))}"
 
 
+def _reap(procs):
+    """Waits for a run's processes, killing any that outlived it."""
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def _consumer_main(contender, state, index, size, board, results, cpu):
     try:
         _pin(cpu)
@@ -142,11 +151,7 @@ def run_throughput(contender, size, seconds, consumers):
             stuck = [("producer" if i == consumers else f"consumer {i}") for i, p in enumerate(procs) if p.is_alive()]
             raise RuntimeError(f"timed out; still running: {', '.join(stuck) or 'none'}") from None
     finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _reap(procs)
         contender.teardown(state)
     errors = [g[1] for g in got if g[0] == "error"]
     if errors:
@@ -220,11 +225,7 @@ def run_pingpong(contender, mode, iterations, warmup=1000):
             p.start()
         got = results.get(timeout=120)
     finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _reap(procs)
         contender.pingpong_teardown(states)
     if got[0] == "error":
         raise RuntimeError(got[1])
@@ -739,10 +740,15 @@ process (stable), cross-process effects from interleaved runs (noisy).
   batch. Spinning C round trips stay within 1.5-1.7x a bare cache-line
   ping-pong (goal 4).
 - **Tried and kept as it was:** slots padded to 64-byte multiples (no
-  difference above the noise; the 16-byte-aligned stride moves fewer bytes),
-  and sleeping without a timer for `poll(timeout=None)` (0.88 vs 0.91 of
-  posix_ipc, inside the noise; the 50 ms slices keep Ctrl-C and close()
-  responsive).
+  difference above the noise; the 16-byte-aligned stride moves fewer bytes).
+- **Measured and left alone:** a sleep with a timeout arms a kernel timer,
+  which costs VM exits here: the C blocking round trip is 14.5 us with an
+  infinite wait and 15.6 us with a 50 ms timeout (five interleaved pairs, the
+  timed one slower in all five). Python's `poll(timeout=None)` waits in 50 ms
+  slices on purpose: a consumer cannot change the futex word (its mapping is
+  read-only), so a timer-less sleeper could miss `close()` from another thread,
+  or a Ctrl-C delivered to another thread. That is about half of what the
+  Python blocking round trip pays over the C one.
 
 Things to read in the numbers:
 
@@ -751,9 +757,10 @@ Things to read in the numbers:
   consumer is lapped; every lost message is counted in the last column, and
   no torn message is ever delivered.
 - The blocking round trip is dominated by the kernel waking a sleeping vCPU
-  (~7 us a hop here); shmq, posix_ipc and a pipe differ by a few microseconds,
-  so goal 5 is close to parity and its ratio moves between runs (0.88-1.09
-  over four runs on this machine).
+  (~7 us a hop here); shmq, posix_ipc and a pipe differ by a few microseconds.
+  From C, shmq beats posix_ipc in every run (about 0.8x); from Python it is at
+  parity, and the ratio moves between runs (0.74 to 1.2 over six runs on this
+  machine), so goal 5 is met in some runs and missed in others.
 - An "error" cell is a run of a peer that did not finish within a minute; the
   JSON says which process was stuck.
 

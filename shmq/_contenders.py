@@ -16,6 +16,26 @@ import shmq
 _SEQ = struct.Struct("<Q")
 
 
+def echo_loop(receive, send, iterations):
+    """The ping-pong echo side: send back every message received."""
+    for _ in range(iterations):
+        send(receive())
+
+
+def time_round_trips(send, receive, iterations, size=64):
+    """The ping-pong client side: nanoseconds of each send-then-receive."""
+    msg = bytes(size)
+    clock = time.perf_counter_ns
+    rtts = []
+    append = rtts.append
+    for _ in range(iterations):
+        t0 = clock()
+        send(msg)
+        receive()
+        append(clock() - t0)
+    return rtts
+
+
 def _unique(tag):
     return f"bench-{tag}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
 
@@ -235,21 +255,12 @@ class MpQueue(Contender):
     def pingpong_echo(self, states, mode, iterations):
         ping, pong = states[0][0], states[1][0]
         yield
-        for _ in range(iterations):
-            pong.put(ping.get())
+        echo_loop(ping.get, pong.put, iterations)
 
     def pingpong_client(self, states, mode, iterations):
         ping, pong = states[0][0], states[1][0]
         yield
-        msg = bytes(64)
-        clock = time.perf_counter_ns
-        rtts = []
-        for _ in range(iterations):
-            t0 = clock()
-            ping.put(msg)
-            pong.get()
-            rtts.append(clock() - t0)
-        yield rtts
+        yield time_round_trips(ping.put, pong.get, iterations)
 
 
 class MpPipe(Contender):
@@ -293,21 +304,12 @@ class MpPipe(Contender):
     def pingpong_echo(self, states, mode, iterations):
         ping_r, pong_w = states[0][0][0], states[1][0][1]
         yield
-        for _ in range(iterations):
-            pong_w.send_bytes(ping_r.recv_bytes())
+        echo_loop(ping_r.recv_bytes, pong_w.send_bytes, iterations)
 
     def pingpong_client(self, states, mode, iterations):
         ping_w, pong_r = states[0][0][1], states[1][0][0]
         yield
-        msg = bytes(64)
-        clock = time.perf_counter_ns
-        rtts = []
-        for _ in range(iterations):
-            t0 = clock()
-            ping_w.send_bytes(msg)
-            pong_r.recv_bytes()
-            rtts.append(clock() - t0)
-        yield rtts
+        yield time_round_trips(ping_w.send_bytes, pong_r.recv_bytes, iterations)
 
 
 # ------------------------------------------------------------ PyPI peers
@@ -378,21 +380,12 @@ class FasterFifo(Contender):
     def pingpong_echo(self, states, mode, iterations):
         ping, pong = states[0][0], states[1][0]
         yield
-        for _ in range(iterations):
-            pong.put(ping.get(timeout=10))
+        echo_loop(lambda: ping.get(timeout=10), pong.put, iterations)
 
     def pingpong_client(self, states, mode, iterations):
         ping, pong = states[0][0], states[1][0]
         yield
-        msg = bytes(64)
-        clock = time.perf_counter_ns
-        rtts = []
-        for _ in range(iterations):
-            t0 = clock()
-            ping.put(msg)
-            pong.get(timeout=10)
-            rtts.append(clock() - t0)
-        yield rtts
+        yield time_round_trips(ping.put, lambda: pong.get(timeout=10), iterations)
 
 
 class FasterFifoMany(FasterFifo):
@@ -480,8 +473,7 @@ class Zmq(Contender):
         s = zmq.Context.instance().socket(zmq.PAIR)
         s.bind(states[0][0])
         yield
-        for _ in range(iterations):
-            s.send(s.recv())
+        echo_loop(s.recv, s.send, iterations)
         s.close()
 
     def pingpong_client(self, states, mode, iterations):
@@ -489,14 +481,7 @@ class Zmq(Contender):
         s = zmq.Context.instance().socket(zmq.PAIR)
         s.connect(states[0][0])
         yield
-        msg = bytes(64)
-        clock = time.perf_counter_ns
-        rtts = []
-        for _ in range(iterations):
-            t0 = clock()
-            s.send(msg)
-            s.recv()
-            rtts.append(clock() - t0)
+        rtts = time_round_trips(s.send, s.recv, iterations)
         s.close()
         yield rtts
 
@@ -569,22 +554,13 @@ class PosixIpc(Contender):
         import posix_ipc
         ping, pong = posix_ipc.MessageQueue(states[0][0]), posix_ipc.MessageQueue(states[1][0])
         yield
-        for _ in range(iterations):
-            pong.send(ping.receive()[0])
+        echo_loop(lambda: ping.receive()[0], pong.send, iterations)
 
     def pingpong_client(self, states, mode, iterations):
         import posix_ipc
         ping, pong = posix_ipc.MessageQueue(states[0][0]), posix_ipc.MessageQueue(states[1][0])
         yield
-        msg = bytes(64)
-        clock = time.perf_counter_ns
-        rtts = []
-        for _ in range(iterations):
-            t0 = clock()
-            ping.send(msg)
-            pong.receive()
-            rtts.append(clock() - t0)
-        yield rtts
+        yield time_round_trips(ping.send, pong.receive, iterations)
 
 
 class Iceoryx2(Contender):
@@ -682,34 +658,33 @@ class Iceoryx2(Contender):
         return (node_a, node_b, service_pong.subscriber_builder().create(),
                 service_ping.publisher_builder().create())
 
-    def pingpong_echo(self, states, mode, iterations):
-        _, _, sub, pub = self._ends(states, echo=True)
-        yield
+    @staticmethod
+    def _io(sub, pub):
         import ctypes
         payload = ctypes.c_uint8 * 64
-        for _ in range(iterations):
+
+        def receive():
             s = sub.receive()
             while s is None:
                 s = sub.receive()
-            pub.loan_uninit().write_payload(payload.from_buffer_copy(bytes(s.payload().contents))).send()
+            return bytes(s.payload().contents)
+
+        def send(msg):
+            pub.loan_uninit().write_payload(payload.from_buffer_copy(msg)).send()
+
+        return receive, send
+
+    def pingpong_echo(self, states, mode, iterations):
+        _, _, sub, pub = self._ends(states, echo=True)
+        receive, send = self._io(sub, pub)
+        yield
+        echo_loop(receive, send, iterations)
 
     def pingpong_client(self, states, mode, iterations):
         _, _, sub, pub = self._ends(states, echo=False)
+        receive, send = self._io(sub, pub)
         yield
-        import ctypes
-        payload = ctypes.c_uint8 * 64
-        msg = bytes(64)
-        clock = time.perf_counter_ns
-        rtts = []
-        for _ in range(iterations):
-            t0 = clock()
-            pub.loan_uninit().write_payload(payload.from_buffer_copy(msg)).send()
-            s = sub.receive()
-            while s is None:
-                s = sub.receive()
-            bytes(s.payload().contents)
-            rtts.append(clock() - t0)
-        yield rtts
+        yield time_round_trips(send, receive, iterations)
 
 
 PYTHON_CONTENDERS = [ShmqPython(), ShmqPythonBatch(), ShmqPythonBulk(), MpQueue(), MpPipe(),
