@@ -1,0 +1,72 @@
+"""python -m shmq list | unlink: find and remove segments, e.g. after a crash.
+
+Geometry comes from the C core (a Consumer validates the header); this module
+never reads the segment's fields itself.
+"""
+import fcntl
+import os
+import sys
+
+import shmq
+
+SHM_DIR = "/dev/shm"
+
+
+def _producer_alive(path):
+    """Whether a live producer holds the queue's lock. Takes a shared lock for
+    an instant, so a producer starting at that very moment could see
+    ProducerBusy once."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def queue_names():
+    try:
+        files = sorted(os.listdir(SHM_DIR))
+    except FileNotFoundError:
+        return []
+    return [f[len(shmq.NAME_PREFIX):] for f in files if f.startswith(shmq.NAME_PREFIX)]
+
+
+def list_queues(out=sys.stdout) -> int:
+    names = queue_names()
+    if not names:
+        print("no shmq queues in /dev/shm", file=out)
+        return 0
+    print(f"{'NAME':<32} {'BYTES':>12} {'SLOT':>8} {'SLOTS':>9} {'NEXT SEQ':>14}  PRODUCER", file=out)
+    for name in names:
+        path = os.path.join(SHM_DIR, shmq.NAME_PREFIX + name)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            continue
+        alive = _producer_alive(path)
+        producer = {True: "live", False: "none", None: "?"}[alive]
+        try:
+            with shmq.Consumer(name) as c:
+                print(f"{name:<32} {size:>12,} {c.slot_size:>8} {c.capacity:>9} {c.position:>14}  {producer}", file=out)
+        except (shmq.ShmqError, ValueError, OSError) as e:
+            print(f"{name:<32} {size:>12,} {'-':>8} {'-':>9} {'-':>14}  {producer}  ({type(e).__name__}: {e})", file=out)
+    return 0
+
+
+def unlink_queues(names) -> int:
+    status = 0
+    for name in names:
+        try:
+            shmq.unlink(name)
+            print(f"removed {name}")
+        except (shmq.ShmqError, ValueError, OSError) as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            status = 1
+    return status
