@@ -173,31 +173,20 @@ def run_throughput(contender, size, seconds, consumers):
     }
 
 
-def _echo_main(contender, states, mode, iterations, barrier, results, cpu):
+def _pingpong_main(side, contender, states, mode, iterations, barrier, results, cpu):
+    """One side of a ping-pong: 'echo' answers until done, 'client' reports its round trips."""
     try:
         _pin(cpu)
-        loop = contender.pingpong_echo(states, mode, iterations)
-        next(loop)
+        loop = getattr(contender, f"pingpong_{side}")(states, mode, iterations)
+        next(loop)  # set up
         barrier.wait(timeout=60)
-        for _ in loop:
-            pass
-        gc.collect()
-    except BaseException as e:
-        results.put(("error", f"echo: {type(e).__name__}: {e}"))
-
-
-def _client_main(contender, states, mode, iterations, barrier, results, cpu):
-    try:
-        _pin(cpu)
-        loop = contender.pingpong_client(states, mode, iterations)
-        next(loop)
-        barrier.wait(timeout=60)
-        rtts = next(loop)
+        rtts = next(loop, None)  # the client yields its round trips; the echo just finishes
         loop.close()  # runs the generator's cleanup before os._exit
         gc.collect()
-        results.put(("rtts", rtts))
+        if side == "client":
+            results.put(("rtts", rtts))
     except BaseException as e:
-        results.put(("error", f"client: {type(e).__name__}: {e}"))
+        results.put(("error", f"{side}: {type(e).__name__}: {e}"))
 
 
 def latency_stats(rtts_ns):
@@ -218,8 +207,8 @@ def run_pingpong(contender, mode, iterations, warmup=1000):
     results = ctx.Queue()
     client_cpu, (echo_cpu,), placement = _placement(1)
     total = iterations + warmup
-    procs = [ctx.Process(target=_echo_main, args=(contender, states, mode, total, barrier, results, echo_cpu)),
-             ctx.Process(target=_client_main, args=(contender, states, mode, total, barrier, results, client_cpu))]
+    procs = [ctx.Process(target=_pingpong_main, args=(side, contender, states, mode, total, barrier, results, cpu))
+             for side, cpu in (("echo", echo_cpu), ("client", client_cpu))]
     try:
         for p in procs:
             p.start()

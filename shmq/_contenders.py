@@ -6,6 +6,7 @@ an echo and a client loop for ping-pong. Messages carry their sequence number
 in their first 8 bytes where a contender may drop them, so loss is counted,
 not hidden. A contender whose package is missing is skipped with a note.
 """
+import functools
 import multiprocessing as mp
 import os
 import struct
@@ -20,6 +21,20 @@ def echo_loop(receive, send, iterations):
     """The ping-pong echo side: send back every message received."""
     for _ in range(iterations):
         send(receive())
+
+
+def send_for(sends, msg, seconds, rounds=256):
+    """Sends msg through every channel, `rounds` times between clock checks,
+    until `seconds` have passed; returns the rounds sent."""
+    end = time.perf_counter() + seconds
+    sent = 0
+    while True:
+        for _ in range(rounds):
+            for send in sends:
+                send(msg)
+        sent += rounds
+        if time.perf_counter() >= end:
+            return sent
 
 
 def time_round_trips(send, receive, iterations, size=64):
@@ -229,15 +244,7 @@ class MpQueue(Contender):
         msg = bytes(size)
         board.wait_start()
         puts = [q.put for q in state]
-        end = time.perf_counter() + seconds
-        sent = 0
-        while True:
-            for _ in range(256):
-                for put in puts:
-                    put(msg)
-            sent += 256
-            if time.perf_counter() >= end:
-                break
+        sent = send_for(puts, msg, seconds)
         for put in puts:
             put(None)
         for q in state:  # flush the feeder thread before this process exits
@@ -281,15 +288,7 @@ class MpPipe(Contender):
         msg = bytes(size)
         board.wait_start()
         sends = [w.send_bytes for _, w in state]
-        end = time.perf_counter() + seconds
-        sent = 0
-        while True:
-            for _ in range(256):
-                for send in sends:
-                    send(msg)
-            sent += 256
-            if time.perf_counter() >= end:
-                break
+        sent = send_for(sends, msg, seconds)
         for send in sends:
             send(b"")
         return sent
@@ -340,26 +339,11 @@ class FasterFifo(Contender):
     def produce(self, state, size, seconds, board):
         msg = bytes(size)
         board.wait_start()
-        end = time.perf_counter() + seconds
-        sent = 0
         if self.batched:
-            batch = [msg] * 256
-            puts = [q.put_many for q in state]
-            while True:
-                for put in puts:
-                    put(batch, timeout=10)
-                sent += 256
-                if time.perf_counter() >= end:
-                    break
+            puts = [functools.partial(q.put_many, timeout=10) for q in state]
+            sent = 256 * send_for(puts, [msg] * 256, seconds, rounds=1)
         else:
-            puts = [q.put for q in state]
-            while True:
-                for _ in range(256):
-                    for put in puts:
-                        put(msg, timeout=10)
-                sent += 256
-                if time.perf_counter() >= end:
-                    break
+            sent = send_for([functools.partial(q.put, timeout=10) for q in state], msg, seconds)
         for q in state:
             q.put(None, timeout=10)
         return sent
@@ -435,16 +419,9 @@ class Zmq(Contender):
             socks.append(s)
         msg = bytes(size)
         board.wait_start()
-        sends = [s.send for s in socks]
-        end = time.perf_counter() + seconds
-        sent = 0
-        while True:
-            for _ in range(256):
-                for send in sends:
-                    send(msg, copy=size <= 512)  # zero-copy where pyzmq advises it
-            sent += 256
-            if time.perf_counter() >= end:
-                break
+        # Zero-copy for large messages, where pyzmq advises it.
+        sends = [functools.partial(s.send, copy=size <= 512) for s in socks]
+        sent = send_for(sends, msg, seconds)
         for send in sends:
             send(b"")
         for s in socks:
@@ -530,15 +507,7 @@ class PosixIpc(Contender):
         msg = bytes(size)
         board.wait_start()
         sends = [q.send for q in queues]
-        end = time.perf_counter() + seconds
-        sent = 0
-        while True:
-            for _ in range(256):
-                for send in sends:
-                    send(msg)
-            sent += 256
-            if time.perf_counter() >= end:
-                break
+        sent = send_for(sends, msg, seconds)
         for send in sends:
             send(b"!")
         return sent
