@@ -35,7 +35,7 @@
 
 #include "ring_internal.h"
 
-enum copy_result { COPY_OK, COPY_EMPTY, COPY_OVERRUN, COPY_TOO_SMALL, COPY_CORRUPT };
+enum copy_result { COPY_OK, COPY_EMPTY, COPY_OVERRUN, COPY_TOO_SMALL, COPY_CORRUPT, COPY_NO_MEMORY };
 
 /* A lapped reader is normally resynchronised once; more laps within one call
  * mean the stamps or head are garbage, and we stop instead of looping. */
@@ -120,7 +120,16 @@ static int stamp_unchanged(struct shmq_slot *slot, uint64_t sequence)
     return shmq_load_relaxed(&slot->stamp) == sequence;
 }
 
-static enum copy_result copy_slot(struct shmq_consumer *c, void *buf, size_t buf_size,
+/* Where a message goes: a fixed buffer, or memory from the caller's allocator,
+ * asked for once the length is known. */
+struct destination {
+    unsigned char *buf;
+    size_t size;
+    void *(*alloc)(void *context, size_t length);
+    void *context;
+};
+
+static enum copy_result copy_slot(struct shmq_consumer *c, const struct destination *d,
                                   size_t *length)
 {
     uint64_t s = c->position;
@@ -132,12 +141,15 @@ static enum copy_result copy_slot(struct shmq_consumer *c, void *buf, size_t buf
         return (int64_t)(stamp - s) < 0 ? COPY_EMPTY : COPY_OVERRUN;
     /* Relaxed: covered by the acquire above, and re-validated below. */
     uint32_t len = shmq_load_relaxed(&slot->length);
-    if (len > c->geometry.slot_size || len > buf_size) {
+    if (len > c->geometry.slot_size || (d->alloc == NULL && len > d->size)) {
         if (!stamp_unchanged(slot, s))
             return COPY_OVERRUN;
         *length = len;
         return len > c->geometry.slot_size ? COPY_CORRUPT : COPY_TOO_SMALL;
     }
+    unsigned char *buf = d->alloc ? d->alloc(d->context, len) : d->buf;
+    if (buf == NULL)
+        return COPY_NO_MEMORY;
     load_payload(slot, buf, len);
     if (!stamp_unchanged(slot, s))
         return COPY_OVERRUN;
@@ -155,15 +167,13 @@ static void resync_after_overrun(struct shmq_consumer *c)
     c->position = target;
 }
 
-int shmq_consumer_poll(struct shmq_consumer *c, void *buf, size_t buf_size, size_t *length)
+static int poll_into(struct shmq_consumer *c, const struct destination *d, size_t *length)
 {
-    if (buf == NULL && buf_size != 0)
-        return -EINVAL;
     size_t ignored;
     if (length == NULL)
         length = &ignored;
     for (int attempt = 0; attempt < MAX_RESYNCS; attempt++) {
-        switch (copy_slot(c, buf, buf_size, length)) {
+        switch (copy_slot(c, d, length)) {
         case COPY_OK:
             c->position++;
             return 0;
@@ -171,6 +181,8 @@ int shmq_consumer_poll(struct shmq_consumer *c, void *buf, size_t buf_size, size
             return SHMQ_EMPTY;
         case COPY_TOO_SMALL:
             return -EMSGSIZE;
+        case COPY_NO_MEMORY:
+            return -ENOMEM;
         case COPY_CORRUPT:
             c->position++;
             c->lost++;
@@ -181,6 +193,23 @@ int shmq_consumer_poll(struct shmq_consumer *c, void *buf, size_t buf_size, size
         }
     }
     return SHMQ_EMPTY;
+}
+
+int shmq_consumer_poll(struct shmq_consumer *c, void *buf, size_t buf_size, size_t *length)
+{
+    if (buf == NULL && buf_size != 0)
+        return -EINVAL;
+    struct destination d = {.buf = buf, .size = buf_size};
+    return poll_into(c, &d, length);
+}
+
+int shmq_consumer_poll_alloc(struct shmq_consumer *c, void *(*alloc)(void *context, size_t length),
+                             void *context, size_t *length)
+{
+    if (alloc == NULL)
+        return -EINVAL;
+    struct destination d = {.alloc = alloc, .context = context};
+    return poll_into(c, &d, length);
 }
 
 int shmq_consumer_poll_many(struct shmq_consumer *c, void *buf, size_t buf_size, size_t *lengths,
@@ -245,6 +274,36 @@ static int sleep_until_published(struct shmq_consumer *c, const struct timespec 
     return rc;
 }
 
+/* Waits until the slot at our position holds something to report; returns 0,
+ * -ETIMEDOUT (deadline NULL: never) or -EINTR. */
+static int wait_until(struct shmq_consumer *c, const struct timespec *deadline)
+{
+    for (;;) {
+        /* Relaxed: a hint; the caller's poll re-reads the stamp with acquire. */
+        if (something_to_read(c, memory_order_relaxed))
+            return 0;
+        if (deadline != NULL && deadline_passed(deadline))
+            return -ETIMEDOUT;
+        for (uint32_t i = 0; i < c->spin; i++) {
+            /* Relaxed: as above. */
+            if (something_to_read(c, memory_order_relaxed))
+                return 0;
+            shmq_cpu_relax();
+        }
+        int slept = sleep_until_published(c, deadline);
+        if (slept < 0)
+            return slept;
+    }
+}
+
+int shmq_consumer_wait(struct shmq_consumer *c, int64_t timeout_ns)
+{
+    struct timespec deadline;
+    if (timeout_ns >= 0)
+        deadline_after(&deadline, timeout_ns);
+    return wait_until(c, timeout_ns >= 0 ? &deadline : NULL);
+}
+
 int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size, size_t *length,
                             int64_t timeout_ns)
 {
@@ -255,25 +314,12 @@ int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size,
     if (timeout_ns > 0)
         deadline_after(&deadline, timeout_ns);
     for (;;) {
-        if (timeout_ns > 0 && deadline_passed(&deadline))
-            return -ETIMEDOUT;
-        for (uint32_t i = 0; i < c->spin; i++) {
-            /* Relaxed: only a hint to stop spinning; poll re-reads with acquire. */
-            if (something_to_read(c, memory_order_relaxed))
-                break;
-            shmq_cpu_relax();
-        }
-        /* Relaxed: a hint; the sleep protocol re-checks with seq_cst. */
-        if (!something_to_read(c, memory_order_relaxed)) {
-            int slept = sleep_until_published(c, timeout_ns > 0 ? &deadline : NULL);
-            if (slept < 0) {
-                rc = shmq_consumer_poll(c, buf, buf_size, length);
-                return rc == SHMQ_EMPTY ? slept : rc;
-            }
-        }
+        int waited = wait_until(c, timeout_ns > 0 ? &deadline : NULL);
         rc = shmq_consumer_poll(c, buf, buf_size, length);
         if (rc != SHMQ_EMPTY)
             return rc;
+        if (waited < 0)
+            return waited;
     }
 }
 

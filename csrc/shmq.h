@@ -157,6 +157,29 @@ int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_s
  * skipped and counted as lost). Consumer's thread only. */
 int shmq_consumer_poll(struct shmq_consumer *consumer, void *buf, size_t buf_size, size_t *length);
 
+/* Like shmq_consumer_poll, but the message goes into memory from `alloc`,
+ * called (on this thread) with the message's length once it is known:
+ * alloc(context, length) returns where to copy `length` bytes, or NULL (the
+ * poll then returns -ENOMEM and the message stays). If the producer rewrites
+ * the slot during the copy, that copy is dropped and alloc is called again for
+ * the next message, so an allocator that hands out objects should release the
+ * one it made before. On 0, the last memory alloc returned holds the message.
+ * Saves the copy through an intermediate buffer when the destination's size
+ * must equal the message's (a Python bytes object, say).
+ * Returns what shmq_consumer_poll returns (never -EMSGSIZE), or -ENOMEM,
+ * -EINVAL (alloc is NULL). Consumer's thread only. */
+int shmq_consumer_poll_alloc(struct shmq_consumer *consumer,
+                             void *(*alloc)(void *context, size_t length), void *context,
+                             size_t *length);
+
+/* Waits up to timeout_ns nanoseconds (CLOCK_MONOTONIC; negative: forever)
+ * until a poll has something to report (a message, or an overrun to count),
+ * without consuming anything. Spins first (shmq_consumer_set_spin), then
+ * sleeps on the segment's futex. Meant for callers that must poll in another
+ * context than they wait in (with a lock held, say).
+ * Returns 0, -ETIMEDOUT, or -EINTR if a signal arrived while it slept. */
+int shmq_consumer_wait(struct shmq_consumer *consumer, int64_t timeout_ns);
+
 /* Like shmq_consumer_poll, but waits up to timeout_ns nanoseconds
  * (CLOCK_MONOTONIC) for a message: 0 does not wait, a negative value waits
  * forever. It first spins (shmq_consumer_set_spin), then sleeps in the kernel

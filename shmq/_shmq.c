@@ -411,8 +411,6 @@ typedef struct {
     PyObject_HEAD
     struct shmq_consumer *consumer;
     PyObject *name;
-    unsigned char *scratch; /* slot_size bytes: poll copies here, then into bytes */
-    size_t scratch_size;
     int busy;          /* a blocking call has released the GIL with this handle */
     int close_pending; /* close() was called while busy */
 } ConsumerObject;
@@ -461,12 +459,6 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     }
     self->name = Py_NewRef(name);
     shmq_consumer_set_spin(self->consumer, (uint32_t)spin);
-    self->scratch_size = shmq_consumer_slot_size(self->consumer);
-    self->scratch = PyMem_Malloc(self->scratch_size ? self->scratch_size : 1);
-    if (self->scratch == NULL) {
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
     return (PyObject *)self;
 }
 
@@ -478,8 +470,6 @@ static void Consumer_close_handle(ConsumerObject *self)
     }
     shmq_consumer_close(self->consumer);
     self->consumer = NULL;
-    PyMem_Free(self->scratch);
-    self->scratch = NULL;
 }
 
 static void Consumer_dealloc(ConsumerObject *self)
@@ -539,18 +529,22 @@ static int64_t monotonic_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* One attempt to read, made with the GIL held; returns what the core's poll
+ * functions return. */
+typedef int (*attempt_fn)(ConsumerObject *self, void *arg);
+
 /*
- * Polls into buf, waiting up to timeout_ns (-1: forever) without the GIL, in
- * slices, checking for signals between slices. Returns what
- * shmq_consumer_poll returns (SHMQ_EMPTY when the time ran out), or
- * INT32_MIN with a Python exception set (a signal handler raised, or the
+ * Calls attempt() until it returns something other than SHMQ_EMPTY or
+ * timeout_ns (-1: forever) runs out. Between attempts it waits for the ring
+ * without the GIL, in slices, checking for signals between slices. Returns
+ * the last attempt's result (SHMQ_EMPTY when the time ran out), or
+ * PYTHON_ERROR with a Python exception set (a signal handler raised, or the
  * handle was closed meanwhile).
  */
 #define PYTHON_ERROR INT32_MIN
-static int poll_waiting(ConsumerObject *self, void *buf, size_t size, size_t *length,
-                        int64_t timeout_ns)
+static int poll_until(ConsumerObject *self, int64_t timeout_ns, attempt_fn attempt, void *arg)
 {
-    int rc = shmq_consumer_poll(self->consumer, buf, size, length);
+    int rc = attempt(self, arg);
     if (rc != SHMQ_EMPTY || timeout_ns == 0)
         return rc;
     int64_t deadline = timeout_ns > 0 ? monotonic_ns() + timeout_ns : INT64_MAX;
@@ -559,26 +553,28 @@ static int poll_waiting(ConsumerObject *self, void *buf, size_t size, size_t *le
         int64_t slice = WAIT_SLICE_NS;
         if (timeout_ns > 0) {
             int64_t left = deadline - monotonic_ns();
-            if (left <= 0) {
-                rc = SHMQ_EMPTY;
+            if (left <= 0)
                 break;
-            }
             slice = left < slice ? left : slice;
         }
+        int waited;
         Py_BEGIN_ALLOW_THREADS
-        rc = shmq_consumer_poll_wait(self->consumer, buf, size, length, slice);
+        waited = shmq_consumer_wait(self->consumer, slice);
         Py_END_ALLOW_THREADS
-        if (rc != -ETIMEDOUT && rc != -EINTR)
-            break;
-        if (PyErr_CheckSignals() < 0) {
+        if (waited < 0 && PyErr_CheckSignals() < 0) {
             rc = PYTHON_ERROR;
             break;
         }
         if (self->close_pending)
             break;
+        rc = attempt(self, arg);
+        if (rc != SHMQ_EMPTY)
+            break;
     }
     self->busy = 0;
     if (self->close_pending) {
+        if (rc == PYTHON_ERROR)
+            PyErr_Clear();
         Consumer_close_handle(self);
         closed_error("Consumer");
         return PYTHON_ERROR;
@@ -586,10 +582,46 @@ static int poll_waiting(ConsumerObject *self, void *buf, size_t size, size_t *le
     return rc;
 }
 
+/* poll() into a new bytes object of exactly the message's size. */
+struct new_bytes {
+    PyObject *msg;
+};
+
+static void *allocate_bytes(void *context, size_t length)
+{
+    struct new_bytes *nb = context;
+    Py_CLEAR(nb->msg); /* a torn copy: its object goes, a new one is asked for */
+    nb->msg = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+    return nb->msg ? PyBytes_AS_STRING(nb->msg) : NULL;
+}
+
+static int attempt_bytes(ConsumerObject *self, void *arg)
+{
+    struct new_bytes *nb = arg;
+    size_t length;
+    int rc = shmq_consumer_poll_alloc(self->consumer, allocate_bytes, nb, &length);
+    if (rc != 0)
+        Py_CLEAR(nb->msg);
+    return rc;
+}
+
+/* poll_into(): one message into the caller's buffer. */
+struct into_buffer {
+    void *buf;
+    size_t size;
+    size_t length;
+};
+
+static int attempt_into(ConsumerObject *self, void *arg)
+{
+    struct into_buffer *ib = arg;
+    return shmq_consumer_poll(self->consumer, ib->buf, ib->size, &ib->length);
+}
+
 /* Turns a poll result into an exception; returns NULL always. */
 static PyObject *poll_error(ConsumerObject *self, int rc, size_t length, size_t buf_size)
 {
-    if (rc == PYTHON_ERROR)
+    if (rc == PYTHON_ERROR || (rc == -ENOMEM && PyErr_Occurred()))
         return NULL;
     module_state *st = state_of_type(Py_TYPE(self));
     if (rc == -EMSGSIZE)
@@ -640,13 +672,13 @@ static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
 
 static PyObject *poll_bytes(ConsumerObject *self, int64_t timeout_ns)
 {
-    size_t length = 0;
-    int rc = poll_waiting(self, self->scratch, self->scratch_size, &length, timeout_ns);
+    struct new_bytes nb = {NULL};
+    int rc = poll_until(self, timeout_ns, attempt_bytes, &nb);
     if (rc == 0)
-        return PyBytes_FromStringAndSize((const char *)self->scratch, (Py_ssize_t)length);
+        return nb.msg;
     if (rc == SHMQ_EMPTY)
         Py_RETURN_NONE;
-    return poll_error(self, rc, length, self->scratch_size);
+    return poll_error(self, rc, 0, 0);
 }
 
 static PyObject *Consumer_poll(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -685,22 +717,21 @@ static PyObject *Consumer_poll_many(ConsumerObject *self, PyObject *const *args,
     if (list == NULL || max_messages == 0)
         return list;
     for (Py_ssize_t i = 0; i < max_messages; i++) {
-        size_t length = 0;
+        struct new_bytes nb = {NULL};
         /* Only the first message is waited for; then take what is there. */
-        int rc = poll_waiting(self, self->scratch, self->scratch_size, &length, i == 0 ? timeout_ns : 0);
+        int rc = poll_until(self, i == 0 ? timeout_ns : 0, attempt_bytes, &nb);
         if (rc == SHMQ_EMPTY)
             break;
         if (rc < 0) {
             Py_DECREF(list);
-            return poll_error(self, rc, length, self->scratch_size);
+            return poll_error(self, rc, 0, 0);
         }
-        PyObject *msg = PyBytes_FromStringAndSize((const char *)self->scratch, (Py_ssize_t)length);
-        if (msg == NULL || PyList_Append(list, msg) < 0) {
-            Py_XDECREF(msg);
+        int appended = PyList_Append(list, nb.msg);
+        Py_DECREF(nb.msg);
+        if (appended < 0) {
             Py_DECREF(list);
             return NULL;
         }
-        Py_DECREF(msg);
     }
     return list;
 }
@@ -718,14 +749,14 @@ static PyObject *Consumer_poll_into(ConsumerObject *self, PyObject *const *args,
     Py_buffer view;
     if (writable_buffer(argv[0], &view) < 0)
         return NULL;
-    size_t length = 0;
-    int rc = poll_waiting(self, view.buf, (size_t)view.len, &length, timeout_ns);
+    struct into_buffer ib = {view.buf, (size_t)view.len, 0};
+    int rc = poll_until(self, timeout_ns, attempt_into, &ib);
     PyBuffer_Release(&view);
     if (rc == 0)
-        return PyLong_FromSize_t(length);
+        return PyLong_FromSize_t(ib.length);
     if (rc == SHMQ_EMPTY)
         Py_RETURN_NONE;
-    return poll_error(self, rc, length, (size_t)view.len);
+    return poll_error(self, rc, ib.length, ib.size);
 }
 
 static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *args,
@@ -760,7 +791,9 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
     int n = 0;
     if (max_messages > 0) {
         /* Wait for the first message in place, then take the rest in one call. */
-        int rc = poll_waiting(self, view.buf, (size_t)view.len, &lengths[0], timeout_ns);
+        struct into_buffer ib = {view.buf, (size_t)view.len, 0};
+        int rc = poll_until(self, timeout_ns, attempt_into, &ib);
+        lengths[0] = ib.length;
         if (rc == 0) {
             /* -EMSGSIZE or -EBADMSG here only end the batch: the next call
              * reports them (a bad slot is already counted in lost). */

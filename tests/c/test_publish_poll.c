@@ -1,5 +1,6 @@
 /* Single-process behaviour of publish and poll: exact lengths and content,
- * limits, empty queue, start positions, poll_many, small buffers. */
+ * limits, empty queue, start positions, poll_many, small buffers, polling
+ * into caller-allocated memory, and waiting without consuming. */
 #include "helpers.h"
 
 static void messages_arrive_with_exact_length_and_content(void)
@@ -121,6 +122,67 @@ static void poll_many_packs_whole_messages(void)
     shmq_producer_close(p);
 }
 
+struct allocation {
+    unsigned char buf[64];
+    size_t asked;
+    int calls;
+    int refuse;
+};
+
+static void *allocate(void *context, size_t length)
+{
+    struct allocation *a = context;
+    a->calls++;
+    a->asked = length;
+    return a->refuse ? NULL : a->buf;
+}
+
+static void poll_alloc_asks_for_the_exact_length(void)
+{
+    const char *name = test_name("alloc");
+    struct shmq_producer *p = make_producer(name, 64, 8, 0);
+    struct shmq_consumer *c;
+    CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
+    struct allocation a = {.refuse = 0};
+    size_t len = 0;
+    CHECK_RC(shmq_consumer_poll_alloc(c, allocate, &a, &len), SHMQ_EMPTY);
+    CHECK(a.calls == 0);
+    CHECK_RC(shmq_producer_publish(p, "seventeen bytes!!", 17, NULL), 0);
+    a.refuse = 1; /* out of memory: the message stays */
+    CHECK_RC(shmq_consumer_poll_alloc(c, allocate, &a, &len), -ENOMEM);
+    CHECK(shmq_consumer_position(c) == 0);
+    a.refuse = 0;
+    CHECK_RC(shmq_consumer_poll_alloc(c, allocate, &a, &len), 0);
+    CHECK(a.asked == 17 && len == 17 && memcmp(a.buf, "seventeen bytes!!", 17) == 0);
+    CHECK(shmq_consumer_position(c) == 1);
+    CHECK_RC(shmq_consumer_poll_alloc(c, NULL, &a, &len), -EINVAL);
+    shmq_consumer_close(c);
+    shmq_producer_close(p);
+}
+
+static void wait_reports_readiness_without_consuming(void)
+{
+    const char *name = test_name("wait");
+    struct shmq_producer *p = make_producer(name, 8, 4, 0);
+    struct shmq_consumer *c;
+    CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
+    CHECK_RC(shmq_consumer_wait(c, 0), -ETIMEDOUT);
+    CHECK_RC(shmq_consumer_wait(c, 2000000), -ETIMEDOUT);
+    CHECK_RC(shmq_producer_publish(p, "a", 1, NULL), 0);
+    CHECK_RC(shmq_consumer_wait(c, -1), 0);
+    CHECK_RC(shmq_consumer_wait(c, 0), 0);
+    CHECK(shmq_consumer_position(c) == 0);
+    /* An overrun to report also counts as something to read. */
+    for (int i = 0; i < 8; i++)
+        CHECK_RC(shmq_producer_publish(p, "b", 1, NULL), 0);
+    CHECK_RC(shmq_consumer_wait(c, 0), 0);
+    char buf[8];
+    CHECK_RC(shmq_consumer_poll(c, buf, sizeof(buf), NULL), 0);
+    CHECK(shmq_consumer_lost(c) > 0);
+    shmq_consumer_close(c);
+    shmq_producer_close(p);
+}
+
 static void bad_arguments_get_einval(void)
 {
     struct shmq_producer *p;
@@ -147,6 +209,8 @@ int main(void)
     small_buffer_gets_emsgsize_and_keeps_the_message();
     start_positions_latest_and_earliest();
     poll_many_packs_whole_messages();
+    poll_alloc_asks_for_the_exact_length();
+    wait_reports_readiness_without_consuming();
     bad_arguments_get_einval();
     return 0;
 }
