@@ -57,8 +57,6 @@ def _unique(tag):
 
 class Contender:
     name = "?"
-    lossy = False          # may drop messages: the consumer counts what arrived
-    multicast_native = False
     pingpong_modes = ()     # e.g. ("spin", "block")
 
     def available(self):
@@ -96,8 +94,6 @@ class Contender:
 class ShmqPython(Contender):
     """shmq from Python, one publish() and one poll() per message."""
     name = "shmq-py"
-    lossy = True
-    multicast_native = True
     pingpong_modes = ("spin", "block")
     capacity = 1 << 16
 
@@ -536,8 +532,6 @@ class Iceoryx2(Contender):
     """iceoryx2 publish-subscribe (a ctypes byte array per message; lossy when a
     subscriber's buffer overflows, so messages carry a sequence number)."""
     name = "iceoryx2"
-    lossy = True
-    multicast_native = True
     pingpong_modes = ("spin",)
 
     def available(self):
