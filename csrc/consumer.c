@@ -104,7 +104,8 @@ static void load_payload(const struct shmq_slot *slot, unsigned char *buf, size_
     size_t tail = length % 8;
     if (tail) {
         /* The payload area is a whole number of words, so this stays inside
-         * the slot; only the message's bytes reach the caller's buffer. */
+         * the slot; only the message's bytes reach the caller's buffer.
+         * Relaxed: validated afterwards, as above. */
         uint64_t word = shmq_load_relaxed(&((struct shmq_slot *)slot)->payload[words]);
         memcpy(buf + words * 8, &word, tail);
     }
@@ -237,6 +238,8 @@ int shmq_consumer_poll_many(struct shmq_consumer *c, void *buf, size_t buf_size,
  * or a later lap (an overrun to report). */
 static int something_to_read(struct shmq_consumer *c, memory_order order)
 {
+    /* The order is the caller's: relaxed for hints, seq_cst in the sleep
+     * handshake; each call site says why. */
     struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, c->position);
     return (int64_t)(atomic_load_explicit(&slot->stamp, order) - c->position) >= 0;
 }

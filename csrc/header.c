@@ -79,6 +79,7 @@ void shmq_header_init(void *base, const struct shmq_geometry *g)
     for (uint64_t i = 0; i < g->capacity; i++) {
         uint64_t sequence = g->first_sequence + i;
         struct shmq_slot *slot = shmq_slot_at(slots, g, sequence);
+        /* Relaxed: published, like the fields above, by the magic's release. */
         shmq_store_relaxed(&slot->stamp, sequence - g->capacity);
         shmq_store_relaxed(&slot->length, 0);
     }

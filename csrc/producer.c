@@ -156,6 +156,8 @@ void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
     /* A producer that died between stamping message `next` and advancing head
      * left a complete message behind; keep it, or readers past it would never
      * see the message we would write under the same number. */
+    /* Relaxed: ordered after the dead producer's stores by the lock, as for
+     * head just above. */
     if (shmq_load_relaxed(&shmq_slot_at(p->slots, &p->geometry, p->next)->stamp) == p->next)
         /* Release: pairs with the consumers' acquire loads of head, as in
          * finish_publish. */
@@ -212,6 +214,7 @@ static void store_payload(struct shmq_slot *slot, const unsigned char *data, siz
     if (tail) {
         uint64_t word = 0;
         memcpy(&word, data + words * 8, tail);
+        /* Relaxed: as above. */
         shmq_store_relaxed(&slot->payload[words], word);
     }
 }
