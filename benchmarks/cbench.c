@@ -138,7 +138,7 @@ static void shmq_throughput(size_t size, double seconds, struct board *b)
 {
     char name[64];
     snprintf(name, sizeof(name), "cbench-%d", (int)getpid());
-    shmq_unlink(name);
+    shmq_unlink(name, SHMQ_UNLINK_FORCE);
     struct shmq_config config = {.slot_size = (uint32_t)size, .capacity = 1u << 16};
     struct shmq_producer *p;
     int rc = shmq_producer_open(&p, name, &config, SHMQ_CREATE | SHMQ_EXCL);
@@ -189,7 +189,7 @@ static void shmq_throughput(size_t size, double seconds, struct board *b)
     atomic_store(&b->done, 1);
     waitpid(kid, NULL, 0);
     shmq_producer_close(p);
-    shmq_unlink(name);
+    shmq_unlink(name, SHMQ_UNLINK_FORCE);
 }
 
 /* ------------------------------------------------------------- ping-pong */
@@ -250,8 +250,8 @@ static void shmq_pingpong(long n, int blocking)
     snprintf(pong, sizeof(pong), "cbench-pong-%d", (int)getpid());
     struct shmq_config config = {.slot_size = 64, .capacity = 1024};
     struct shmq_producer *to_echo, *to_client;
-    shmq_unlink(ping);
-    shmq_unlink(pong);
+    shmq_unlink(ping, SHMQ_UNLINK_FORCE);
+    shmq_unlink(pong, SHMQ_UNLINK_FORCE);
     /* Create both queues, then let each process open its own producer: a
      * producer handle inherited across fork() refuses to publish. */
     if (shmq_producer_open(&to_client, pong, &config, SHMQ_CREATE | SHMQ_EXCL) < 0)
@@ -297,8 +297,8 @@ static void shmq_pingpong(long n, int blocking)
     waitpid(kid, NULL, 0);
     report_latency(blocking ? "shmq-c-block" : "shmq-c-spin", rtt, n);
     free(rtt);
-    shmq_unlink(ping);
-    shmq_unlink(pong);
+    shmq_unlink(ping, SHMQ_UNLINK_FORCE);
+    shmq_unlink(pong, SHMQ_UNLINK_FORCE);
 }
 
 int main(int argc, char **argv)

@@ -16,22 +16,34 @@
  * OVERRUN: the consumer moves to head - capacity/2 and adds the distance it
  * skipped to its lost count. Every sequence from its start is therefore
  * either delivered once or counted once: delivered + lost == published.
+ * Stamps or a head that keep the reader lapping within one call are
+ * garbage, not a fast producer: after MAX_RESYNCS the poll reports the ring
+ * corrupt (-EUCLEAN) instead of looping.
  *
- * SLEEPING (Dekker handshake with finish_publish in producer.c): a consumer
- * that wants to sleep increments `waiters`, reads the futex word, checks the
- * ring once more, and only then sleeps on the futex word with the value it
- * read. The producer stores the stamp, fences, and reads `waiters`; if it is
- * non-zero it bumps the futex word and wakes everyone. All four of those
- * accesses are sequentially consistent, so either the consumer's last check
- * sees the message, or the producer sees the sleeper and its bump makes the
- * futex wait return at once. Wake-ups are never trusted: the loop re-checks
- * the ring after every one.
+ * END OF STREAM: an empty slot is checked against stream_state; if the
+ * producer closed the stream, the slot is checked once more (the last
+ * message may have landed between the two loads) and the poll reports
+ * SHMQ_ENDED.
+ *
+ * SLEEPING (docs/consumer-state.md): a consumer that wants to sleep reads
+ * the futex word, raises the wake flag, checks the ring once more, and only
+ * then sleeps on the futex word with the value it read, for at most
+ * SLEEP_SLICE_NS. The producer stores the stamp, fences, and reads the flag;
+ * if it is raised it clears it, bumps the futex word and wakes everyone. The
+ * flag store, the fence and both loads are sequentially consistent, so
+ * either the consumer's last check sees the message, or the producer sees
+ * the flag and its bump makes the futex wait return at once. Wake-ups are
+ * never trusted: the loop re-checks the ring after every one, and the slice
+ * bounds how long anyone who clears the flag wrongly can strand a sleeper.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ring_internal.h"
 
@@ -41,6 +53,14 @@ enum copy_result { COPY_OK, COPY_EMPTY, COPY_OVERRUN, COPY_TOO_SMALL, COPY_CORRU
  * mean the stamps or head are garbage, and we stop instead of looping. */
 #define MAX_RESYNCS 64
 
+/* Longest sleep before re-checking the ring: with the wake page, and
+ * without it (nobody will wake us then). */
+#define SLEEP_SLICE_NS (100LL * 1000 * 1000)
+#define UNWOKEN_SLICE_NS (1LL * 1000 * 1000)
+
+/* Spinning checks the clock and the end of stream this often. */
+#define SPIN_CHECK_EVERY 1024u
+
 static uint64_t load_head(const struct shmq_consumer *c)
 {
     /* Acquire: pairs with the release store of head in finish_publish, so the
@@ -49,40 +69,90 @@ static uint64_t load_head(const struct shmq_consumer *c)
 }
 
 void shmq_consumer_bind(struct shmq_consumer *c, unsigned char *base,
-                        const struct shmq_geometry *geometry, enum shmq_start start)
+                        const struct shmq_geometry *geometry, enum shmq_start start,
+                        struct shmq_wake_page *wake)
 {
     c->geometry = *geometry;
     c->control = (struct shmq_control *)base;
-    c->consumers = (struct shmq_consumer_area *)(base + c->geometry.consumer_area_offset);
     c->slots = base + c->geometry.slots_offset;
+    c->consumers.wake = wake;
+    if (c->entry == NULL)
+        c->entry = &c->private_entry;
     uint64_t head = load_head(c);
     c->position = head;
     if (start == SHMQ_START_EARLIEST) {
+        /* The slot of head - capacity is the one the producer rewrites next;
+         * starting one later keeps that publish from costing us anything. */
         uint64_t published = head - c->geometry.first_sequence;
-        c->position = published >= c->geometry.capacity ? head - c->geometry.capacity
+        c->position = published >= c->geometry.capacity ? head - c->geometry.capacity + 1
                                                          : c->geometry.first_sequence;
     }
+    /* Relaxed: the entry is ours; readers of it (shmq stat, a lossless
+     * producer) treat its fields as a snapshot. */
+    shmq_store_relaxed(&c->entry->position, c->position);
 }
 
-int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_start start)
+static void consumer_in_child(struct shmq_fork_link *link)
 {
-    if (out == NULL || (start != SHMQ_START_LATEST && start != SHMQ_START_EARLIEST))
+    struct shmq_consumer *c =
+        (struct shmq_consumer *)((char *)link - offsetof(struct shmq_consumer, fork_link));
+    /* The entry belongs to the parent: the child neither keeps its lock
+     * alive nor writes its position. It reads on from where the parent was. */
+    if (c->consumers.region != NULL)
+        shmq_region_drop_lock(c->consumers.region);
+    c->private_entry.position = c->position;
+    c->entry = &c->private_entry;
+    c->entry_index = -1;
+}
+
+int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
+                            const struct shmq_consumer_options *options)
+{
+    struct shmq_consumer_options defaults = {.start = SHMQ_START_LATEST};
+    if (options == NULL)
+        options = &defaults;
+    if (out == NULL || (options->start != SHMQ_START_LATEST && options->start != SHMQ_START_EARLIEST))
         return -EINVAL;
+    int rc = shmq_queue_name_validate(name);
+    if (rc < 0)
+        return rc;
     struct shmq_consumer *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return -ENOMEM;
-    int rc = shmq_region_open(&c->region, name, SHMQ_REGION_MOSTLY_READ);
+    c->entry_index = -1;
+    rc = shmq_region_open(&c->region, name, SHMQ_REGION_READ_ONLY);
     if (rc < 0)
         goto fail_free;
+    struct stat st;
+    rc = shmq_region_stat(c->region, &st);
+    if (rc < 0)
+        goto fail_close;
+    c->owner_uid = st.st_uid;
+    if (options->check_owner && st.st_uid != options->owner) {
+        rc = -EPERM;
+        goto fail_close;
+    }
     unsigned char *base = shmq_region_base(c->region);
     rc = shmq_header_read(base, shmq_region_size(c->region), &c->geometry);
     if (rc < 0)
         goto fail_close;
-    rc = shmq_region_make_writable(c->region, c->geometry.consumer_area_offset,
-                                   c->geometry.page_size);
-    if (rc < 0)
-        goto fail_close;
-    shmq_consumer_bind(c, base, &c->geometry, start);
+    shmq_consumers_attach_consumer(&c->consumers, name, &c->geometry, st.st_uid);
+    if (!options->no_entry) {
+        struct shmq_consumer_entry *entry;
+        int index = shmq_consumers_claim(&c->consumers, &entry);
+        if (index >= 0) {
+            c->entry = entry;
+            c->entry_index = index;
+            /* Relaxed: display only, as for position in bind. */
+            shmq_store_relaxed(&entry->pid, (uint32_t)getpid());
+            shmq_store_relaxed(&entry->lost, 0);
+            shmq_store_relaxed(&entry->state, 1);
+        }
+    }
+    shmq_consumer_bind(c, base, &c->geometry, options->start, c->consumers.wake);
+    shmq_consumer_set_spin(c, options->spin);
+    c->fork_link.in_child = consumer_in_child;
+    shmq_fork_track(&c->fork_link);
     *out = c;
     return 0;
 fail_close:
@@ -90,6 +160,12 @@ fail_close:
 fail_free:
     free(c);
     return rc;
+}
+
+int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_start start)
+{
+    struct shmq_consumer_options options = {.start = start};
+    return shmq_consumer_open_with(out, name, &options);
 }
 
 static void load_payload(const struct shmq_slot *slot, unsigned char *buf, size_t length)
@@ -166,6 +242,16 @@ static void resync_after_overrun(struct shmq_consumer *c)
         target = c->position + 1;
     c->lost += target - c->position;
     c->position = target;
+    /* Relaxed: our own entry, a snapshot for readers (see bind). */
+    shmq_store_relaxed(&c->entry->lost, c->lost);
+}
+
+static int stream_ended(const struct shmq_consumer *c)
+{
+    /* Acquire: pairs with the release store of SHMQ_STREAM_ENDED in
+     * shmq_producer_close, made after its last publish: a reader that sees
+     * the mark sees every stamp stored before it. */
+    return (shmq_load_acquire(&c->control->stream_state) & SHMQ_STREAM_ENDED) != 0;
 }
 
 static int poll_into(struct shmq_consumer *c, const struct destination *d, size_t *length)
@@ -173,13 +259,22 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
     size_t ignored;
     if (length == NULL)
         length = &ignored;
+    int ended = 0;
     for (int attempt = 0; attempt < MAX_RESYNCS; attempt++) {
         switch (copy_slot(c, d, length)) {
         case COPY_OK:
             c->position++;
+            /* Relaxed: see bind. */
+            shmq_store_relaxed(&c->entry->position, c->position);
             return 0;
         case COPY_EMPTY:
-            return SHMQ_EMPTY;
+            /* Seen empty after seeing the mark: nothing more will come. */
+            if (ended)
+                return SHMQ_ENDED;
+            if (!stream_ended(c))
+                return SHMQ_EMPTY;
+            ended = 1;
+            break;
         case COPY_TOO_SMALL:
             return -EMSGSIZE;
         case COPY_NO_MEMORY:
@@ -187,13 +282,13 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
         case COPY_CORRUPT:
             c->position++;
             c->lost++;
-            return -EBADMSG;
+            return -EUCLEAN;
         case COPY_OVERRUN:
             resync_after_overrun(c);
             break;
         }
     }
-    return SHMQ_EMPTY;
+    return -EUCLEAN;
 }
 
 int shmq_consumer_poll(struct shmq_consumer *c, void *buf, size_t buf_size, size_t *length)
@@ -227,84 +322,104 @@ int shmq_consumer_poll_many(struct shmq_consumer *c, void *buf, size_t buf_size,
         if (rc == SHMQ_EMPTY || (rc == -EMSGSIZE && n > 0))
             break;
         if (rc < 0)
-            return n > 0 && rc == -EBADMSG ? (int)n : rc;
+            return n > 0 ? (int)n : rc;
         used += lengths[n];
         n++;
     }
     return (int)n;
 }
 
-/* Whether the slot at our position holds anything but "not yet": a message,
- * or a later lap (an overrun to report). */
-static int something_to_read(struct shmq_consumer *c, memory_order order)
+/* Whether a poll now has something to report: a message, a later lap (an
+ * overrun to count) or the end of the stream. */
+static int something_to_report(struct shmq_consumer *c, memory_order order)
 {
     /* The order is the caller's: relaxed for hints, seq_cst in the sleep
      * handshake; each call site says why. */
     struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, c->position);
-    return (int64_t)(atomic_load_explicit(&slot->stamp, order) - c->position) >= 0;
+    return (int64_t)(shmq_load_ordered(&slot->stamp, order) - c->position) >= 0;
 }
 
-static void deadline_after(struct timespec *deadline, int64_t timeout_ns)
-{
-    clock_gettime(CLOCK_MONOTONIC, deadline);
-    int64_t ns = deadline->tv_nsec + timeout_ns % 1000000000;
-    deadline->tv_sec += (time_t)(timeout_ns / 1000000000 + ns / 1000000000);
-    deadline->tv_nsec = (long)(ns % 1000000000);
-}
-
-static int deadline_passed(const struct timespec *deadline)
+static int64_t now_ns(void)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    return now.tv_sec > deadline->tv_sec ||
-           (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
-/* One round of the sleep protocol; returns 0, -ETIMEDOUT or -EINTR. */
-static int sleep_until_published(struct shmq_consumer *c, const struct timespec *deadline)
+static struct timespec timespec_of(int64_t ns)
 {
-    /* Seq_cst: pairs with the seq_cst fence in finish_publish (see top). */
-    atomic_fetch_add_explicit(&c->consumers->waiters, 1, memory_order_seq_cst);
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000), .tv_nsec = (long)(ns % 1000000000)};
+    return ts;
+}
+
+/* One round of the sleep protocol, at most one slice long; returns 0 (woken,
+ * or the slice ended: re-check), -ETIMEDOUT (the deadline passed) or -EINTR.
+ * deadline_ns < 0: none. */
+static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns)
+{
+    struct shmq_wake_page *wake = c->consumers.wake;
+    int64_t slice_end = now_ns() + (wake ? SLEEP_SLICE_NS : UNWOKEN_SLICE_NS);
+    int last_slice = deadline_ns >= 0 && deadline_ns <= slice_end;
+    if (last_slice)
+        slice_end = deadline_ns;
     /* Seq_cst: pairs with the producer's seq_cst increment of futex_word; if
-     * we read the bumped value we also see the stamps stored before it. */
+     * we read the bumped value we also see the stamps stored before it. Read
+     * before raising the flag, so a wake that answers the flag changes the
+     * word from the value we sleep on. */
     uint32_t word = shmq_load_seq_cst(&c->control->futex_word);
-    int rc = 0;
-    /* Seq_cst: the consumer half of the Dekker handshake with finish_publish. */
-    if (!something_to_read(c, memory_order_seq_cst))
-        rc = shmq_futex_wait(&c->control->futex_word, word, deadline);
-    /* Relaxed: a stale non-zero count only costs the producer one spare wake. */
-    atomic_fetch_sub_explicit(&c->consumers->waiters, 1, memory_order_relaxed);
+    if (wake)
+        /* Seq_cst: the consumer half of the Dekker handshake with the fence
+         * in finish_publish (producer.c). */
+        shmq_store_seq_cst(&wake->wake_flag, 1);
+    /* Seq_cst: ordered after the flag store, as the handshake needs. */
+    if (something_to_report(c, memory_order_seq_cst) || stream_ended(c))
+        return 0;
+    struct timespec until = timespec_of(slice_end);
+    int rc = shmq_futex_wait(&c->control->futex_word, word, &until);
+    if (rc == -ETIMEDOUT && !last_slice)
+        return 0;
     return rc;
 }
 
-/* Waits until the slot at our position holds something to report; returns 0,
- * -ETIMEDOUT (deadline NULL: never) or -EINTR. */
-static int wait_until(struct shmq_consumer *c, const struct timespec *deadline)
+/* Waits until a poll has something to report; returns 0, -ETIMEDOUT or
+ * -EINTR. deadline_ns < 0: wait forever. */
+static int wait_until(struct shmq_consumer *c, int64_t deadline_ns)
 {
     for (;;) {
         /* Relaxed: a hint; the caller's poll re-reads the stamp with acquire. */
-        if (something_to_read(c, memory_order_relaxed))
+        if (something_to_report(c, memory_order_relaxed) || stream_ended(c))
             return 0;
-        if (deadline != NULL && deadline_passed(deadline))
+        if (deadline_ns >= 0 && now_ns() >= deadline_ns)
             return -ETIMEDOUT;
-        for (uint32_t i = 0; i < c->spin; i++) {
+        for (uint32_t i = 1; i <= c->spin; i++) {
             /* Relaxed: as above. */
-            if (something_to_read(c, memory_order_relaxed))
+            if (something_to_report(c, memory_order_relaxed))
                 return 0;
+            if (i % SPIN_CHECK_EVERY == 0) {
+                if (stream_ended(c))
+                    return 0;
+                if (deadline_ns >= 0 && now_ns() >= deadline_ns)
+                    return -ETIMEDOUT;
+            }
             shmq_cpu_relax();
         }
-        int slept = sleep_until_published(c, deadline);
+        int slept = sleep_until_published(c, deadline_ns);
         if (slept < 0)
             return slept;
     }
 }
 
+static int64_t deadline_after(int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return -1;
+    int64_t now = now_ns();
+    return timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
+}
+
 int shmq_consumer_wait(struct shmq_consumer *c, int64_t timeout_ns)
 {
-    struct timespec deadline;
-    if (timeout_ns >= 0)
-        deadline_after(&deadline, timeout_ns);
-    return wait_until(c, timeout_ns >= 0 ? &deadline : NULL);
+    return wait_until(c, deadline_after(timeout_ns));
 }
 
 int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size, size_t *length,
@@ -313,11 +428,9 @@ int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size,
     int rc = shmq_consumer_poll(c, buf, buf_size, length);
     if (rc != SHMQ_EMPTY || timeout_ns == 0)
         return rc;
-    struct timespec deadline;
-    if (timeout_ns > 0)
-        deadline_after(&deadline, timeout_ns);
+    int64_t deadline = deadline_after(timeout_ns);
     for (;;) {
-        int waited = wait_until(c, timeout_ns > 0 ? &deadline : NULL);
+        int waited = wait_until(c, deadline);
         rc = shmq_consumer_poll(c, buf, buf_size, length);
         if (rc != SHMQ_EMPTY)
             return rc;
@@ -326,16 +439,48 @@ int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size,
     }
 }
 
-void shmq_consumer_set_spin(struct shmq_consumer *c, uint32_t iterations) { c->spin = iterations; }
+void shmq_consumer_set_spin(struct shmq_consumer *c, uint32_t iterations)
+{
+    c->spin = iterations > SHMQ_SPIN_MAX ? SHMQ_SPIN_MAX : iterations;
+}
+
 uint64_t shmq_consumer_position(const struct shmq_consumer *c) { return c->position; }
 uint64_t shmq_consumer_lost(const struct shmq_consumer *c) { return c->lost; }
 uint32_t shmq_consumer_slot_size(const struct shmq_consumer *c) { return c->geometry.slot_size; }
 uint32_t shmq_consumer_capacity(const struct shmq_consumer *c) { return c->geometry.capacity; }
+uid_t shmq_consumer_owner_uid(const struct shmq_consumer *c) { return c->owner_uid; }
+int shmq_consumer_entry(const struct shmq_consumer *c) { return c->entry_index; }
+
+int shmq_consumer_ended(const struct shmq_consumer *c)
+{
+    return stream_ended(c);
+}
+
+int shmq_consumer_producer_alive(const struct shmq_consumer *c)
+{
+    if (c->region == NULL)
+        return -EINVAL;
+    return shmq_region_lock_held(c->region, 0);
+}
+
+int shmq_consumer_unlinked(const struct shmq_consumer *c)
+{
+    if (c->region == NULL)
+        return -EINVAL;
+    struct stat st;
+    int rc = shmq_region_stat(c->region, &st);
+    return rc < 0 ? rc : st.st_nlink == 0;
+}
 
 void shmq_consumer_close(struct shmq_consumer *c)
 {
     if (c == NULL)
         return;
+    shmq_fork_untrack(&c->fork_link);
+    if (c->entry_index >= 0)
+        /* Relaxed: display only; the lock, dropped below, is what frees it. */
+        shmq_store_relaxed(&c->entry->state, 0);
+    shmq_consumers_close(&c->consumers);
     shmq_region_close(c->region);
     free(c);
 }

@@ -9,13 +9,17 @@ const char *shmq_strerror(int code)
     switch (code) {
     case 0: return "success";
     case -EAGAIN: return "no message available";
+    case -EPIPE: return "the producer closed the stream and every message has been read";
+    case -EUCLEAN: return "a slot of the ring is corrupt (impossible length or sequence stamps)";
+    case -EPERM: return "the queue belongs to another user, or its mode is wider than requested";
+    case -EUSERS: return "every consumer entry of the queue is taken";
     case -ETIMEDOUT: return "timed out waiting for a message";
     case -EINTR: return "interrupted by a signal";
     case -EMSGSIZE: return "message larger than the slot size, or buffer too small";
     case -EBUSY: return "another live producer holds this queue";
     case -ENOENT: return "no queue with that name";
     case -EEXIST: return "a queue with that name already exists";
-    case -EINVAL: return "invalid argument or name (names: 1-200 of [A-Za-z0-9._-], starting with a letter or digit)";
+    case -EINVAL: return "invalid argument or name (names: 1-200 of [A-Za-z0-9._-], starting with a letter or digit, not ending in .consumers)";
     case -ENAMETOOLONG: return "name longer than 200 characters";
     case -EPROTO: return "segment is not a shmq queue (bad magic)";
     case -ENODATA: return "segment is empty or was never fully initialised";

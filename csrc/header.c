@@ -9,23 +9,33 @@
  * anyone with write access could have put anything there, and a field read
  * twice could change between the check and the use.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "ring_internal.h"
 
-/* Lines in the reserved cursor table: the consumer page minus its first line. */
-static uint32_t cursor_entries_for(uint32_t page_size)
-{
-    return page_size / SHMQ_LINE - 1;
-}
-
 static uint32_t system_page_size(void)
 {
     long page = sysconf(_SC_PAGESIZE);
     return page > 0 ? (uint32_t)page : 4096u;
+}
+
+/* A number that tells this incarnation of a ring from any other that had
+ * its name, so a consumer-state object left from an earlier one is never
+ * mistaken for this one's. */
+static uint64_t new_instance(void)
+{
+    uint64_t instance = 0;
+    if (getrandom(&instance, sizeof(instance), GRND_NONBLOCK) != (ssize_t)sizeof(instance)) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        instance = ((uint64_t)now.tv_sec << 30) ^ (uint64_t)now.tv_nsec ^ ((uint64_t)getpid() << 40);
+    }
+    return instance | 1; /* never 0, which reads as "unset" */
 }
 
 /* Fills *g from the caller's wishes; -EINVAL for impossible geometry. */
@@ -43,8 +53,12 @@ int shmq_geometry_plan(struct shmq_geometry *g, const struct shmq_config *config
     g->capacity = capacity;
     g->page_size = system_page_size();
     g->first_sequence = config ? config->first_sequence : 0;
-    g->consumer_area_offset = g->page_size;
-    g->slots_offset = 2 * (uint64_t)g->page_size;
+    g->consumer_entries = config && config->max_consumers ? config->max_consumers
+                                                          : SHMQ_DEFAULT_MAX_CONSUMERS;
+    if (g->consumer_entries > SHMQ_CONSUMER_ENTRIES_MAX)
+        return -EINVAL;
+    g->instance = new_instance();
+    g->slots_offset = g->page_size;
     /* Both factors are bounded above (2^30 * ~2^26), so this cannot overflow. */
     g->total_size = g->slots_offset + (uint64_t)capacity * g->slot_stride;
     if (g->total_size > (uint64_t)SIZE_MAX)
@@ -56,21 +70,26 @@ void shmq_header_init(void *base, const struct shmq_geometry *g)
 {
     struct shmq_control *control = base;
     unsigned char *slots = (unsigned char *)base + g->slots_offset;
-
-    control->version = SHMQ_LAYOUT_VERSION;
-    control->flags = 0;
-    control->slot_size = g->slot_size;
-    control->slot_stride = g->slot_stride;
-    control->capacity = g->capacity;
-    control->page_size = g->page_size;
-    control->first_sequence = g->first_sequence;
-    control->consumer_area_offset = g->consumer_area_offset;
-    control->slots_offset = g->slots_offset;
-    control->total_size = g->total_size;
-    control->cursor_entries = cursor_entries_for(g->page_size);
-    /* Relaxed: nobody can read these before the magic's release store below. */
+    struct shmq_identity identity = {
+        .magic = 0, /* stored last, by shmq_header_publish */
+        .version = SHMQ_LAYOUT_VERSION,
+        .flags = 0,
+        .slot_size = g->slot_size,
+        .slot_stride = g->slot_stride,
+        .capacity = g->capacity,
+        .page_size = g->page_size,
+        .first_sequence = g->first_sequence,
+        .slots_offset = g->slots_offset,
+        .total_size = g->total_size,
+        .instance = g->instance,
+        .consumer_entries = g->consumer_entries,
+    };
+    memcpy(control->identity_rest, (const unsigned char *)&identity + 8, sizeof(identity) - 8);
+    /* Relaxed: nobody can read these before the magic's release store in
+     * shmq_header_publish. */
     shmq_store_relaxed(&control->head, g->first_sequence);
     shmq_store_relaxed(&control->futex_word, (uint32_t)g->first_sequence);
+    shmq_store_relaxed(&control->stream_state, 0);
 
     /* Each slot starts out stamped with the sequence it held "one lap before"
      * the first message, so a reader waiting for sequence s in that slot sees
@@ -83,50 +102,56 @@ void shmq_header_init(void *base, const struct shmq_geometry *g)
         shmq_store_relaxed(&slot->stamp, sequence - g->capacity);
         shmq_store_relaxed(&slot->length, 0);
     }
+}
 
+void shmq_header_publish(void *base)
+{
     /* Release: pairs with the acquire load of magic in shmq_header_read; every
-     * store above is visible to whoever sees the magic. */
-    shmq_store_release(&control->magic, SHMQ_MAGIC);
+     * store of shmq_header_init is visible to whoever sees the magic. */
+    shmq_store_release(&((struct shmq_control *)base)->magic, SHMQ_MAGIC);
 }
 
 int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry *g)
 {
     if (mapped_size < sizeof(struct shmq_control))
         return -EBADMSG;
-    const struct shmq_control *control = base;
-    /* Acquire: pairs with the release store of magic in shmq_header_init. */
-    uint64_t magic = shmq_load_acquire(&((struct shmq_control *)control)->magic);
+    struct shmq_control *control = (struct shmq_control *)base;
+    /* Acquire: pairs with the release store of magic in shmq_header_publish. */
+    uint64_t magic = shmq_load_acquire(&control->magic);
     if (magic == 0)
         return -ENODATA;
     if (magic != SHMQ_MAGIC)
         return -EPROTO;
-    uint32_t version = control->version;
-    if (version != SHMQ_LAYOUT_VERSION)
+    /* One copy of the whole line; from here on only the copy is used, so a
+     * writer changing the shared header under us cannot make a checked value
+     * differ from the used one. */
+    struct shmq_identity id;
+    memcpy(&id, control, sizeof(id));
+    if (id.version != SHMQ_LAYOUT_VERSION)
+        return -EPROTONOSUPPORT;
+    if ((id.flags & ~SHMQ_KNOWN_FLAGS) != 0)
         return -EPROTONOSUPPORT;
 
-    uint32_t flags = control->flags;
-    uint32_t cursor_entries = control->cursor_entries;
-    g->slot_size = control->slot_size;
-    g->slot_stride = control->slot_stride;
-    g->capacity = control->capacity;
-    g->page_size = control->page_size;
-    g->first_sequence = control->first_sequence;
-    g->consumer_area_offset = control->consumer_area_offset;
-    g->slots_offset = control->slots_offset;
-    g->total_size = control->total_size;
+    memset(g, 0, sizeof(*g));
+    g->slot_size = id.slot_size;
+    g->slot_stride = id.slot_stride;
+    g->capacity = id.capacity;
+    g->page_size = id.page_size;
+    g->first_sequence = id.first_sequence;
+    g->slots_offset = id.slots_offset;
+    g->total_size = id.total_size;
+    g->instance = id.instance;
+    g->consumer_entries = id.consumer_entries;
 
-    /* From here on only the private copy is used. */
-    if ((flags & ~SHMQ_KNOWN_FLAGS) != 0)
-        return -EPROTONOSUPPORT;
     if (g->page_size != system_page_size())
         return -EBADMSG;
     if (g->slot_size > SHMQ_SLOT_SIZE_MAX || g->slot_stride != shmq_slot_stride_for(g->slot_size))
         return -EBADMSG;
     if (g->capacity < 2 || g->capacity > SHMQ_CAPACITY_MAX || (g->capacity & (g->capacity - 1)))
         return -EBADMSG;
-    if (g->consumer_area_offset != g->page_size || g->slots_offset != 2 * (uint64_t)g->page_size)
+    if (g->slots_offset != g->page_size)
         return -EBADMSG;
-    if (cursor_entries != cursor_entries_for(g->page_size))
+    if (g->consumer_entries > SHMQ_CONSUMER_ENTRIES_MAX || g->instance == 0)
         return -EBADMSG;
     if (g->total_size != g->slots_offset + (uint64_t)g->capacity * g->slot_stride)
         return -EBADMSG;

@@ -9,7 +9,8 @@
  *     2. stores the length and payload, a word at a time, relaxed;
  *     3. stores stamp = s with release;
  *     4. stores head = s + 1 with release;
- *     5. if any consumer is asleep, bumps the futex word and wakes them.
+ *     5. if a consumer raised the wake flag, clears it, bumps the futex word
+ *        and wakes the sleepers (docs/consumer-state.md).
  *
  *   Why s - 1 as the "in progress" mark: readers compare stamps with wrap-safe
  *   signed differences. A reader that wants s sees s - 1 < s: "not yet". A
@@ -23,71 +24,38 @@
  *   discards such a copy (its re-check of the stamp fails), but the race
  *   itself must still be one the language allows.
  *
- *   Only one producer may exist: it holds an flock on the segment, which the
- *   kernel drops when it dies. A new producer continues from head, so a
- *   producer killed half-way through step 2 leaves a slot stamped s - 1 that
- *   readers treat as not yet written, and its successor writes s there; one
- *   killed between steps 3 and 4 left message s whole, and its successor
- *   starts at s + 1.
+ *   Only one producer may exist: it holds an OFD lock on the ring, which the
+ *   kernel drops when it dies. A new producer continues after the last
+ *   message stamped whole: a producer killed half-way through step 2 leaves
+ *   a slot stamped s - 1 that readers treat as not yet written, and its
+ *   successor writes s there; one killed after step 3 but before head caught
+ *   up (a batch stores head once, at its end) left whole messages past head,
+ *   which readers may already have delivered, so its successor walks forward
+ *   over them rather than reuse their numbers for other payloads.
+ *
+ *   Closing marks the stream ended (stream_state, release) after the last
+ *   head store, and wakes sleepers so that they see it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ring_internal.h"
 
-/*
- * fork(). A child shares its parent's open file descriptions, and with them
- * the producer's flock: if the child kept its copy, a parent that dies would
- * leave the queue locked for as long as the child lives. So in the child,
- * right after fork(), every open producer drops its lock descriptor (the lock
- * stays with the parent alone) and its handle refuses to publish (-ECHILD),
- * since two processes publishing through one handle would corrupt the ring.
- * fork_generation lets publish detect that without a getpid() syscall.
- */
-static _Atomic unsigned fork_generation;
-static struct shmq_producer *open_producers;
-static pthread_mutex_t open_producers_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_once_t fork_hook_once = PTHREAD_ONCE_INIT;
-
-static void before_fork(void) { pthread_mutex_lock(&open_producers_lock); }
-static void after_fork_in_parent(void) { pthread_mutex_unlock(&open_producers_lock); }
-
-static void after_fork_in_child(void)
+static void producer_in_child(struct shmq_fork_link *link)
 {
-    /* Relaxed: the child is single-threaded when this runs. */
-    atomic_fetch_add_explicit(&fork_generation, 1, memory_order_relaxed);
-    for (struct shmq_producer *p = open_producers; p != NULL; p = p->next_open)
-        if (p->region != NULL)
-            shmq_region_drop_lock(p->region);
-    pthread_mutex_unlock(&open_producers_lock);
-}
-
-static void install_fork_hook(void)
-{
-    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
-}
-
-static void track_open(struct shmq_producer *p)
-{
-    pthread_mutex_lock(&open_producers_lock);
-    p->next_open = open_producers;
-    open_producers = p;
-    pthread_mutex_unlock(&open_producers_lock);
-}
-
-static void untrack_open(struct shmq_producer *p)
-{
-    pthread_mutex_lock(&open_producers_lock);
-    for (struct shmq_producer **link = &open_producers; *link != NULL; link = &(*link)->next_open) {
-        if (*link == p) {
-            *link = p->next_open;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&open_producers_lock);
+    struct shmq_producer *p = (struct shmq_producer *)((char *)link - offsetof(struct shmq_producer, fork_link));
+    /* The child may neither publish through this handle (two processes
+     * publishing through one handle would corrupt the ring) nor keep the
+     * parent's producer lock alive. */
+    p->forked = 1;
+    if (p->region != NULL)
+        shmq_region_drop_lock(p->region);
 }
 
 static int geometry_matches(const struct shmq_geometry *g, const struct shmq_config *config)
@@ -101,69 +69,108 @@ static int geometry_matches(const struct shmq_geometry *g, const struct shmq_con
     return 1;
 }
 
-static int create_queue(struct shmq_region **region, const char *name,
-                        const struct shmq_config *config, struct shmq_geometry *g)
+static mode_t requested_mode(const struct shmq_config *config)
 {
+    return config && config->mode ? config->mode & 0777 : 0600;
+}
+
+/* A producer adopts an existing ring only if it is its own: a ring planted
+ * by another user, or opened up wider than asked, would let that user read
+ * or steer what we publish. */
+static int check_ownership(const struct shmq_region *region, mode_t mode)
+{
+    struct stat st;
+    int rc = shmq_region_stat(region, &st);
+    if (rc < 0)
+        return rc;
+    if (st.st_uid != geteuid() || (st.st_mode & 0777 & ~mode) != 0)
+        return -EPERM;
+    return 0;
+}
+
+static int create_queue(struct shmq_producer *p, const char *name, const struct shmq_config *config)
+{
+    struct shmq_geometry *g = &p->geometry;
     int rc = shmq_geometry_plan(g, config);
     if (rc < 0)
         return rc;
-    mode_t mode = config && config->mode ? config->mode : 0600;
-    rc = shmq_region_create(region, name, (size_t)g->total_size, mode);
+    mode_t mode = requested_mode(config);
+    rc = shmq_region_create(&p->region, name, (size_t)g->total_size, mode);
     if (rc < 0)
         return rc;
     /* Nobody else can hold the lock of an object we just created, bar one who
      * opened it in the instant since; that one sees -ENODATA or -EBUSY. */
-    rc = shmq_region_lock(*region);
+    rc = shmq_region_lock(p->region);
+    if (rc == 0) {
+        shmq_header_init(shmq_region_base(p->region), g);
+        rc = shmq_consumers_create(&p->consumers, name, g, mode);
+    }
     if (rc < 0) {
-        shmq_region_close(*region);
+        shmq_region_unlink(name);
+        shmq_region_close(p->region);
+        p->region = NULL;
         return rc;
     }
-    shmq_header_init(shmq_region_base(*region), g);
+    /* Last: a consumer that sees the ring valid finds its consumer state. */
+    shmq_header_publish(shmq_region_base(p->region));
     return 0;
 }
 
-static int attach_queue(struct shmq_region **region, const char *name,
-                        const struct shmq_config *config, struct shmq_geometry *g)
+static int attach_queue(struct shmq_producer *p, const char *name, const struct shmq_config *config)
 {
-    int rc = shmq_region_open(region, name, SHMQ_REGION_READ_WRITE);
+    mode_t mode = requested_mode(config);
+    int rc = shmq_region_open(&p->region, name, SHMQ_REGION_READ_WRITE);
     if (rc < 0)
         return rc;
-    /* Lock first, so a header being initialised by its creator reads as
-     * busy, not as damaged; but a geometry mismatch is the more useful answer
-     * even when the queue is busy. */
-    int locked = shmq_region_lock(*region);
-    rc = shmq_header_read(shmq_region_base(*region), shmq_region_size(*region), g);
-    if (rc == 0 && !geometry_matches(g, config))
-        rc = -EMEDIUMTYPE;
-    else if (locked < 0)
-        rc = locked;
-    if (rc < 0)
-        shmq_region_close(*region);
+    rc = check_ownership(p->region, mode);
+    if (rc == 0) {
+        /* Lock first, so a header being initialised by its creator reads as
+         * busy, not as damaged; but a geometry mismatch is the more useful
+         * answer even when the queue is busy. */
+        int locked = shmq_region_lock(p->region);
+        rc = shmq_header_read(shmq_region_base(p->region), shmq_region_size(p->region), &p->geometry);
+        if (rc == 0 && !geometry_matches(&p->geometry, config))
+            rc = -EMEDIUMTYPE;
+        else if (locked < 0)
+            rc = locked;
+    }
+    if (rc == 0)
+        rc = shmq_consumers_attach_producer(&p->consumers, name, &p->geometry, mode);
+    if (rc < 0) {
+        shmq_region_close(p->region);
+        p->region = NULL;
+    }
     return rc;
 }
 
 void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
-                        const struct shmq_geometry *geometry)
+                        const struct shmq_geometry *geometry, struct shmq_wake_page *wake)
 {
-    pthread_once(&fork_hook_once, install_fork_hook);
     p->geometry = *geometry;
     p->control = (struct shmq_control *)base;
-    p->consumers = (struct shmq_consumer_area *)(base + p->geometry.consumer_area_offset);
     p->slots = base + p->geometry.slots_offset;
+    p->consumers.wake = wake;
     /* Relaxed: we hold the producer lock, and the last writer of head released
-     * it by closing or dying, which the kernel orders before our flock. */
+     * it by closing or dying, which the kernel orders before our lock. */
     p->next = shmq_load_relaxed(&p->control->head);
-    /* A producer that died between stamping message `next` and advancing head
-     * left a complete message behind; keep it, or readers past it would never
-     * see the message we would write under the same number. */
-    /* Relaxed: ordered after the dead producer's stores by the lock, as for
-     * head just above. */
-    if (shmq_load_relaxed(&shmq_slot_at(p->slots, &p->geometry, p->next)->stamp) == p->next)
-        /* Release: pairs with the consumers' acquire loads of head, as in
-         * finish_publish. */
-        shmq_store_release(&p->control->head, ++p->next);
-    /* Relaxed: only this thread's own view of the counter matters. */
-    p->fork_generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    /* A producer that died after stamping messages but before advancing head
+     * over them (a batch stores head once) left whole messages behind, which
+     * readers may have delivered: walk over them, so that no sequence number
+     * is ever reused for another payload. At most one lap: anything longer
+     * is garbage, not messages. */
+    for (uint32_t walked = 0; walked < p->geometry.capacity; walked++) {
+        /* Relaxed: ordered after the dead producer's stores by the lock, as
+         * for head just above. */
+        if (shmq_load_relaxed(&shmq_slot_at(p->slots, &p->geometry, p->next)->stamp) != p->next)
+            break;
+        p->next++;
+    }
+    /* Release: pairs with the consumers' acquire loads of head, as in
+     * finish_publish. */
+    shmq_store_release(&p->control->head, p->next);
+    /* Release: pairs with the consumers' acquire load of stream_state; a new
+     * producer reopens the stream its predecessor may have ended. */
+    shmq_store_release(&p->control->stream_state, 0);
 }
 
 int shmq_producer_open(struct shmq_producer **out, const char *name,
@@ -171,29 +178,32 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
 {
     if (out == NULL)
         return -EINVAL;
-    int rc = shmq_name_validate(name);
+    int rc = shmq_queue_name_validate(name);
     if (rc < 0)
         return rc;
     struct shmq_producer *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return -ENOMEM;
     if ((flags & SHMQ_CREATE) && (flags & SHMQ_EXCL)) {
-        rc = create_queue(&p->region, name, config, &p->geometry);
+        rc = create_queue(p, name, config);
     } else {
-        rc = attach_queue(&p->region, name, config, &p->geometry);
+        rc = attach_queue(p, name, config);
         /* Two producers may race to create; the loser attaches. */
         if (rc == -ENOENT && (flags & SHMQ_CREATE)) {
-            rc = create_queue(&p->region, name, config, &p->geometry);
+            rc = create_queue(p, name, config);
             if (rc == -EEXIST)
-                rc = attach_queue(&p->region, name, config, &p->geometry);
+                rc = attach_queue(p, name, config);
         }
     }
     if (rc < 0) {
         free(p);
         return rc;
     }
-    shmq_producer_bind(p, shmq_region_base(p->region), &p->geometry);
-    track_open(p);
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    p->flags = flags;
+    shmq_producer_bind(p, shmq_region_base(p->region), &p->geometry, p->consumers.wake);
+    p->fork_link.in_child = producer_in_child;
+    shmq_fork_track(&p->fork_link);
     *out = p;
     return 0;
 }
@@ -236,32 +246,37 @@ static void write_slot(struct shmq_producer *p, uint64_t sequence, const void *d
     shmq_store_release(&slot->stamp, sequence);
 }
 
+static void wake_sleepers(struct shmq_producer *p)
+{
+    /* Seq_cst RMW: a sleeper that reads the new value (its seq_cst load of
+     * futex_word) also sees every stamp stored before. */
+    shmq_fetch_add_seq_cst(&p->control->futex_word, 1);
+    shmq_futex_wake_all(&p->control->futex_word);
+    p->wakeups++;
+}
+
 /* After publishing up to p->next - 1: make head current and wake sleepers. */
 static void finish_publish(struct shmq_producer *p)
 {
     /* Release: pairs with the consumer's acquire loads of head (start position
      * and overrun recovery), which then see every slot written before. */
     shmq_store_release(&p->control->head, p->next);
-    /* Seq_cst fence: the producer half of a Dekker handshake. Either this load
-     * sees the sleeper's seq_cst increment of waiters (in consumer.c's
-     * sleep), or that sleeper's seq_cst load of the stamp, which comes after
-     * its increment, sees our stamp store. Without it both could miss. */
+    struct shmq_wake_page *wake = p->consumers.wake;
+    if (wake == NULL)
+        return;
+    /* Seq_cst fence: the producer half of a Dekker handshake with the
+     * sleeper's seq_cst store of wake_flag and load of the stamp (consumer.c,
+     * sleep_until_published). Either this load sees the flag, or the
+     * sleeper's load sees our stamp. Without it both could miss. */
     shmq_fence_seq_cst();
-    if (shmq_load_relaxed(&p->consumers->waiters) != 0) {
-        /* Seq_cst RMW: a sleeper that reads the new value (its seq_cst load
-         * of futex_word) also sees every stamp stored above. */
-        atomic_fetch_add_explicit(&p->control->futex_word, 1, memory_order_seq_cst);
-        shmq_futex_wake_all(&p->control->futex_word);
+    /* Relaxed: ordered by the fence just above. */
+    if (shmq_load_relaxed(&wake->wake_flag) != 0) {
+        /* Seq_cst: a sleeper that raises the flag after this exchange is
+         * ordered after our fence, so its check of the ring sees our stamp;
+         * one that raised it before is woken below. One wake per episode. */
+        shmq_exchange_seq_cst(&wake->wake_flag, 0);
+        wake_sleepers(p);
     }
-}
-
-static int check_owner(const struct shmq_producer *p)
-{
-    /* Relaxed: the generation only changes in a child after fork(), before
-     * that child runs any code of its own. */
-    if (atomic_load_explicit(&fork_generation, memory_order_relaxed) != p->fork_generation)
-        return -ECHILD;
-    return 0;
 }
 
 int shmq_producer_publish(struct shmq_producer *p, const void *data, size_t length,
@@ -271,7 +286,7 @@ int shmq_producer_publish(struct shmq_producer *p, const void *data, size_t leng
         return -EMSGSIZE;
     if (data == NULL && length != 0)
         return -EINVAL;
-    int rc = check_owner(p);
+    int rc = p->forked ? -ECHILD : 0;
     if (rc < 0)
         return rc;
     uint64_t s = p->next;
@@ -296,7 +311,7 @@ int shmq_producer_publish_many(struct shmq_producer *p, const void *const *messa
         if (messages[i] == NULL && lengths[i] != 0)
             return -EINVAL;
     }
-    int rc = check_owner(p);
+    int rc = p->forked ? -ECHILD : 0;
     if (rc < 0)
         return rc;
     for (size_t i = 0; i < count; i++)
@@ -310,17 +325,42 @@ int shmq_producer_publish_many(struct shmq_producer *p, const void *const *messa
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *p) { return p->next; }
 uint32_t shmq_producer_slot_size(const struct shmq_producer *p) { return p->geometry.slot_size; }
 uint32_t shmq_producer_capacity(const struct shmq_producer *p) { return p->geometry.capacity; }
+uint64_t shmq_producer_wakeups(const struct shmq_producer *p) { return p->wakeups; }
 
 void shmq_producer_close(struct shmq_producer *p)
 {
     if (p == NULL)
         return;
-    untrack_open(p);
+    shmq_fork_untrack(&p->fork_link);
+    if (!p->forked) {
+        /* Release: pairs with the consumers' acquire load of stream_state;
+         * whoever sees the mark sees every message published before it. */
+        shmq_store_release(&p->control->stream_state, SHMQ_STREAM_ENDED);
+        wake_sleepers(p);
+        if (p->flags & SHMQ_UNLINK_ON_CLOSE)
+            shmq_unlink(p->name, SHMQ_UNLINK_FORCE);
+    }
+    shmq_consumers_close(&p->consumers);
     shmq_region_close(p->region);
     free(p);
 }
 
-int shmq_unlink(const char *name)
+int shmq_unlink(const char *name, unsigned flags)
 {
-    return shmq_region_unlink(name);
+    int rc = shmq_queue_name_validate(name);
+    if (rc < 0)
+        return rc;
+    if (!(flags & SHMQ_UNLINK_FORCE)) {
+        struct shmq_region *ring;
+        if (shmq_region_open(&ring, name, SHMQ_REGION_READ_ONLY) == 0) {
+            int held = shmq_region_lock_held(ring, 0);
+            shmq_region_close(ring);
+            if (held == 1)
+                return -EBUSY;
+        }
+    }
+    rc = shmq_region_unlink(name);
+    int consumers = shmq_region_unlink_object(name, SHMQ_CONSUMERS_SUFFIX);
+    /* A consumer-state object whose ring is gone still counts as removed. */
+    return rc == -ENOENT && consumers == 0 ? 0 : rc;
 }

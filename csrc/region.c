@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "shmq_region.h"
+#include "region_internal.h"
 
 struct shmq_region {
     int fd;      /* the descriptor the mapping came from */
@@ -45,17 +45,18 @@ int shmq_name_validate(const char *name)
     return 0;
 }
 
-/* "/shmq-NAME": the leading slash is what shm_open wants. */
-static int object_path(char *path, size_t path_size, const char *name)
+/* "/shmq-NAME" plus an optional suffix: the leading slash is what shm_open
+ * wants. The suffix is ours (SHMQ_CONSUMERS_SUFFIX), never a caller's. */
+static int object_path(char *path, size_t path_size, const char *name, const char *suffix)
 {
     int rc = shmq_name_validate(name);
     if (rc < 0)
         return rc;
-    snprintf(path, path_size, "/" SHMQ_NAME_PREFIX "%s", name);
+    snprintf(path, path_size, "/" SHMQ_NAME_PREFIX "%s%s", name, suffix ? suffix : "");
     return 0;
 }
 
-#define PATH_SIZE (SHMQ_NAME_MAX + sizeof(SHMQ_NAME_PREFIX) + 2)
+#define PATH_SIZE (SHMQ_NAME_MAX + sizeof(SHMQ_NAME_PREFIX) + 32)
 
 static int map_region(struct shmq_region **out, int fd, size_t size, int prot)
 {
@@ -78,8 +79,14 @@ static int map_region(struct shmq_region **out, int fd, size_t size, int prot)
 
 int shmq_region_create(struct shmq_region **out, const char *name, size_t size, mode_t mode)
 {
+    return shmq_region_create_object(out, name, NULL, size, mode);
+}
+
+int shmq_region_create_object(struct shmq_region **out, const char *name, const char *suffix,
+                              size_t size, mode_t mode)
+{
     char path[PATH_SIZE];
-    int rc = object_path(path, sizeof(path), name);
+    int rc = object_path(path, sizeof(path), name, suffix);
     if (rc < 0)
         return rc;
     if (size == 0 || size > (size_t)LLONG_MAX)
@@ -108,8 +115,14 @@ fail:
 
 int shmq_region_open(struct shmq_region **out, const char *name, enum shmq_region_access access)
 {
+    return shmq_region_open_object(out, name, NULL, access);
+}
+
+int shmq_region_open_object(struct shmq_region **out, const char *name, const char *suffix,
+                            enum shmq_region_access access)
+{
     char path[PATH_SIZE];
-    int rc = object_path(path, sizeof(path), name);
+    int rc = object_path(path, sizeof(path), name, suffix);
     if (rc < 0)
         return rc;
     if (access != SHMQ_REGION_READ_ONLY && access != SHMQ_REGION_READ_WRITE &&
@@ -152,8 +165,13 @@ void shmq_region_close(struct shmq_region *region)
 
 int shmq_region_unlink(const char *name)
 {
+    return shmq_region_unlink_object(name, NULL);
+}
+
+int shmq_region_unlink_object(const char *name, const char *suffix)
+{
     char path[PATH_SIZE];
-    int rc = object_path(path, sizeof(path), name);
+    int rc = object_path(path, sizeof(path), name, suffix);
     if (rc < 0)
         return rc;
     return shm_unlink(path) == 0 ? 0 : -errno;
@@ -162,7 +180,7 @@ int shmq_region_unlink(const char *name)
 int shmq_region_exists(const char *name)
 {
     char path[PATH_SIZE];
-    int rc = object_path(path, sizeof(path), name);
+    int rc = object_path(path, sizeof(path), name, NULL);
     if (rc < 0)
         return rc;
     /* A refusal other than ENOENT (permissions, say) still means it exists. */
@@ -174,24 +192,51 @@ int shmq_region_exists(const char *name)
     return errno == ENOENT ? 0 : 1;
 }
 
+/* The range one lock covers: a single byte, so that locks on different
+ * bytes of one object (one per consumer entry) are independent. */
+static struct flock lock_range(short type, uint64_t offset)
+{
+    struct flock range = {.l_type = type, .l_whence = SEEK_SET, .l_start = (off_t)offset, .l_len = 1};
+    return range;
+}
+
 int shmq_region_lock(struct shmq_region *region)
 {
-    /* flock belongs to an open file description, which lives until its last
-     * reference goes: descriptors, but also mappings. A forked child inherits
-     * the mapping, so a lock on the mapped description would outlive the
-     * parent for as long as the child lives. The lock therefore goes on a
-     * description of its own, opened afresh through /proc and never mapped,
-     * which shmq_region_drop_lock can release in a child. */
+    return shmq_region_lock_byte(region, 0);
+}
+
+int shmq_region_lock_byte(struct shmq_region *region, uint64_t offset)
+{
+    /* Open file description (OFD) locks belong to a description, which lives
+     * until its last reference goes: descriptors, but also mappings. A forked
+     * child inherits the mapping, so a lock on the mapped description would
+     * outlive the parent for as long as the child lives. Locks therefore go
+     * on a description of their own, opened afresh through /proc and never
+     * mapped, which shmq_region_drop_lock can release in a child. OFD locks,
+     * unlike classic POSIX locks, are not dropped when some other descriptor
+     * of the same file is closed, and unlike flock they can cover one byte. */
     if (region->lock_fd < 0) {
         char path[64];
         snprintf(path, sizeof(path), "/proc/self/fd/%d", region->fd);
-        region->lock_fd = open(path, O_RDONLY | O_CLOEXEC);
+        region->lock_fd = open(path, O_RDWR | O_CLOEXEC);
         if (region->lock_fd < 0)
             return errno == ENOENT ? -ENOTSUP : -errno; /* no /proc */
     }
-    if (flock(region->lock_fd, LOCK_EX | LOCK_NB) == 0)
+    struct flock range = lock_range(F_WRLCK, offset);
+    if (fcntl(region->lock_fd, F_OFD_SETLK, &range) == 0)
         return 0;
-    return errno == EWOULDBLOCK ? -EBUSY : -errno;
+    return errno == EAGAIN || errno == EACCES ? -EBUSY : -errno;
+}
+
+int shmq_region_lock_held(const struct shmq_region *region, uint64_t offset)
+{
+    /* F_OFD_GETLK asks without taking anything, and works on a read-only
+     * descriptor. Our own lock_fd is another description, so a lock this
+     * process holds there is reported too. */
+    struct flock range = lock_range(F_WRLCK, offset);
+    if (fcntl(region->fd, F_OFD_GETLK, &range) != 0)
+        return -errno;
+    return range.l_type != F_UNLCK;
 }
 
 void shmq_region_drop_lock(struct shmq_region *region)
@@ -215,3 +260,8 @@ int shmq_region_make_writable(struct shmq_region *region, size_t offset, size_t 
 void *shmq_region_base(const struct shmq_region *region) { return region->base; }
 size_t shmq_region_size(const struct shmq_region *region) { return region->size; }
 int shmq_region_fd(const struct shmq_region *region) { return region->fd; }
+
+int shmq_region_stat(const struct shmq_region *region, struct stat *st)
+{
+    return fstat(region->fd, st) == 0 ? 0 : -errno;
+}

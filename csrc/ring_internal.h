@@ -1,60 +1,107 @@
-/* Declarations shared by the ring's source files; not part of the API. */
+/* Declarations shared by the queue's source files; not part of the API. */
 #ifndef SHMQ_RING_INTERNAL_H
 #define SHMQ_RING_INTERNAL_H
 
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "shmq.h"
+#include "region_internal.h"
 #include "shmq_layout.h"
 
-/* A private, validated copy of the header's immutable fields. Everything the
- * ring does is computed from this copy, never from shared memory again. */
+/* A private, validated copy of the ring header's immutable fields.
+ * Everything the ring does is computed from this copy, never from shared
+ * memory again. */
 struct shmq_geometry {
     uint32_t slot_size;
     uint32_t slot_stride;
     uint32_t capacity;
     uint32_t page_size;
     uint64_t first_sequence;
-    uint64_t consumer_area_offset;
     uint64_t slots_offset;
     uint64_t total_size;
+    uint64_t instance;
+    uint32_t consumer_entries;
+};
+
+/* fork(): every open handle is on one list; in a child, right after fork(),
+ * each one's in_child runs (single-threaded, async-signal-safe work only). */
+struct shmq_fork_link {
+    struct shmq_fork_link *next;
+    void (*in_child)(struct shmq_fork_link *link);
+};
+void shmq_fork_track(struct shmq_fork_link *link);
+void shmq_fork_untrack(struct shmq_fork_link *link);
+
+/* The consumer-state object as one side sees it (consumer_state.c). */
+struct shmq_consumer_state {
+    struct shmq_region *region; /* NULL: none (see docs/consumer-state.md) */
+    struct shmq_wake_page *wake;
+    unsigned char *entries;
+    uint32_t entry_count;
+    uint32_t page_size;
 };
 
 struct shmq_producer {
     struct shmq_region *region; /* NULL when bound to a caller's mapping */
     struct shmq_control *control;
-    struct shmq_consumer_area *consumers;
     unsigned char *slots;
+    struct shmq_consumer_state consumers;
     struct shmq_geometry geometry;
     uint64_t next; /* private copy of head: only this producer writes head */
-    unsigned fork_generation;
-    struct shmq_producer *next_open; /* list of open producers, for fork() */
+    uint64_t wakeups;
+    int forked; /* set in a child after fork(): the handle is dead there */
+    unsigned flags;
+    char name[SHMQ_NAME_MAX + 1];
+    struct shmq_fork_link fork_link;
 };
 
 struct shmq_consumer {
     struct shmq_region *region; /* NULL when bound to a caller's mapping */
     struct shmq_control *control; /* mapped read-only */
-    struct shmq_consumer_area *consumers; /* the one writable page */
     unsigned char *slots; /* mapped read-only */
+    struct shmq_consumer_state consumers;
+    struct shmq_consumer_entry *entry; /* ours, or &private_entry */
+    struct shmq_consumer_entry private_entry;
+    int entry_index; /* -1: none */
     struct shmq_geometry geometry;
     uint64_t position;
     uint64_t lost;
     uint32_t spin;
+    uid_t owner_uid;
+    struct shmq_fork_link fork_link;
 };
 
 /* Point a handle at a mapped, validated ring. shmq_*_open use these; the
  * ThreadSanitizer test uses them to put every thread on one mapping, since
- * TSan tracks addresses and two mappings of one object look unrelated. */
+ * TSan tracks addresses and two mappings of one object look unrelated.
+ * `wake` may be NULL (no wake page: sleepers poll in short slices). */
 void shmq_producer_bind(struct shmq_producer *producer, unsigned char *base,
-                        const struct shmq_geometry *geometry);
+                        const struct shmq_geometry *geometry, struct shmq_wake_page *wake);
 void shmq_consumer_bind(struct shmq_consumer *consumer, unsigned char *base,
-                        const struct shmq_geometry *geometry, enum shmq_start start);
+                        const struct shmq_geometry *geometry, enum shmq_start start,
+                        struct shmq_wake_page *wake);
 
 /* header.c */
 int shmq_geometry_plan(struct shmq_geometry *geometry, const struct shmq_config *config);
 void shmq_header_init(void *base, const struct shmq_geometry *geometry);
+void shmq_header_publish(void *base);
 int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry *geometry);
+
+/* consumer_state.c */
+int shmq_consumers_create(struct shmq_consumer_state *state, const char *name,
+                          const struct shmq_geometry *geometry, mode_t ring_mode);
+int shmq_consumers_attach_producer(struct shmq_consumer_state *state, const char *name,
+                                   const struct shmq_geometry *geometry, mode_t ring_mode);
+void shmq_consumers_attach_consumer(struct shmq_consumer_state *state, const char *name,
+                                    const struct shmq_geometry *geometry, uid_t ring_owner);
+int shmq_consumers_claim(struct shmq_consumer_state *state, struct shmq_consumer_entry **entry);
+int shmq_consumers_entry_live(const struct shmq_consumer_state *state, uint32_t index);
+void shmq_consumers_close(struct shmq_consumer_state *state);
+
+/* A queue name: a region name that does not end in SHMQ_CONSUMERS_SUFFIX. */
+int shmq_queue_name_validate(const char *name);
 
 /* wait.c */
 int shmq_futex_wait(_Atomic uint32_t *word, uint32_t expected, const struct timespec *deadline);

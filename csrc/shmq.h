@@ -5,7 +5,8 @@
  *
  * MODEL
  *   A queue is a ring of `capacity` fixed-size slots in a named shared-memory
- *   segment (/dev/shm/shmq-NAME). One producer publishes messages of up to
+ *   segment (/dev/shm/shmq-NAME), plus a small consumer-state segment
+ *   (/dev/shm/shmq-NAME.consumers). One producer publishes messages of up to
  *   `slot_size` bytes; each message gets the next 64-bit sequence number.
  *   Any number of consumers read every message, each at its own position.
  *   The producer never waits for consumers: a consumer that falls more than a
@@ -16,6 +17,15 @@
  *   Invariant, per consumer: delivered + lost == messages published since the
  *   consumer's start position.
  *
+ * ROLES AND TRUST
+ *   The producer alone can write the ring: consumers open it with a
+ *   read-only descriptor and map it read-only, so no consumer can truncate
+ *   it, write it or mprotect it writable. What consumers must write (a wake
+ *   flag, and each consumer's own entry) lives in the consumer-state segment,
+ *   of which a consumer maps writable only the wake page and its own entry.
+ *   Liveness comes from locks the kernel drops when their holder dies, never
+ *   from pids. docs/consumer-state.md has the whole design.
+ *
  * ERRORS
  *   Every function that can fail returns a value >= 0 on success and a negative
  *   errno value on failure. The library never prints, never aborts and never
@@ -23,10 +33,16 @@
  *   is an error code. The codes that have a shmq-specific meaning:
  *
  *     -EAGAIN           nothing to read (SHMQ_EMPTY); not a failure
+ *     -EPIPE            the producer closed the stream and everything has been
+ *                       read (SHMQ_ENDED); not a failure
  *     -ETIMEDOUT        a blocking poll's timeout ran out
  *     -EINTR            a blocking poll was interrupted by a signal
  *     -EMSGSIZE         message larger than slot_size, or buffer too small
  *     -EBUSY            another live producer holds the queue
+ *     -EPERM            the queue belongs to another user, or is open wider
+ *                       than the mode asked for (someone else planted it)
+ *     -EUCLEAN          a slot of the ring is corrupt: impossible length, or
+ *                       stamps that keep a reader lapping (SHMQ_CORRUPT)
  *     -ENOENT           no queue of that name
  *     -EEXIST           the queue exists (exclusive create)
  *     -EINVAL           bad argument or name
@@ -34,7 +50,7 @@
  *     -EPROTO           the segment is not a shmq ring (wrong magic)
  *     -ENODATA          the segment is empty or was never fully initialised
  *     -EPROTONOSUPPORT  the segment has a layout version this build can't read
- *     -EBADMSG          the header is corrupt or disagrees with the file size
+ *     -EBADMSG          the ring's header is corrupt or disagrees with its size
  *     -EMEDIUMTYPE      the queue exists with another slot_size or capacity
  *     -ECHILD           a producer handle used in a child after fork()
  *     -ENOSPC, -EACCES, -ENOMEM, -EMFILE   from the operating system
@@ -47,7 +63,9 @@
  *   A producer handle must not be used in a child after fork(): there it
  *   returns -ECHILD and holds no lock, so the child may open its own producer
  *   once the parent's is closed, and a child never keeps a dead parent's
- *   queue locked.
+ *   queue locked; closing it in the child neither ends the stream nor
+ *   unlinks. A consumer handle keeps reading in a child, from the parent's
+ *   position, but its consumer entry stays the parent's.
  */
 #ifndef SHMQ_H
 #define SHMQ_H
@@ -57,18 +75,25 @@
 #include <sys/types.h>
 
 #include "shmq_region.h"
+#include "shmq_version.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define SHMQ_EMPTY (-11) /* -EAGAIN: nothing to read */
+#define SHMQ_EMPTY (-11)   /* -EAGAIN: nothing to read */
+#define SHMQ_ENDED (-32)   /* -EPIPE: the stream ended and everything was read */
+#define SHMQ_CORRUPT (-117) /* -EUCLEAN: a corrupt slot */
 
 /* Largest message and ring a queue may be created with. */
 #define SHMQ_SLOT_SIZE_MAX (64u * 1024u * 1024u)
 #define SHMQ_CAPACITY_MAX (1u << 30)
 #define SHMQ_DEFAULT_SLOT_SIZE 1024u
 #define SHMQ_DEFAULT_CAPACITY 8192u
+/* Entries in the consumer-state segment, by default and at most. */
+#define SHMQ_DEFAULT_MAX_CONSUMERS 64u
+/* Most spin iterations a blocking poll makes before it sleeps (about 15 ms). */
+#define SHMQ_SPIN_MAX 1000000u
 
 struct shmq_producer;
 struct shmq_consumer;
@@ -87,30 +112,43 @@ struct shmq_config {
      * futex wake counter starts at its low 32 bits, so starting near 2^64 also
      * exercises the wrap of the 32-bit wake counter. */
     uint64_t first_sequence;
+    /* Consumer entries in the consumer-state segment (one page each), 1..1024;
+     * 0: SHMQ_DEFAULT_MAX_CONSUMERS. Consumers beyond it still read; they are
+     * just not listed. Ignored when attaching. */
+    uint32_t max_consumers;
 };
 
 /* ---------------------------------------------------------------- producer */
 
 /* Flags for shmq_producer_open. */
-#define SHMQ_CREATE 1u /* create the queue if it does not exist */
-#define SHMQ_EXCL 2u   /* with SHMQ_CREATE: fail with -EEXIST if it exists */
+#define SHMQ_CREATE 1u          /* create the queue if it does not exist */
+#define SHMQ_EXCL 2u            /* with SHMQ_CREATE: fail with -EEXIST if it exists */
+#define SHMQ_UNLINK_ON_CLOSE 4u /* shmq_producer_close unlinks the queue (never
+                                   from a child after fork()) */
 
 /* Opens the producer side of queue `name`; at most one producer per queue.
+ * Queue names follow the region rules (shmq_region.h) and must not end in
+ * ".consumers".
  * With SHMQ_CREATE a missing queue is created from `config` (NULL: defaults).
- * An existing queue is attached and its sequence continues where the last
- * producer stopped; a non-zero config->slot_size or config->capacity that
- * differs from the queue's gives -EMEDIUMTYPE.
+ * An existing queue is attached and its sequence continues after the last
+ * message the previous producer stamped whole; a non-zero config->slot_size
+ * or config->capacity that differs from the queue's gives -EMEDIUMTYPE.
+ * An existing queue must be owned by the caller's effective uid and its mode
+ * may not be wider than config->mode (default 0600), else -EPERM: in a
+ * shared /dev/shm, another user could have planted it to read or steer what
+ * we publish. Opening clears the end-of-stream mark.
  * The producer lock is released by the kernel when the process dies, so a
  * crashed producer never blocks a new one.
  * Returns 0 and sets *out; or -EBUSY, -ENOENT (no SHMQ_CREATE), -EEXIST,
- * -EMEDIUMTYPE, -EINVAL, -ENAMETOOLONG, -EPROTO, -ENODATA, -EPROTONOSUPPORT,
- * -EBADMSG, -ENOSPC, -EACCES, -ENOMEM, -EMFILE. */
+ * -EPERM, -EMEDIUMTYPE, -EINVAL, -ENAMETOOLONG, -EPROTO, -ENODATA,
+ * -EPROTONOSUPPORT, -EBADMSG, -ENOSPC, -EACCES, -ENOMEM, -EMFILE. */
 int shmq_producer_open(struct shmq_producer **out, const char *name,
                        const struct shmq_config *config, unsigned flags);
 
 /* Publishes one message of `length` bytes (0..slot_size) and returns its
  * sequence number through *sequence (may be NULL). Never blocks; makes a
- * syscall only when a consumer is asleep in shmq_consumer_poll_wait.
+ * syscall only to wake consumers that went to sleep since the last wake-up
+ * (one FUTEX_WAKE per sleep episode, not per message).
  * Returns 0, -EMSGSIZE (too long; nothing published), -EINVAL (NULL data with
  * non-zero length) or -ECHILD. Producer's thread only. */
 int shmq_producer_publish(struct shmq_producer *producer, const void *data, size_t length,
@@ -127,9 +165,16 @@ int shmq_producer_publish_many(struct shmq_producer *producer, const void *const
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *producer);
 uint32_t shmq_producer_slot_size(const struct shmq_producer *producer);
 uint32_t shmq_producer_capacity(const struct shmq_producer *producer);
+/* FUTEX_WAKE calls this handle has made: how often publishing had to wake
+ * sleeping consumers. */
+uint64_t shmq_producer_wakeups(const struct shmq_producer *producer);
 
-/* Releases the producer lock and the mapping. Accepts NULL. The queue stays
- * in /dev/shm until shmq_unlink. */
+/* Marks the stream ended (consumers that have read everything then get
+ * SHMQ_ENDED instead of waiting), wakes sleepers, unlinks the queue if opened
+ * with SHMQ_UNLINK_ON_CLOSE, and releases the producer lock and the
+ * mappings. In a child after fork() it only releases the child's copies.
+ * Accepts NULL. Otherwise the queue stays in /dev/shm until shmq_unlink, and
+ * a producer that opens it again continues the sequence. */
 void shmq_producer_close(struct shmq_producer *producer);
 
 /* ---------------------------------------------------------------- consumer */
@@ -139,22 +184,44 @@ enum shmq_start {
     SHMQ_START_EARLIEST = 1, /* the oldest message still intact in the ring */
 };
 
-/* Opens a consumer on an existing queue. The ring is mapped read-only; only
- * the consumers' own page (the sleepers' count) is writable, so a stray write
- * through a consumer can't corrupt what other consumers read. The segment
- * must still allow the caller to open it read-write (for that page).
+struct shmq_consumer_options {
+    enum shmq_start start;
+    /* Spin iterations before a blocking poll sleeps (see shmq_consumer_set_spin). */
+    uint32_t spin;
+    /* Non-zero: refuse (-EPERM) a queue whose segment `owner` does not own. */
+    int check_owner;
+    uid_t owner;
+    /* Non-zero: claim no consumer entry (tools that only look). */
+    int no_entry;
+};
+
+/* Opens a consumer on an existing queue. The ring is opened read-only and
+ * mapped read-only. The consumer claims a free entry in the consumer-state
+ * segment (held by a lock the kernel drops at its death) and maps writable
+ * only that entry and the wake page, so a stray write through a consumer
+ * can't corrupt what the producer or other consumers read. A consumer that
+ * finds no free entry, or may not write the consumer-state segment, still
+ * reads every message; it only sleeps in 1 ms slices, since nobody can be
+ * asked to wake it. options NULL: start latest, no spin, no owner check.
  * Returns 0 and sets *out; or -ENOENT, -EINVAL, -ENAMETOOLONG, -EACCES,
- * -EPROTO, -ENODATA, -EPROTONOSUPPORT, -EBADMSG, -ENOMEM, -EMFILE. */
+ * -EPERM, -EPROTO, -ENODATA, -EPROTONOSUPPORT, -EBADMSG, -ENOMEM, -EMFILE. */
+int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
+                            const struct shmq_consumer_options *options);
+
+/* shmq_consumer_open_with with only `start` set. */
 int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_start start);
 
 /* Copies the next message into buf (buf_size bytes) and stores its length in
  * *length. Never blocks, never makes a syscall.
  * If the consumer was overrun, the skipped messages are added to the lost
  * count and it resumes half a ring behind the producer (see OVERRUN below).
- * Returns 0; SHMQ_EMPTY (-EAGAIN) when nothing is available; -EMSGSIZE when
- * buf_size is smaller than the message (*length gets its size; the message is
- * not consumed); -EBADMSG when a slot holds an impossible length (the slot is
- * skipped and counted as lost). Consumer's thread only. */
+ * Returns 0; SHMQ_EMPTY (-EAGAIN) when nothing is available; SHMQ_ENDED
+ * (-EPIPE) when nothing is available and the producer closed the stream;
+ * -EMSGSIZE when buf_size is smaller than the message (*length gets its size;
+ * the message is not consumed); SHMQ_CORRUPT (-EUCLEAN) when a slot holds an
+ * impossible length (the slot is skipped and counted as lost) or the stamps
+ * keep the reader lapping (garbage, not a fast producer).
+ * Consumer's thread only. */
 int shmq_consumer_poll(struct shmq_consumer *consumer, void *buf, size_t buf_size, size_t *length);
 
 /* Like shmq_consumer_poll, but the message goes into memory from `alloc`,
@@ -173,10 +240,11 @@ int shmq_consumer_poll_alloc(struct shmq_consumer *consumer,
                              size_t *length);
 
 /* Waits up to timeout_ns nanoseconds (CLOCK_MONOTONIC; negative: forever)
- * until a poll has something to report (a message, or an overrun to count),
- * without consuming anything. Spins first (shmq_consumer_set_spin), then
- * sleeps on the segment's futex. Meant for callers that must poll in another
- * context than they wait in (with a lock held, say).
+ * until a poll has something to report (a message, an overrun to count, or
+ * the end of the stream), without consuming anything. Spins first
+ * (shmq_consumer_set_spin), then sleeps on the segment's futex, never longer
+ * than 100 ms at a time before it looks at the ring again. Meant for callers
+ * that must poll in another context than they wait in (with a lock held, say).
  * Returns 0, -ETIMEDOUT, or -EINTR if a signal arrived while it slept. */
 int shmq_consumer_wait(struct shmq_consumer *consumer, int64_t timeout_ns);
 
@@ -184,21 +252,23 @@ int shmq_consumer_wait(struct shmq_consumer *consumer, int64_t timeout_ns);
  * (CLOCK_MONOTONIC) for a message: 0 does not wait, a negative value waits
  * forever. It first spins (shmq_consumer_set_spin), then sleeps in the kernel
  * on a futex in the segment; every wake-up re-checks the ring.
- * Returns what shmq_consumer_poll returns, or -ETIMEDOUT, or -EINTR if a
- * signal arrived while it slept (poll again to continue). */
+ * Returns what shmq_consumer_poll returns (SHMQ_ENDED at once, rather than
+ * waiting, once the stream ended and everything was read), or -ETIMEDOUT,
+ * or -EINTR if a signal arrived while it slept (poll again to continue). */
 int shmq_consumer_poll_wait(struct shmq_consumer *consumer, void *buf, size_t buf_size,
                             size_t *length, int64_t timeout_ns);
 
 /* Copies as many whole messages as fit, up to max_messages, into buf, one
  * after the other; lengths[i] gets the i-th one's length. Never blocks.
- * Returns the number of messages copied (0 when none is available), or
- * -EMSGSIZE when even the first message does not fit (nothing consumed), or
- * -EBADMSG as shmq_consumer_poll. */
+ * Returns the number of messages copied (0 when none is available); or, when
+ * none was copied, -EMSGSIZE if even the first message does not fit (nothing
+ * consumed), SHMQ_ENDED or SHMQ_CORRUPT as shmq_consumer_poll. */
 int shmq_consumer_poll_many(struct shmq_consumer *consumer, void *buf, size_t buf_size,
                             size_t *lengths, size_t max_messages);
 
 /* Spin iterations before a blocking poll goes to sleep (default 0: sleep at
- * once). Spinning trades CPU for wake-up latency. */
+ * once), at most SHMQ_SPIN_MAX (larger values are clamped). Spinning trades
+ * CPU for wake-up latency; the deadline is still checked every 1024 spins. */
 void shmq_consumer_set_spin(struct shmq_consumer *consumer, uint32_t iterations);
 
 /* Next sequence this consumer will read. */
@@ -207,15 +277,35 @@ uint64_t shmq_consumer_position(const struct shmq_consumer *consumer);
 uint64_t shmq_consumer_lost(const struct shmq_consumer *consumer);
 uint32_t shmq_consumer_slot_size(const struct shmq_consumer *consumer);
 uint32_t shmq_consumer_capacity(const struct shmq_consumer *consumer);
+/* The uid that owns the queue's ring segment. */
+uid_t shmq_consumer_owner_uid(const struct shmq_consumer *consumer);
+/* This consumer's entry in the consumer-state segment, or -1 if it has none. */
+int shmq_consumer_entry(const struct shmq_consumer *consumer);
 
-/* Unmaps. Accepts NULL. Never unlinks. */
+/* 1 if a live producer holds the queue, else 0 (a negative errno if it can't
+ * tell). Asks the kernel about the producer's lock; takes nothing. */
+int shmq_consumer_producer_alive(const struct shmq_consumer *consumer);
+/* 1 if the producer closed the stream (and none reopened it), else 0. */
+int shmq_consumer_ended(const struct shmq_consumer *consumer);
+/* 1 if the queue this consumer reads was unlinked since (its name may now
+ * belong to another queue), else 0, or a negative errno. */
+int shmq_consumer_unlinked(const struct shmq_consumer *consumer);
+
+/* Frees the consumer's entry, unmaps. Accepts NULL. Never unlinks. */
 void shmq_consumer_close(struct shmq_consumer *consumer);
 
 /* ------------------------------------------------------------------ misc */
 
-/* Removes queue `name` from /dev/shm. Open handles keep working.
- * Returns 0, -ENOENT, -EINVAL, -ENAMETOOLONG or -EACCES. */
-int shmq_unlink(const char *name);
+/* Flags for shmq_unlink. */
+#define SHMQ_UNLINK_FORCE 1u /* unlink even while a live producer holds the queue */
+
+/* Removes queue `name` (its ring and its consumer state) from /dev/shm. Open
+ * handles keep working. Refuses with -EBUSY while a live producer holds the
+ * queue, since a new producer could then create a second queue under the
+ * same name while the old one is still being published to (split brain);
+ * SHMQ_UNLINK_FORCE removes it anyway.
+ * Returns 0, -EBUSY, -ENOENT, -EINVAL, -ENAMETOOLONG or -EACCES. */
+int shmq_unlink(const char *name, unsigned flags);
 
 /* A static sentence for any value these functions return. */
 const char *shmq_strerror(int code);

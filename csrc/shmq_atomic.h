@@ -7,7 +7,8 @@
  * a build failure instead.
  *
  * Call sites name the store their acquire pairs with; this file only gives the
- * orderings short names so the protocol in ring.c reads as a protocol.
+ * orderings short names so the protocol in producer.c and consumer.c reads
+ * as a protocol.
  */
 #ifndef SHMQ_ATOMIC_H
 #define SHMQ_ATOMIC_H
@@ -25,8 +26,13 @@ _Static_assert(sizeof(_Atomic uint64_t) == 8 && sizeof(_Atomic uint32_t) == 4,
 #define shmq_load_relaxed(p) atomic_load_explicit((p), memory_order_relaxed)
 #define shmq_load_acquire(p) atomic_load_explicit((p), memory_order_acquire)
 #define shmq_load_seq_cst(p) atomic_load_explicit((p), memory_order_seq_cst)
+#define shmq_load_ordered(p, order) atomic_load_explicit((p), (order))
 #define shmq_store_relaxed(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
 #define shmq_store_release(p, v) atomic_store_explicit((p), (v), memory_order_release)
+#define shmq_store_seq_cst(p, v) atomic_store_explicit((p), (v), memory_order_seq_cst)
+#define shmq_exchange_seq_cst(p, v) atomic_exchange_explicit((p), (v), memory_order_seq_cst)
+#define shmq_fetch_add_seq_cst(p, v) atomic_fetch_add_explicit((p), (v), memory_order_seq_cst)
+#define shmq_fetch_add_relaxed(p, v) atomic_fetch_add_explicit((p), (v), memory_order_relaxed)
 #define shmq_fence_acquire() atomic_thread_fence(memory_order_acquire)
 #define shmq_fence_release() atomic_thread_fence(memory_order_release)
 #define shmq_fence_seq_cst() atomic_thread_fence(memory_order_seq_cst)

@@ -1,42 +1,55 @@
 /*
- * The on-memory layout of a shmq ring: written down once, here.
+ * The on-memory layout of a shmq queue: written down once, here.
+ * docs/protocol.md describes the same bytes for other languages, and
+ * docs/consumer-state.md explains why the queue is split in two objects.
  *
- * A ring segment is three parts, each starting on a page boundary so that each
- * can be mapped with its own protection:
+ * A queue NAME is two shared-memory objects.
  *
- *   offset 0              page_size            2*page_size
- *   +---------------------+--------------------+--------+--------+-----+--------+
- *   | control page        | consumer page      | slot 0 | slot 1 | ... | slot   |
- *   | (producer writes,   | (consumers write:  |        |        |     | cap-1  |
- *   |  consumers read)    |  waiter count,     |        |        |     |        |
- *   |                     |  cursor table)     |        |        |     |        |
- *   +---------------------+--------------------+--------+--------+-----+--------+
+ * 1. The ring, /dev/shm/shmq-NAME: written by the producer alone. Consumers
+ *    open it O_RDONLY and map it PROT_READ.
  *
- * Control page, one 128-byte line per job so that fields written by different
- * parties never share a cache line (128, not 64: adjacent-line prefetchers pull
- * lines in pairs):
+ *   offset 0              page_size
+ *   +---------------------+--------+--------+-----+------------+
+ *   | control page        | slot 0 | slot 1 | ... | slot cap-1 |
+ *   +---------------------+--------+--------+-----+------------+
+ *
+ *   Control page, one 128-byte line per job so that fields written at
+ *   different rates never share a cache line (128, not 64: adjacent-line
+ *   prefetchers pull lines in pairs):
  *
  *   line 0 (  0) identity and geometry, immutable once magic is published:
  *                magic u64 | version u32 | flags u32 | slot_size u32 |
  *                slot_stride u32 | capacity u32 | page_size u32 |
- *                first_sequence u64 | consumer_area_offset u64 |
- *                slots_offset u64 | total_size u64 | cursor_entries u32
- *   line 1 (128) producer: head u64 (next sequence to publish)
- *   line 2 (256) wake-up: futex_word u32 (bumped by the producer to wake sleepers)
+ *                first_sequence u64 | slots_offset u64 | total_size u64 |
+ *                instance u64 | consumer_entries u32 | reserved u32
+ *   line 1 (128) head u64: the next sequence to publish
+ *   line 2 (256) futex_word u32: bumped by the producer to wake sleepers
+ *   line 3 (384) stream_state u32: SHMQ_STREAM_ENDED once the producer closed
  *   rest         zero, reserved
  *
- * Consumer page:
+ *   Slot (slot_stride bytes, a multiple of 16):
  *
- *   line 0 (  0) waiters u32: consumers inside the sleep protocol
- *   line 1..     cursor table, cursor_entries lines, reserved for the lossless
- *                mode (flags bit SHMQ_FLAG_LOSSLESS); zero and unused in lossy mode
- *
- * Slot (slot_stride bytes, a multiple of 16):
- *
- *   +0  stamp u64    sequence of the message in the slot (see ring.c)
+ *   +0  stamp u64    sequence of the message in the slot (see producer.c)
  *   +8  length u32   payload bytes, <= slot_size
  *   +12 reserved u32
  *   +16 payload      slot_size bytes rounded up to 16
+ *
+ * 2. The consumer state, /dev/shm/shmq-NAME.consumers: created by the
+ *    producer; each consumer writes only the wake page and its own entry,
+ *    which are the only pages it maps writable.
+ *
+ *   offset 0        page_size      2*page_size     (2+i)*page_size
+ *   +---------------+--------------+---------------+-----+-----------+
+ *   | header        | wake page    | entry 0       | ... | entry i   |
+ *   +---------------+--------------+---------------+-----+-----------+
+ *
+ *   header:  magic u64 | version u32 | entry_count u32 | page_size u32 |
+ *            reserved u32 | ring_instance u64 | total_size u64
+ *   wake:    wake_flag u32: set by a consumer about to sleep, cleared by
+ *            the producer when it wakes sleepers
+ *   entry:   position u64 | pid u32 | state u32 | lost u64
+ *            Live exactly while someone holds an OFD write lock on the
+ *            entry's first byte; pid is for display only.
  *
  * All integers are native-endian: a segment never leaves its host.
  */
@@ -48,17 +61,22 @@
 
 #include "shmq_atomic.h"
 
-#define SHMQ_MAGIC UINT64_C(0x676e6972716d6873) /* "shmqring" in memory order */
-#define SHMQ_LAYOUT_VERSION 1u
+#define SHMQ_MAGIC UINT64_C(0x676e6972716d6873)          /* "shmqring" in memory order */
+#define SHMQ_CONSUMERS_MAGIC UINT64_C(0x736e6f63716d6873) /* "shmqcons" */
+#define SHMQ_LAYOUT_VERSION 2u
 #define SHMQ_LINE 128u
 #define SHMQ_SLOT_HEADER 16u
 #define SHMQ_SLOT_ALIGN 16u
 #define SHMQ_FLAG_LOSSLESS 1u /* reserved for the lossless mode; never set yet */
 #define SHMQ_KNOWN_FLAGS 0u
+#define SHMQ_STREAM_ENDED 1u
+#define SHMQ_CONSUMER_ENTRIES_MAX 1024u
+#define SHMQ_CONSUMERS_SUFFIX ".consumers"
 
-struct shmq_control {
-    /* line 0 */
-    _Atomic uint64_t magic;
+/* Line 0 of the control page; copied whole into private memory and then
+ * validated, so no field is read twice. */
+struct shmq_identity {
+    uint64_t magic;
     uint32_t version;
     uint32_t flags;
     uint32_t slot_size;
@@ -66,53 +84,79 @@ struct shmq_control {
     uint32_t capacity;
     uint32_t page_size;
     uint64_t first_sequence;
-    uint64_t consumer_area_offset;
     uint64_t slots_offset;
     uint64_t total_size;
-    uint32_t cursor_entries;
-    uint32_t reserved0;
-    unsigned char pad0[SHMQ_LINE - 72];
+    uint64_t instance;
+    uint32_t consumer_entries;
+    uint32_t reserved;
+};
+
+struct shmq_control {
+    /* line 0: the identity, but with magic atomic, since it is the field
+     * that publishes the rest */
+    _Atomic uint64_t magic;
+    unsigned char identity_rest[sizeof(struct shmq_identity) - 8];
+    unsigned char pad0[SHMQ_LINE - sizeof(struct shmq_identity)];
     /* line 1 */
     _Atomic uint64_t head;
     unsigned char pad1[SHMQ_LINE - 8];
     /* line 2 */
     _Atomic uint32_t futex_word;
     unsigned char pad2[SHMQ_LINE - 4];
-};
-
-struct shmq_cursor_entry {
-    _Atomic uint64_t position;
-    _Atomic uint64_t owner;
-    unsigned char pad[SHMQ_LINE - 16];
-};
-
-struct shmq_consumer_area {
-    _Atomic uint32_t waiters;
-    unsigned char pad0[SHMQ_LINE - 4];
-    struct shmq_cursor_entry cursors[]; /* cursor_entries of them */
+    /* line 3 */
+    _Atomic uint32_t stream_state;
+    unsigned char pad3[SHMQ_LINE - 4];
 };
 
 struct shmq_slot {
     _Atomic uint64_t stamp;
     _Atomic uint32_t length;
     uint32_t reserved;
-    _Atomic uint64_t payload[]; /* copied a word at a time: see ring.c */
+    _Atomic uint64_t payload[]; /* copied a word at a time: see producer.c */
 };
 
+struct shmq_consumers_header {
+    _Atomic uint64_t magic;
+    uint32_t version;
+    uint32_t entry_count;
+    uint32_t page_size;
+    uint32_t reserved;
+    uint64_t ring_instance;
+    uint64_t total_size;
+};
+
+struct shmq_wake_page {
+    _Atomic uint32_t wake_flag;
+};
+
+struct shmq_consumer_entry {
+    _Atomic uint64_t position;
+    _Atomic uint32_t pid;
+    _Atomic uint32_t state;
+    _Atomic uint64_t lost;
+};
+
+_Static_assert(offsetof(struct shmq_identity, version) == 8, "layout");
+_Static_assert(offsetof(struct shmq_identity, slot_size) == 16, "layout");
+_Static_assert(offsetof(struct shmq_identity, capacity) == 24, "layout");
+_Static_assert(offsetof(struct shmq_identity, first_sequence) == 32, "layout");
+_Static_assert(offsetof(struct shmq_identity, slots_offset) == 40, "layout");
+_Static_assert(offsetof(struct shmq_identity, total_size) == 48, "layout");
+_Static_assert(offsetof(struct shmq_identity, instance) == 56, "layout");
+_Static_assert(offsetof(struct shmq_identity, consumer_entries) == 64, "layout");
+_Static_assert(sizeof(struct shmq_identity) == 72, "layout");
 _Static_assert(offsetof(struct shmq_control, magic) == 0, "layout");
-_Static_assert(offsetof(struct shmq_control, version) == 8, "layout");
-_Static_assert(offsetof(struct shmq_control, slot_size) == 16, "layout");
-_Static_assert(offsetof(struct shmq_control, capacity) == 24, "layout");
-_Static_assert(offsetof(struct shmq_control, first_sequence) == 32, "layout");
-_Static_assert(offsetof(struct shmq_control, total_size) == 56, "layout");
-_Static_assert(offsetof(struct shmq_control, cursor_entries) == 64, "layout");
 _Static_assert(offsetof(struct shmq_control, head) == 1 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, futex_word) == 2 * SHMQ_LINE, "layout");
-_Static_assert(sizeof(struct shmq_control) == 3 * SHMQ_LINE, "layout");
-_Static_assert(offsetof(struct shmq_consumer_area, cursors) == SHMQ_LINE, "layout");
-_Static_assert(sizeof(struct shmq_cursor_entry) == SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_control, stream_state) == 3 * SHMQ_LINE, "layout");
+_Static_assert(sizeof(struct shmq_control) == 4 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_slot, length) == 8, "layout");
 _Static_assert(offsetof(struct shmq_slot, payload) == SHMQ_SLOT_HEADER, "layout");
+_Static_assert(offsetof(struct shmq_consumers_header, entry_count) == 12, "layout");
+_Static_assert(offsetof(struct shmq_consumers_header, ring_instance) == 24, "layout");
+_Static_assert(offsetof(struct shmq_consumers_header, total_size) == 32, "layout");
+_Static_assert(offsetof(struct shmq_consumer_entry, pid) == 8, "layout");
+_Static_assert(offsetof(struct shmq_consumer_entry, lost) == 16, "layout");
 
 /* Bytes one slot occupies for a given maximum payload. */
 static inline uint64_t shmq_slot_stride_for(uint64_t slot_size)

@@ -15,6 +15,8 @@
 #define SHMQ_REGION_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -69,16 +71,30 @@ int shmq_region_unlink(const char *name);
  * -ENAMETOOLONG for a bad name. */
 int shmq_region_exists(const char *name);
 
-/* Takes an exclusive lock on the object that the kernel drops when this
- * process closes the region or dies, so a crashed holder never blocks anyone.
+/* Takes an exclusive lock on byte 0 of the object (an open-file-description
+ * lock) that the kernel drops when this process closes the region or dies,
+ * so a crashed holder never blocks anyone. The region must be read-write.
  * Returns 0, -EBUSY when another open region holds it, or -ENOTSUP when /proc
  * is not mounted (the lock needs a fresh open of the object through it). */
 int shmq_region_lock(struct shmq_region *region);
 
-/* Releases the lock (if held) but keeps the mapping. Async-signal-safe, so it
- * may run in a child right after fork(), where it leaves the lock to the
- * parent alone. */
+/* The same on byte `offset`; locks on different bytes are independent, and
+ * one region may hold several. */
+int shmq_region_lock_byte(struct shmq_region *region, uint64_t offset);
+
+/* Whether anyone (this process's own region included) holds a lock on byte
+ * `offset`; takes nothing and works on a read-only region.
+ * Returns 1, 0 or a negative errno. */
+int shmq_region_lock_held(const struct shmq_region *region, uint64_t offset);
+
+/* Releases every lock this region holds but keeps the mapping.
+ * Async-signal-safe, so it may run in a child right after fork(), where it
+ * leaves the locks to the parent alone. */
 void shmq_region_drop_lock(struct shmq_region *region);
+
+/* fstat of the object: owner, mode, size, and st_nlink == 0 once unlinked.
+ * Returns 0 or a negative errno. */
+int shmq_region_stat(const struct shmq_region *region, struct stat *st);
 
 void *shmq_region_base(const struct shmq_region *region);
 size_t shmq_region_size(const struct shmq_region *region);

@@ -93,9 +93,14 @@ int main(int argc, char **argv)
             status = count ? 3 : 0;
             break;
         }
-        if (rc == -EBADMSG) {
+        if (rc == SHMQ_CORRUPT) {
             corrupt++;
             continue;
+        }
+        if (rc == SHMQ_ENDED) {
+            fprintf(stderr, "consumer: the producer closed the stream\n");
+            status = count && received + corrupt + shmq_consumer_lost(c) < count ? 3 : 0;
+            break;
         }
         if (rc < 0) {
             fprintf(stderr, "consumer: poll: %s\n", shmq_strerror(rc));

@@ -47,7 +47,7 @@ static void unlink_test_names(void)
     if (getpid() != test_owner_pid)
         return; /* children share the names; the parent cleans up */
     for (int i = 0; i < test_name_count; i++)
-        shmq_unlink(test_names[i]);
+        shmq_unlink(test_names[i], SHMQ_UNLINK_FORCE);
 }
 
 /* A fresh queue name, unlinked when the test process exits. */
@@ -60,7 +60,7 @@ static inline const char *test_name(const char *what)
     CHECK(test_name_count < MAX_TEST_NAMES);
     char *name = test_names[test_name_count++];
     snprintf(name, 64, "test-%s-%d-%d", what, (int)getpid(), test_name_count);
-    shmq_unlink(name);
+    shmq_unlink(name, SHMQ_UNLINK_FORCE);
     return name;
 }
 

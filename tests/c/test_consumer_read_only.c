@@ -1,22 +1,34 @@
 /* A consumer maps the ring read-only: a stray write through it faults (in a
  * child, which must die of SIGSEGV), so it can't corrupt what others read.
- * Its own page (the sleepers' count) is the one writable part. */
+ * In the consumer-state segment only the wake page and its own entry are
+ * writable; the header and other consumers' entries fault too. */
 #include "helpers.h"
 
 #include "ring_internal.h"
 
+/* Where a stray write may land. Computed before fork(): in the child the
+ * consumer handle already belongs to the parent (consumer_in_child). */
+static unsigned char *target(struct shmq_consumer *c, int where)
+{
+    switch (where) {
+    case 0: return (unsigned char *)&c->control->head; /* control page */
+    case 1: return (unsigned char *)shmq_slot_at(c->slots, &c->geometry, 0); /* a slot */
+    case 2: return (unsigned char *)c->consumers.wake; /* the wake page */
+    case 3: return (unsigned char *)c->entry; /* its own entry */
+    case 4: return shmq_region_base(c->consumers.region); /* consumer-state header */
+    default: /* another consumer's entry */
+        return c->consumers.entries + (size_t)(c->entry_index + 1) * c->consumers.page_size;
+    }
+}
+
 static int write_and_survive(struct shmq_consumer *c, int where)
 {
+    volatile unsigned char *at = target(c, where);
     pid_t kid = fork();
     CHECK(kid >= 0);
     if (kid == 0) {
         signal(SIGSEGV, SIG_DFL);
-        if (where == 0)
-            atomic_store(&c->control->head, 12345); /* control page */
-        else if (where == 1)
-            atomic_store(&shmq_slot_at(c->slots, &c->geometry, 0)->stamp, 7); /* a slot */
-        else
-            atomic_fetch_add(&c->consumers->waiters, 0); /* its own page */
+        at[0] = at[0];
         _exit(0);
     }
     return wait_child(kid);
@@ -31,7 +43,11 @@ int main(void)
     CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
     CHECK(write_and_survive(c, 0) == 128 + SIGSEGV);
     CHECK(write_and_survive(c, 1) == 128 + SIGSEGV);
+    CHECK(c->entry_index == 0);
     CHECK(write_and_survive(c, 2) == 0);
+    CHECK(write_and_survive(c, 3) == 0);
+    CHECK(write_and_survive(c, 4) == 128 + SIGSEGV);
+    CHECK(write_and_survive(c, 5) == 128 + SIGSEGV);
     shmq_consumer_close(c);
     shmq_producer_close(p);
     return 0;

@@ -9,26 +9,27 @@
 
 #include "ring_internal.h"
 
-typedef void (*damage_fn)(struct shmq_control *h, int fd);
+typedef void (*damage_fn)(struct shmq_identity *h, int fd);
 
-static void zero_magic(struct shmq_control *h, int fd) { (void)fd; h->magic = 0; }
-static void foreign_magic(struct shmq_control *h, int fd) { (void)fd; h->magic = 0x1234; }
-static void future_version(struct shmq_control *h, int fd) { (void)fd; h->version = 2; }
-static void zero_version(struct shmq_control *h, int fd) { (void)fd; h->version = 0; }
-static void unknown_flag(struct shmq_control *h, int fd) { (void)fd; h->flags = 0x80; }
-static void capacity_not_power_of_two(struct shmq_control *h, int fd) { (void)fd; h->capacity = 12; }
-static void capacity_zero(struct shmq_control *h, int fd) { (void)fd; h->capacity = 0; }
-static void capacity_huge(struct shmq_control *h, int fd) { (void)fd; h->capacity = 1u << 31; }
-static void slot_size_huge(struct shmq_control *h, int fd) { (void)fd; h->slot_size = 0xFFFFFFF0u; }
-static void stride_too_small(struct shmq_control *h, int fd) { (void)fd; h->slot_stride = 16; }
-static void slots_offset_wrong(struct shmq_control *h, int fd) { (void)fd; h->slots_offset = 64; }
-static void total_size_lies(struct shmq_control *h, int fd) { (void)fd; h->total_size *= 2; }
-static void page_size_wrong(struct shmq_control *h, int fd) { (void)fd; h->page_size = 512; }
-static void cursor_entries_wrong(struct shmq_control *h, int fd) { (void)fd; h->cursor_entries = 9999; }
-static void truncated(struct shmq_control *h, int fd) { (void)h; CHECK(ftruncate(fd, 8192 + 100) == 0); }
-static void tiny(struct shmq_control *h, int fd) { (void)h; CHECK(ftruncate(fd, 10) == 0); }
-static void empty(struct shmq_control *h, int fd) { (void)h; CHECK(ftruncate(fd, 0) == 0); }
-static void garbage(struct shmq_control *h, int fd)
+static void zero_magic(struct shmq_identity *h, int fd) { (void)fd; h->magic = 0; }
+static void foreign_magic(struct shmq_identity *h, int fd) { (void)fd; h->magic = 0x1234; }
+static void future_version(struct shmq_identity *h, int fd) { (void)fd; h->version = SHMQ_LAYOUT_VERSION + 1; }
+static void zero_version(struct shmq_identity *h, int fd) { (void)fd; h->version = 0; }
+static void unknown_flag(struct shmq_identity *h, int fd) { (void)fd; h->flags = 0x80; }
+static void capacity_not_power_of_two(struct shmq_identity *h, int fd) { (void)fd; h->capacity = 12; }
+static void capacity_zero(struct shmq_identity *h, int fd) { (void)fd; h->capacity = 0; }
+static void capacity_huge(struct shmq_identity *h, int fd) { (void)fd; h->capacity = 1u << 31; }
+static void slot_size_huge(struct shmq_identity *h, int fd) { (void)fd; h->slot_size = 0xFFFFFFF0u; }
+static void stride_too_small(struct shmq_identity *h, int fd) { (void)fd; h->slot_stride = 16; }
+static void slots_offset_wrong(struct shmq_identity *h, int fd) { (void)fd; h->slots_offset = 64; }
+static void total_size_lies(struct shmq_identity *h, int fd) { (void)fd; h->total_size *= 2; }
+static void page_size_wrong(struct shmq_identity *h, int fd) { (void)fd; h->page_size = 512; }
+static void consumer_entries_wrong(struct shmq_identity *h, int fd) { (void)fd; h->consumer_entries = 9999; }
+static void instance_zero(struct shmq_identity *h, int fd) { (void)fd; h->instance = 0; }
+static void truncated(struct shmq_identity *h, int fd) { (void)h; CHECK(ftruncate(fd, 8192 + 100) == 0); }
+static void tiny(struct shmq_identity *h, int fd) { (void)h; CHECK(ftruncate(fd, 10) == 0); }
+static void empty(struct shmq_identity *h, int fd) { (void)h; CHECK(ftruncate(fd, 0) == 0); }
+static void garbage(struct shmq_identity *h, int fd)
 {
     (void)fd;
     uint64_t rng = 99;
@@ -55,7 +56,8 @@ static const struct {
     {"slots offset wrong", slots_offset_wrong, -EBADMSG},
     {"total size disagrees with header", total_size_lies, -EBADMSG},
     {"page size of another machine", page_size_wrong, -EBADMSG},
-    {"cursor table size wrong", cursor_entries_wrong, -EBADMSG},
+    {"consumer table over the limit", consumer_entries_wrong, -EBADMSG},
+    {"instance number unset", instance_zero, -EBADMSG},
     {"file truncated into the slots", truncated, -EBADMSG},
     {"file truncated into the header", tiny, -EBADMSG},
     {"file empty", empty, -ENODATA},
@@ -72,7 +74,7 @@ static void damaged_headers_give_specific_errors(void)
         snprintf(path, sizeof(path), "/dev/shm/" SHMQ_NAME_PREFIX "%s", name);
         int fd = open(path, O_RDWR);
         CHECK(fd >= 0);
-        struct shmq_control *h = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        struct shmq_identity *h = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         CHECK(h != MAP_FAILED);
         cases[i].damage(h, fd);
         munmap(h, 4096);
@@ -84,7 +86,7 @@ static void damaged_headers_give_specific_errors(void)
                shmq_strerror(rc_producer));
         CHECK_RC(rc_consumer, cases[i].want);
         CHECK_RC(rc_producer, cases[i].want);
-        shmq_unlink(name);
+        shmq_unlink(name, SHMQ_UNLINK_FORCE);
     }
 }
 
@@ -100,7 +102,7 @@ static void damaged_slot_is_skipped_and_counted(void)
     uint64_t got;
     CHECK_RC(shmq_consumer_poll(c, &got, 8, NULL), 0);
     CHECK(got == 0);
-    CHECK_RC(shmq_consumer_poll(c, &got, 8, NULL), -EBADMSG);
+    CHECK_RC(shmq_consumer_poll(c, &got, 8, NULL), SHMQ_CORRUPT);
     CHECK(shmq_consumer_lost(c) == 1);
     CHECK_RC(shmq_consumer_poll(c, &got, 8, NULL), 0);
     CHECK(got == 2);

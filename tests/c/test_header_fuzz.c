@@ -34,7 +34,7 @@ int main(void)
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     int opened = 0;
     for (int round = 0; round < 20000; round++) {
-        shmq_unlink(name);
+        shmq_unlink(name, SHMQ_UNLINK_FORCE);
         struct shmq_producer *p = make_producer(name, 8 + (uint32_t)(xorshift(&rng) % 64),
                                                 1u << (1 + xorshift(&rng) % 6), xorshift(&rng));
         shmq_producer_close(p);

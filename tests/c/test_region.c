@@ -43,8 +43,9 @@ static void create_is_exclusive_even_against_a_squatter(void)
     struct shmq_producer *p;
     struct shmq_config config = {.slot_size = 8, .capacity = 8};
     CHECK_RC(shmq_producer_open(&p, name, &config, SHMQ_CREATE | SHMQ_EXCL), -EEXIST);
-    /* Open-or-create attaches, sees a foreign segment and refuses it. */
-    CHECK_RC(shmq_producer_open(&p, name, &config, SHMQ_CREATE), -EBADMSG);
+    /* Open-or-create attaches, sees a segment wider open than asked (the
+     * squatter's 0644 or 0666) and refuses it before reading a byte. */
+    CHECK_RC(shmq_producer_open(&p, name, &config, SHMQ_CREATE), -EPERM);
     CHECK(shmq_region_exists(name) == 1);
 }
 
@@ -103,7 +104,13 @@ static void segment_is_exactly_header_plus_slots(void)
     struct shmq_region *r;
     CHECK_RC(shmq_region_open(&r, name, SHMQ_REGION_READ_ONLY), 0);
     long page = sysconf(_SC_PAGESIZE);
-    CHECK(shmq_region_size(r) == (size_t)(2 * page + 1024 * (16 + 64)));
+    CHECK(shmq_region_size(r) == (size_t)(page + 1024 * (16 + 64)));
+    shmq_region_close(r);
+    /* The consumer state: header, wake page, one page per entry. */
+    char consumers[256];
+    snprintf(consumers, sizeof(consumers), "%s.consumers", name);
+    CHECK_RC(shmq_region_open(&r, consumers, SHMQ_REGION_READ_ONLY), 0);
+    CHECK(shmq_region_size(r) == (size_t)((2 + SHMQ_DEFAULT_MAX_CONSUMERS) * page));
     shmq_region_close(r);
     shmq_producer_close(p);
 }

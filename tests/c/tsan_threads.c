@@ -12,13 +12,13 @@
 
 static unsigned char *base;
 static struct shmq_geometry geometry;
+static struct shmq_wake_page wake; /* stands in for the consumer-state page */
+static struct shmq_producer p;
 static _Atomic int failures;
 
 static void *produce(void *arg)
 {
     (void)arg;
-    struct shmq_producer p = {0};
-    shmq_producer_bind(&p, base, &geometry);
     unsigned char msg[32];
     for (uint64_t seq = 0; seq < MESSAGES; seq++) {
         memcpy(msg, &seq, 8);
@@ -37,7 +37,7 @@ static void *consume(void *arg)
 {
     int blocking = arg != NULL;
     struct shmq_consumer c = {0};
-    shmq_consumer_bind(&c, base, &geometry, SHMQ_START_EARLIEST);
+    shmq_consumer_bind(&c, base, &geometry, SHMQ_START_EARLIEST, &wake);
     unsigned char buf[32];
     uint64_t received = 0, start = c.position;
     while (shmq_consumer_position(&c) < MESSAGES) {
@@ -69,6 +69,9 @@ int main(void)
     CHECK_RC(shmq_region_open(&r, name, SHMQ_REGION_READ_WRITE), 0);
     base = shmq_region_base(r);
     CHECK_RC(shmq_header_read(base, shmq_region_size(r), &geometry), 0);
+    /* Bound before any consumer starts: binding reopens the stream that
+     * closing `owner` ended. */
+    shmq_producer_bind(&p, base, &geometry, &wake);
     pthread_t threads[3];
     CHECK(pthread_create(&threads[1], NULL, consume, NULL) == 0);
     CHECK(pthread_create(&threads[2], NULL, consume, (void *)1) == 0);

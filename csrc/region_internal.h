@@ -1,0 +1,15 @@
+/* Region functions for objects whose name carries a suffix of ours after the
+ * caller's name (the queue's ".consumers" object); not part of the API. A
+ * NULL suffix is the plain name, as in shmq_region.h. */
+#ifndef SHMQ_REGION_INTERNAL_H
+#define SHMQ_REGION_INTERNAL_H
+
+#include "shmq_region.h"
+
+int shmq_region_create_object(struct shmq_region **out, const char *name, const char *suffix,
+                              size_t size, mode_t mode);
+int shmq_region_open_object(struct shmq_region **out, const char *name, const char *suffix,
+                            enum shmq_region_access access);
+int shmq_region_unlink_object(const char *name, const char *suffix);
+
+#endif
