@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Sets up a fresh Linux machine and runs the main job: one producer process
-# feeding two consumer processes through shmq, with live rates and loss counts.
+# Sets this machine up (scripts/setup-venv.sh: build tools if missing, the
+# project venv .venv, shmq installed into it) and runs the main job: one
+# producer process feeding two consumer processes through shmq, with live
+# rates and loss counts.
+#
+#   bash scripts/demo.sh [--seconds S] [--size BYTES] [--capacity SLOTS]
+#   PYTHON=/usr/bin/python3.12 bash scripts/demo.sh    # another interpreter (3.11+)
 set -euo pipefail
-export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
-cd "$(dirname "$0")/.."
-if ! command -v cc >/dev/null && command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
-fi
-python3 -m pip install -q .
-# Run outside the source tree so Python imports the installed, compiled package.
-cd /tmp && exec python3 -m shmq demo "$@"
+. "$(dirname "${BASH_SOURCE[0]}")/setup-venv.sh"
+shmq_setup_venv
+cd "$SHMQ_ROOT"
+exec "$SHMQ_PY" -m shmq demo "$@"

@@ -1,38 +1,69 @@
 #!/usr/bin/env bash
-# Sets up a fresh Linux machine and runs every test: the C tests under
-# ASan/UBSan, the ThreadSanitizer test, then pytest against the installed
-# package (and once more against an ASan/UBSan build of the extension).
+# Sets this machine up (scripts/setup-venv.sh: build tools if missing, the
+# project venv .venv with the test extra, shmq installed into it) and runs
+# every test suite, in order, stopping at the first that fails:
+#
+#   c            the C tests under ASan + UBSan (make test)
+#   tsan         the threaded stress test under ThreadSanitizer (make tsan)
+#   pytest       pytest against the release build of the extension
+#   pytest_asan  pytest again, against an ASan + UBSan build of the extension
+#                (SHMQ_SKIP_ASAN_PYTEST=1 leaves it out)
+#
+#   bash scripts/test-all.sh               every suite
+#   bash scripts/test-all.sh pytest tsan   only those, in that order
+#
+# A new suite is one more suite_NAME function below and its name in SUITES.
 set -euo pipefail
-export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
-cd "$(dirname "$0")/.."
+. "$(dirname "${BASH_SOURCE[0]}")/setup-venv.sh"
 
-if ! command -v cc >/dev/null || ! command -v make >/dev/null; then
-    if command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+SUITES=(c tsan pytest pytest_asan)
+
+suite_c() {
+    make -s all
+    make -s test
+}
+
+suite_tsan() {
+    make -s tsan
+}
+
+suite_pytest() {
+    # From the root, `import shmq` is the editable install: the source folder
+    # with the extension built in place.
+    "$SHMQ_PY" -m pytest -q -p no:cacheprovider
+}
+
+suite_pytest_asan() {
+    if [ "${SHMQ_SKIP_ASAN_PYTEST:-0}" = 1 ]; then
+        echo "skipped (SHMQ_SKIP_ASAN_PYTEST=1)"
+        return 0
     fi
-fi
-
-python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-python3 -m pip install -q pytest pytest-timeout numpy
-python3 -m pip install -q .
-
-echo "== C tests (ASan + UBSan)"
-make -s all
-make -s test
-echo "== ThreadSanitizer"
-make -s tsan
-
-echo "== pytest (release build, installed)"
-# Run from tests/ so 'import shmq' finds the installed package, not the source tree.
-(cd tests && python3 -m pytest -q -p no:cacheprovider .)
-
-if [ "${SHMQ_SKIP_ASAN_PYTEST:-0}" != "1" ]; then
-    echo "== pytest (extension built with ASan + UBSan)"
-    asan_build=$(mktemp -d)
-    trap 'rm -rf "$asan_build"' EXIT
-    SHMQ_SANITIZE=1 python3 -m pip install -q --target "$asan_build" --no-deps --no-build-isolation . 2>/dev/null ||
-        SHMQ_SANITIZE=1 python3 -m pip install -q --target "$asan_build" --no-deps .
-    (cd tests && PYTHONPATH="$asan_build" LD_PRELOAD="$(cc -print-file-name=libasan.so):$(cc -print-file-name=libubsan.so)" \
+    local build
+    build=$(mktemp -d)
+    # shellcheck disable=SC2064  # the folder is fixed now
+    trap "rm -rf '$build'" EXIT
+    SHMQ_SANITIZE=1 "$SHMQ_PY" -m pip install -q --no-deps --no-build-isolation --target "$build" .
+    # From tests/, so that PYTHONPATH's sanitized build is the shmq imported,
+    # not the source folder. RSS-heavy tests (slow) mean nothing under ASan.
+    (cd tests && PYTHONPATH="$build" \
+        LD_PRELOAD="$(cc -print-file-name=libasan.so):$(cc -print-file-name=libubsan.so)" \
         ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
-        python3 -m pytest -q -p no:cacheprovider -m "not slow" .)
-fi
+        "$SHMQ_PY" -m pytest -q -p no:cacheprovider -m "not slow" .)
+}
+
+chosen=("$@")
+[ ${#chosen[@]} -gt 0 ] || chosen=("${SUITES[@]}")
+for suite in "${chosen[@]}"; do
+    declare -F "suite_$suite" >/dev/null || shmq_die "no suite '$suite' (suites: ${SUITES[*]})"
+done
+
+shmq_setup_venv test
+cd "$SHMQ_ROOT"
+start=$SECONDS
+n=0
+for suite in "${chosen[@]}"; do
+    n=$((n + 1))
+    echo "== [$n/${#chosen[@]}] $suite (at $((SECONDS - start)) s)"
+    "suite_$suite"
+done
+echo "== all ${#chosen[@]} suites passed in $((SECONDS - start)) s"
