@@ -1,16 +1,20 @@
-"""Runs the full benchmark suite and refreshes docs/benchmarks.md.
+"""The full benchmark suite: shmq against other ways to move messages between
+processes (multiprocessing, faster-fifo, pyzmq, iceoryx2, POSIX message queues)
+and against a bare C ring, from a checkout of the repository.
 
-    python benchmarks/run.py [--quick] [any option of `python -m shmq bench`]
+    pip install '.[bench]'                  # the peers, into the venv that has shmq
+    python benchmarks/run.py --quick        # 64-byte messages, under a minute
+    python benchmarks/run.py --docs         # the full run; rewrites docs/benchmarks.md
+    python benchmarks/run.py --help         # every option
+
+Results go to benchmarks/results/ (results.json, results.md, plots). A peer
+that is not installed is skipped with a note. The suite lives in suite.py and
+contenders.py beside this file; `python -m shmq bench` is only a quick
+measurement of shmq alone.
 """
 import sys
-from pathlib import Path
 
-from shmq import _bench  # the installed package
-
-root = Path(__file__).resolve().parent.parent
+import suite  # benchmarks/suite.py: this script's folder is first on sys.path
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "--docs" not in args:
-        args += ["--docs", str(root / "docs" / "benchmarks.md"), "--out", str(root / "benchmarks" / "results")]
-    sys.exit(_bench.main(args))
+    sys.exit(suite.main(sys.argv[1:]))
