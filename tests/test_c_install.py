@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -77,11 +78,16 @@ def _build_example(prefix, pkg_env, out, link):
     return out
 
 
-def _read_hellos(consumer, count):
+def _read_hellos(consumer, count, timeout=30):
+    """Up to `count` messages, as many as arrive within `timeout` seconds."""
     got = []
-    while len(got) < count:
-        batch = consumer.poll_many(count - len(got), timeout=10)
-        assert batch, f"timed out after {len(got)} of {count} messages"
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        batch = consumer.poll_many(count - len(got), timeout=0.1)
+        if not batch:
+            # A poll returns at once when the stream has ended (the producer
+            # closed it) and nothing is left; the next producer reopens it.
+            time.sleep(0.01)
         got += batch
     return got
 
@@ -133,14 +139,13 @@ def test_program_built_with_pkg_config_against_the_shared_library_feeds_a_python
         assert _read_hellos(consumer, count) == [b"hello %d" % i for i in range(count)]
 
         # A second run attaches and continues the sequence while the consumer waits.
-        proc = subprocess.Popen([hello, name, str(count)], stdout=subprocess.PIPE, text=True,
-                                cwd=ROOT, env=run_env)
-        try:
-            assert _read_hellos(consumer, count) == [b"hello %d" % i for i in range(count)]
-            out, _ = proc.communicate(timeout=60)
-        finally:
-            proc.kill()
-            proc.wait()
+        with subprocess.Popen([hello, name, str(count)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT, env=run_env) as proc:
+            try:
+                assert _read_hellos(consumer, count) == [b"hello %d" % i for i in range(count)]
+                out, _ = proc.communicate(timeout=60)
+            finally:
+                proc.kill()
         assert proc.returncode == 0
         assert out == f"shmq {version}: published {count}, last sequence {2 * count - 1}\n"
         assert consumer.position == 2 * count and consumer.lost == 0
