@@ -72,7 +72,7 @@ def run(seconds=3.0, size=64, capacity=None) -> int:
     except (shmq.ShmqError, ValueError) as e:
         print(f"shmq bench: error: {e}")
         return 2
-    print(f"shmq bench: 1 producer -> 1 consumer process, {size}-byte messages, "
+    print(f"shmq bench: queue '{name}', 1 producer -> 1 consumer process, {size}-byte messages, "
           f"publish() / poll() one call per message, {seconds:g} s, ring of {capacity:,} slots")
     consumer = ctx.Process(target=_consume, daemon=True,
                            args=(name, ready, done, end, time.perf_counter() + seconds + 120, results_out))

@@ -3,8 +3,10 @@
 (shmq only, from the checkout). Speed itself is never asserted here."""
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,24 +14,27 @@ import shmq
 from conftest import ROOT
 
 
-def _segments():
-    return {f for f in os.listdir("/dev/shm") if f.startswith(shmq.NAME_PREFIX + "bench-")}
+def _env():
+    """The environment for a child that must import the shmq under test (this
+    one), whatever its working folder and whatever else is installed."""
+    here = str(Path(shmq.__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
 
 
 def test_shmq_bench_measures_one_producer_and_one_consumer_and_cleans_up(tmp_path):
-    before = _segments()
     run = subprocess.run([sys.executable, "-m", "shmq", "bench", "--seconds", "0.3"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_env())
     assert run.returncode == 0, run.stdout + run.stderr
     assert "received + lost == published: yes" in run.stdout
     assert "M msgs/s" in run.stdout
     assert "benchmarks/run.py" in run.stdout  # says where the full suite is
-    assert _segments() <= before
+    queue = re.search(r"queue '([^']+)'", run.stdout).group(1)
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(shmq.NAME_PREFIX + queue)]
 
 
 def test_shmq_bench_refuses_bad_arguments():
     run = subprocess.run([sys.executable, "-m", "shmq", "bench", "--size", "0"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, env=_env())
     assert run.returncode == 2
     assert "must be positive" in run.stdout
 
@@ -46,7 +51,7 @@ def test_full_suite_runs_and_writes_its_outputs(tmp_path):
         [sys.executable, str(SUITE), "--quick", "--rounds", "1", "--seconds", "0.05",
          "--only", "shmq-py,shmq-py-bulk", "--shapes", "1p1c,pingpong", "--skip-memory",
          "--out", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_env())
     assert run.returncode == 0, run.stderr
     result = json.loads((out / "results.json").read_text())
     assert not [s for s in result["samples"] if "error" in s]
