@@ -20,10 +20,10 @@
  * garbage, not a fast producer: after MAX_RESYNCS the poll reports the ring
  * corrupt (-EUCLEAN) instead of looping.
  *
- * END OF STREAM: an empty slot is checked against stream_state; if the
- * producer closed the stream, the slot is checked once more (the last
- * message may have landed between the two loads) and the poll reports
- * SHMQ_ENDED.
+ * END OF STREAM: a wait that finds the slot empty checks stream_state; if
+ * the producer closed the stream, it checks the slot once more (the last
+ * message may have landed between the two loads) and reports SHMQ_ENDED.
+ * A plain poll never looks: it reports SHMQ_EMPTY, and costs no extra load.
  *
  * SLEEPING (docs/consumer-state.md): a consumer that wants to sleep reads
  * the futex word, raises the wake flag, checks the ring once more, and only
@@ -259,7 +259,6 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
     size_t ignored;
     if (length == NULL)
         length = &ignored;
-    int ended = 0;
     for (int attempt = 0; attempt < MAX_RESYNCS; attempt++) {
         switch (copy_slot(c, d, length)) {
         case COPY_OK:
@@ -268,13 +267,7 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
             shmq_store_relaxed(&c->entry->position, c->position);
             return 0;
         case COPY_EMPTY:
-            /* Seen empty after seeing the mark: nothing more will come. */
-            if (ended)
-                return SHMQ_ENDED;
-            if (!stream_ended(c))
-                return SHMQ_EMPTY;
-            ended = 1;
-            break;
+            return SHMQ_EMPTY;
         case COPY_TOO_SMALL:
             return -EMSGSIZE;
         case COPY_NO_MEMORY:
@@ -355,7 +348,7 @@ static struct timespec timespec_of(int64_t ns)
 /* One round of the sleep protocol, at most one slice long; returns 0 (woken,
  * or the slice ended: re-check), -ETIMEDOUT (the deadline passed) or -EINTR.
  * deadline_ns < 0: none. */
-static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns)
+static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns, unsigned flags)
 {
     struct shmq_wake_page *wake = c->consumers.wake;
     int64_t slice_end = now_ns() + (wake ? SLEEP_SLICE_NS : UNWOKEN_SLICE_NS);
@@ -372,7 +365,8 @@ static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns)
          * in finish_publish (producer.c). */
         shmq_store_seq_cst(&wake->wake_flag, 1);
     /* Seq_cst: ordered after the flag store, as the handshake needs. */
-    if (something_to_report(c, memory_order_seq_cst) || stream_ended(c))
+    if (something_to_report(c, memory_order_seq_cst) ||
+        (!(flags & SHMQ_WAIT_PAST_END) && stream_ended(c)))
         return 0;
     struct timespec until = timespec_of(slice_end);
     int rc = shmq_futex_wait(&c->control->futex_word, word, &until);
@@ -381,14 +375,26 @@ static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns)
     return rc;
 }
 
-/* Waits until a poll has something to report; returns 0, -ETIMEDOUT or
- * -EINTR. deadline_ns < 0: wait forever. */
-static int wait_until(struct shmq_consumer *c, int64_t deadline_ns)
+/* Whether the stream ended with nothing left for us (see END OF STREAM). */
+static int ended_and_read(struct shmq_consumer *c)
 {
+    /* Acquire (in stream_ended) then seq_cst: the re-check of the slot is
+     * ordered after the mark, so it sees the last message published before
+     * the mark. */
+    return stream_ended(c) && !something_to_report(c, memory_order_seq_cst);
+}
+
+/* Waits until a poll has something to report; returns 0, SHMQ_ENDED (unless
+ * SHMQ_WAIT_PAST_END), -ETIMEDOUT or -EINTR. deadline_ns < 0: forever. */
+static int wait_until(struct shmq_consumer *c, int64_t deadline_ns, unsigned flags)
+{
+    int stop_at_end = !(flags & SHMQ_WAIT_PAST_END);
     for (;;) {
         /* Relaxed: a hint; the caller's poll re-reads the stamp with acquire. */
-        if (something_to_report(c, memory_order_relaxed) || stream_ended(c))
+        if (something_to_report(c, memory_order_relaxed))
             return 0;
+        if (stop_at_end && ended_and_read(c))
+            return SHMQ_ENDED;
         if (deadline_ns >= 0 && now_ns() >= deadline_ns)
             return -ETIMEDOUT;
         for (uint32_t i = 1; i <= c->spin; i++) {
@@ -396,14 +402,14 @@ static int wait_until(struct shmq_consumer *c, int64_t deadline_ns)
             if (something_to_report(c, memory_order_relaxed))
                 return 0;
             if (i % SPIN_CHECK_EVERY == 0) {
-                if (stream_ended(c))
-                    return 0;
+                if (stop_at_end && stream_ended(c))
+                    break;
                 if (deadline_ns >= 0 && now_ns() >= deadline_ns)
                     return -ETIMEDOUT;
             }
             shmq_cpu_relax();
         }
-        int slept = sleep_until_published(c, deadline_ns);
+        int slept = sleep_until_published(c, deadline_ns, flags);
         if (slept < 0)
             return slept;
     }
@@ -417,9 +423,9 @@ static int64_t deadline_after(int64_t timeout_ns)
     return timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
 }
 
-int shmq_consumer_wait(struct shmq_consumer *c, int64_t timeout_ns)
+int shmq_consumer_wait(struct shmq_consumer *c, int64_t timeout_ns, unsigned flags)
 {
-    return wait_until(c, deadline_after(timeout_ns));
+    return wait_until(c, deadline_after(timeout_ns), flags);
 }
 
 int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size, size_t *length,
@@ -430,7 +436,7 @@ int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size,
         return rc;
     int64_t deadline = deadline_after(timeout_ns);
     for (;;) {
-        int waited = wait_until(c, deadline);
+        int waited = wait_until(c, deadline, 0);
         rc = shmq_consumer_poll(c, buf, buf_size, length);
         if (rc != SHMQ_EMPTY)
             return rc;

@@ -215,9 +215,8 @@ int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_s
  * *length. Never blocks, never makes a syscall.
  * If the consumer was overrun, the skipped messages are added to the lost
  * count and it resumes half a ring behind the producer (see OVERRUN below).
- * Returns 0; SHMQ_EMPTY (-EAGAIN) when nothing is available; SHMQ_ENDED
- * (-EPIPE) when nothing is available and the producer closed the stream;
- * -EMSGSIZE when buf_size is smaller than the message (*length gets its size;
+ * Returns 0; SHMQ_EMPTY (-EAGAIN) when nothing is available (also at the
+ * end of a stream: the blocking calls below report SHMQ_ENDED); -EMSGSIZE when buf_size is smaller than the message (*length gets its size;
  * the message is not consumed); SHMQ_CORRUPT (-EUCLEAN) when a slot holds an
  * impossible length (the slot is skipped and counted as lost) or the stamps
  * keep the reader lapping (garbage, not a fast producer).
@@ -239,22 +238,29 @@ int shmq_consumer_poll_alloc(struct shmq_consumer *consumer,
                              void *(*alloc)(void *context, size_t length), void *context,
                              size_t *length);
 
+/* Flags for shmq_consumer_wait. */
+#define SHMQ_WAIT_PAST_END 1u /* keep waiting on an ended stream (for a producer
+                                 to reopen it) instead of returning SHMQ_ENDED */
+
 /* Waits up to timeout_ns nanoseconds (CLOCK_MONOTONIC; negative: forever)
- * until a poll has something to report (a message, an overrun to count, or
- * the end of the stream), without consuming anything. Spins first
- * (shmq_consumer_set_spin), then sleeps on the segment's futex, never longer
- * than 100 ms at a time before it looks at the ring again. Meant for callers
- * that must poll in another context than they wait in (with a lock held, say).
- * Returns 0, -ETIMEDOUT, or -EINTR if a signal arrived while it slept. */
-int shmq_consumer_wait(struct shmq_consumer *consumer, int64_t timeout_ns);
+ * until a poll has something to report (a message, or an overrun to count),
+ * without consuming anything. Spins first (shmq_consumer_set_spin), then
+ * sleeps on the segment's futex, never longer than 100 ms at a time before
+ * it looks at the ring again. Meant for callers that must poll in another
+ * context than they wait in (with a lock held, say).
+ * Returns 0; SHMQ_ENDED when the producer closed the stream and everything
+ * was read (unless flags has SHMQ_WAIT_PAST_END); -ETIMEDOUT; or -EINTR if a
+ * signal arrived while it slept. */
+int shmq_consumer_wait(struct shmq_consumer *consumer, int64_t timeout_ns, unsigned flags);
 
 /* Like shmq_consumer_poll, but waits up to timeout_ns nanoseconds
  * (CLOCK_MONOTONIC) for a message: 0 does not wait, a negative value waits
  * forever. It first spins (shmq_consumer_set_spin), then sleeps in the kernel
  * on a futex in the segment; every wake-up re-checks the ring.
- * Returns what shmq_consumer_poll returns (SHMQ_ENDED at once, rather than
- * waiting, once the stream ended and everything was read), or -ETIMEDOUT,
- * or -EINTR if a signal arrived while it slept (poll again to continue). */
+ * Returns what shmq_consumer_poll returns, or SHMQ_ENDED (at once, rather
+ * than waiting) once the producer closed the stream and everything was read,
+ * the way read() returns 0 at the end of a pipe; or -ETIMEDOUT, or -EINTR if
+ * a signal arrived while it slept (poll again to continue). */
 int shmq_consumer_poll_wait(struct shmq_consumer *consumer, void *buf, size_t buf_size,
                             size_t *length, int64_t timeout_ns);
 
@@ -262,7 +268,7 @@ int shmq_consumer_poll_wait(struct shmq_consumer *consumer, void *buf, size_t bu
  * after the other; lengths[i] gets the i-th one's length. Never blocks.
  * Returns the number of messages copied (0 when none is available); or, when
  * none was copied, -EMSGSIZE if even the first message does not fit (nothing
- * consumed), SHMQ_ENDED or SHMQ_CORRUPT as shmq_consumer_poll. */
+ * consumed), or SHMQ_CORRUPT as shmq_consumer_poll. */
 int shmq_consumer_poll_many(struct shmq_consumer *consumer, void *buf, size_t buf_size,
                             size_t *lengths, size_t max_messages);
 

@@ -16,7 +16,9 @@ from ._shmq import (
     NAME_MAX,
     NAME_PREFIX,
     SLOT_SIZE_MAX,
+    SPIN_MAX,
     Consumer,
+    CorruptSlot,
     IncompatibleQueue,
     MessageTooLarge,
     Producer,
@@ -27,7 +29,7 @@ from ._shmq import (
     unlink,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Producer",
@@ -39,8 +41,10 @@ __all__ = [
     "IncompatibleQueue",
     "MessageTooLarge",
     "ProducerBusy",
+    "CorruptSlot",
     "SLOT_SIZE_MAX",
     "CAPACITY_MAX",
     "NAME_MAX",
     "NAME_PREFIX",
+    "SPIN_MAX",
 ]

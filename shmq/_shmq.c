@@ -20,11 +20,14 @@
 #include <errno.h>
 #include <stdint.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "shmq.h"
 
 /* Longest time a blocking poll stays in C before checking for signals. */
 #define WAIT_SLICE_NS (50LL * 1000 * 1000)
+/* Most messages one poll_many_into call returns. */
+#define POLL_MANY_MAX 65536
 
 typedef struct {
     PyTypeObject *producer_type;
@@ -34,6 +37,7 @@ typedef struct {
     PyObject *IncompatibleQueue;
     PyObject *MessageTooLarge;
     PyObject *ProducerBusy;
+    PyObject *CorruptSlot;
 } module_state;
 
 static inline module_state *state_of_module(PyObject *module)
@@ -66,10 +70,16 @@ static PyObject *raise_code(module_state *st, int code, PyObject *name)
     case -EBUSY: case -ECHILD:
         kind = st->ProducerBusy;
         break;
+    case -EUCLEAN:
+        kind = st->CorruptSlot;
+        break;
+    case -EPERM:
+        PyErr_Format(PyExc_PermissionError, "%s: %R", why, name ? name : Py_None);
+        return NULL;
     case -EINVAL: case -ENAMETOOLONG:
         kind = PyExc_ValueError;
         break;
-    case -EACCES: case -EPERM:
+    case -EACCES:
         errno = -code;
         return PyErr_SetFromErrnoWithFilenameObject(PyExc_PermissionError, name);
     case -ENOMEM:
@@ -141,6 +151,24 @@ static int writable_buffer(PyObject *obj, Py_buffer *view)
     return -1;
 }
 
+/* The queue geometry a caller asked for, checked here so that the error
+ * names the argument rather than the queue. */
+static int check_geometry(const struct shmq_config *config)
+{
+    uint32_t capacity = config->capacity, slot_size = config->slot_size;
+    if (capacity != 0 && (capacity < 2 || capacity > SHMQ_CAPACITY_MAX || (capacity & (capacity - 1)))) {
+        PyErr_Format(PyExc_ValueError, "capacity must be a power of two from 2 to %u, not %u",
+                     SHMQ_CAPACITY_MAX, capacity);
+        return -1;
+    }
+    if (slot_size > SHMQ_SLOT_SIZE_MAX) {
+        PyErr_Format(PyExc_ValueError, "slot_size must be at most %u bytes, not %u",
+                     SHMQ_SLOT_SIZE_MAX, slot_size);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *closed_error(const char *what)
 {
     PyErr_Format(PyExc_ValueError, "I/O operation on closed %s", what);
@@ -153,25 +181,32 @@ typedef struct {
     PyObject_HEAD
     struct shmq_producer *producer;
     PyObject *name;
-    int unlink_on_close;
 } ProducerObject;
 
 static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"name", "slot_size", "capacity", "mode", "unlink_on_close", NULL};
+    static char *keywords[] = {"name", "slot_size", "capacity", "mode", "unlink_on_close",
+                               "max_consumers", NULL};
     module_state *st = state_of_type(type);
-    PyObject *name, *slot_size = NULL, *capacity = NULL;
+    PyObject *name, *slot_size = NULL, *capacity = NULL, *max_consumers = NULL;
     int mode = 0600, unlink_on_close = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$ip:Producer", keywords, &name, &slot_size,
-                                     &capacity, &mode, &unlink_on_close))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$ipO:Producer", keywords, &name, &slot_size,
+                                     &capacity, &mode, &unlink_on_close, &max_consumers))
         return NULL;
     const char *cname = queue_name(st, name);
     if (cname == NULL)
         return NULL;
     struct shmq_config config = {0};
     if (optional_u32(slot_size, "slot_size", &config.slot_size) < 0 ||
-        optional_u32(capacity, "capacity", &config.capacity) < 0)
+        optional_u32(capacity, "capacity", &config.capacity) < 0 ||
+        optional_u32(max_consumers, "max_consumers", &config.max_consumers) < 0 ||
+        check_geometry(&config) < 0)
         return NULL;
+    if (config.max_consumers > 1024) {
+        PyErr_Format(PyExc_ValueError, "max_consumers must be from 1 to 1024, not %u",
+                     config.max_consumers);
+        return NULL;
+    }
     if (mode <= 0 || mode > 0777) {
         PyErr_SetString(PyExc_ValueError, "mode must be permission bits between 0o001 and 0o777");
         return NULL;
@@ -182,14 +217,14 @@ static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = shmq_producer_open(&self->producer, cname, &config, SHMQ_CREATE);
+    rc = shmq_producer_open(&self->producer, cname, &config,
+                            SHMQ_CREATE | (unlink_on_close ? SHMQ_UNLINK_ON_CLOSE : 0));
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         Py_DECREF(self);
         return raise_code(st, rc, name);
     }
     self->name = Py_NewRef(name);
-    self->unlink_on_close = unlink_on_close;
     return (PyObject *)self;
 }
 
@@ -197,10 +232,10 @@ static void Producer_close_handle(ProducerObject *self)
 {
     if (self->producer == NULL)
         return;
+    /* The core ends the stream and unlinks (unlink_on_close) only where
+     * this process is the producer, never in a child after fork(). */
     shmq_producer_close(self->producer);
     self->producer = NULL;
-    if (self->unlink_on_close)
-        shmq_unlink(PyUnicode_AsUTF8(self->name));
 }
 
 static void Producer_dealloc(ProducerObject *self)
@@ -248,14 +283,16 @@ static PyObject *Producer_publish_many(ProducerObject *self, PyObject *messages)
 {
     if (self->producer == NULL)
         return closed_error("Producer");
-    PyObject *seq = PySequence_Fast(messages, "publish_many() takes an iterable of bytes-like objects");
+    /* A tuple, not PySequence_Fast's list: an item's __buffer__ could
+     * mutate a list while we hold pointers into it. */
+    PyObject *seq = PySequence_Tuple(messages);
     if (seq == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    PyObject **items = &PyTuple_GET_ITEM(seq, 0);
     PyObject *result = NULL;
-    const void **pointers = PyMem_Malloc(sizeof(void *) * (size_t)(n ? n : 1));
-    size_t *lengths = PyMem_Malloc(sizeof(size_t) * (size_t)(n ? n : 1));
+    const void **pointers = PyMem_New(const void *, (size_t)(n ? n : 1));
+    size_t *lengths = PyMem_New(size_t, (size_t)(n ? n : 1));
     Py_buffer *views = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
     Py_ssize_t held = 0;
     if (pointers == NULL || lengths == NULL || views == NULL) {
@@ -315,7 +352,7 @@ static PyObject *Producer_exit(ProducerObject *self, PyObject *const *args, Py_s
     (void)args;
     (void)nargs;
     Producer_close_handle(self);
-    Py_RETURN_FALSE;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Producer_repr(ProducerObject *self)
@@ -340,6 +377,7 @@ PRODUCER_GETTER(slot_size, PyLong_FromUnsignedLong(shmq_producer_slot_size(self-
 PRODUCER_GETTER(capacity, PyLong_FromUnsignedLong(shmq_producer_capacity(self->producer)))
 PRODUCER_GETTER(next_sequence,
                 PyLong_FromUnsignedLongLong(shmq_producer_next_sequence(self->producer)))
+PRODUCER_GETTER(wakeups, PyLong_FromUnsignedLongLong(shmq_producer_wakeups(self->producer)))
 
 static PyObject *Producer_get_name(ProducerObject *self, void *closure)
 {
@@ -362,7 +400,9 @@ static PyMethodDef Producer_methods[] = {
      "and return the last sequence number (None if empty). All sizes are checked first: on "
      "MessageTooLarge nothing is published."},
     {"close", (PyCFunction)Producer_close, METH_NOARGS,
-     "close() -> None\n--\n\nRelease the queue (idempotent). Unlinks it if unlink_on_close."},
+     "close() -> None\n--\n\nEnd the stream (consumers that have read everything stop "
+     "iterating) and release the queue (idempotent). Unlinks it if unlink_on_close. In a "
+     "child after fork() it only releases the child's copy."},
     {"__enter__", return_self, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Producer_exit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
@@ -374,19 +414,24 @@ static PyGetSetDef Producer_getset[] = {
     {"capacity", (getter)Producer_get_capacity, NULL, "Number of slots in the ring.", NULL},
     {"next_sequence", (getter)Producer_get_next_sequence, NULL,
      "Sequence number the next message will get.", NULL},
+    {"wakeups", (getter)Producer_get_wakeups, NULL,
+     "FUTEX_WAKE calls made so far to wake sleeping consumers (one per sleep episode).", NULL},
     {"closed", (getter)Producer_get_closed, NULL, "True after close().", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 PyDoc_STRVAR(Producer_doc,
-"Producer(name, slot_size=None, capacity=None, *, mode=0o600, unlink_on_close=False)\n"
+"Producer(name, slot_size=None, capacity=None, *, mode=0o600, unlink_on_close=False,\n"
+"         max_consumers=None)\n"
 "--\n\n"
 "The single producer of queue `name`.\n\n"
 "Creates the queue if it does not exist (slot_size bytes per message, default\n"
-"1024; capacity slots, a power of two, default 8192), or attaches to it and\n"
-"continues its sequence. A given slot_size or capacity that differs from an\n"
-"existing queue raises IncompatibleQueue. Raises ProducerBusy while another\n"
-"live producer holds the queue.");
+"1024; capacity slots, a power of two, default 8192; max_consumers listed\n"
+"consumers, default 64), or attaches to it and continues its sequence. A given\n"
+"slot_size or capacity that differs from an existing queue raises\n"
+"IncompatibleQueue. Raises ProducerBusy while another live producer holds the\n"
+"queue, and PermissionError for a queue owned by another user or open wider\n"
+"than `mode`.");
 
 static PyType_Slot Producer_slots[] = {
     {Py_tp_new, Producer_new},
@@ -412,53 +457,79 @@ typedef struct {
     struct shmq_consumer *consumer;
     PyObject *name;
     int busy;          /* a blocking call has released the GIL with this handle */
+    pid_t busy_pid;    /* ... in this process (a forked child never finishes it) */
     int close_pending; /* close() was called while busy */
 } ConsumerObject;
 
 static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"name", "start", "spin", NULL};
+    static char *keywords[] = {"name", "start", "spin", "owner", "register", NULL};
     module_state *st = state_of_type(type);
-    PyObject *name, *spin_arg = NULL;
-    const char *start = "latest";
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|s$O:Consumer", keywords, &name, &start, &spin_arg))
+    PyObject *name, *start = NULL, *spin_arg = NULL, *owner = NULL;
+    int register_entry = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O$OOp:Consumer", keywords, &name, &start,
+                                     &spin_arg, &owner, &register_entry))
         return NULL;
-    unsigned long spin = 0;
+    struct shmq_consumer_options options = {.start = SHMQ_START_LATEST, .no_entry = !register_entry};
     if (spin_arg != NULL) {
-        spin = PyLong_AsUnsignedLong(spin_arg); /* TypeError / OverflowError */
-        if (spin == (unsigned long)-1 && PyErr_Occurred())
-            return NULL;
-        if (spin > UINT32_MAX) {
-            PyErr_SetString(PyExc_OverflowError, "spin must fit in 32 bits");
+        if (!PyLong_Check(spin_arg) || PyBool_Check(spin_arg)) {
+            PyErr_Format(PyExc_TypeError, "spin must be int, not %.100s", Py_TYPE(spin_arg)->tp_name);
             return NULL;
         }
+        int overflow;
+        long long spin = PyLong_AsLongLongAndOverflow(spin_arg, &overflow);
+        if (spin == -1 && PyErr_Occurred())
+            return NULL;
+        if (overflow < 0 || spin < 0) {
+            PyErr_Format(PyExc_ValueError, "spin must be non-negative, not %R", spin_arg);
+            return NULL;
+        }
+        /* The core clamps to SHMQ_SPIN_MAX; so do we, for huge values. */
+        options.spin = overflow > 0 || spin > SHMQ_SPIN_MAX ? SHMQ_SPIN_MAX : (uint32_t)spin;
+    }
+    if (owner != NULL && owner != Py_None) {
+        if (!PyLong_Check(owner) || PyBool_Check(owner)) {
+            PyErr_Format(PyExc_TypeError, "owner must be an int uid or None, not %.100s",
+                         Py_TYPE(owner)->tp_name);
+            return NULL;
+        }
+        unsigned long uid = PyLong_AsUnsignedLong(owner);
+        if (uid == (unsigned long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "owner must be a uid (a non-negative int), not %R", owner);
+            return NULL;
+        }
+        options.check_owner = 1;
+        options.owner = (uid_t)uid;
+    }
+    if (start != NULL && PyUnicode_Check(start) && PyUnicode_CompareWithASCIIString(start, "latest") == 0)
+        options.start = SHMQ_START_LATEST;
+    else if (start != NULL && PyUnicode_Check(start) &&
+             PyUnicode_CompareWithASCIIString(start, "earliest") == 0)
+        options.start = SHMQ_START_EARLIEST;
+    else if (start != NULL) {
+        PyErr_Format(PyUnicode_Check(start) ? PyExc_ValueError : PyExc_TypeError,
+                     "start must be 'latest' or 'earliest', not %R", start);
+        return NULL;
     }
     const char *cname = queue_name(st, name);
     if (cname == NULL)
         return NULL;
-    enum shmq_start where;
-    if (strcmp(start, "latest") == 0)
-        where = SHMQ_START_LATEST;
-    else if (strcmp(start, "earliest") == 0)
-        where = SHMQ_START_EARLIEST;
-    else {
-        PyErr_Format(PyExc_ValueError, "start must be 'latest' or 'earliest', not %R",
-                     PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1) : Py_None);
-        return NULL;
-    }
     ConsumerObject *self = (ConsumerObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = shmq_consumer_open(&self->consumer, cname, where);
+    rc = shmq_consumer_open_with(&self->consumer, cname, &options);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         Py_DECREF(self);
+        if (rc == -EPERM && options.check_owner)
+            return PyErr_Format(PyExc_PermissionError,
+                                "queue %R is not owned by uid %lu", name, (unsigned long)options.owner);
         return raise_code(st, rc, name);
     }
     self->name = Py_NewRef(name);
-    shmq_consumer_set_spin(self->consumer, (uint32_t)spin);
     return (PyObject *)self;
 }
 
@@ -484,6 +555,16 @@ static void Consumer_dealloc(ConsumerObject *self)
 /* Checks the handle is open and not in use by a thread that released the GIL. */
 static int consumer_usable(ConsumerObject *self)
 {
+    /* A thread that was waiting when another thread called fork() does not
+     * exist in the child: the mark it left there is stale. */
+    if (self->busy && self->busy_pid != getpid()) {
+        self->busy = 0;
+        if (self->close_pending) {
+            self->close_pending = 0;
+            shmq_consumer_close(self->consumer);
+            self->consumer = NULL;
+        }
+    }
     if (self->consumer == NULL || self->close_pending) {
         closed_error("Consumer");
         return 0;
@@ -506,6 +587,11 @@ static int parse_timeout(PyObject *timeout, int64_t *ns)
     if (timeout == Py_None) {
         *ns = -1;
         return 0;
+    }
+    if (PyBool_Check(timeout) || !(PyFloat_Check(timeout) || PyLong_Check(timeout))) {
+        PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds or None, not %.100s",
+                     Py_TYPE(timeout)->tp_name);
+        return -1;
     }
     double seconds = PyFloat_AsDouble(timeout);
     if (seconds == -1.0 && PyErr_Occurred()) {
@@ -535,20 +621,26 @@ typedef int (*attempt_fn)(ConsumerObject *self, void *arg);
 
 /*
  * Calls attempt() until it returns something other than SHMQ_EMPTY or
- * timeout_ns (-1: forever) runs out. Between attempts it waits for the ring
+ * timeout_ns (-1: forever) runs out; with wait_flags 0 it also stops, with
+ * SHMQ_ENDED, once the stream ended and everything was read (iteration),
+ * with SHMQ_WAIT_PAST_END it waits on for a producer to reopen (poll). Between attempts it waits for the ring
  * without the GIL, in slices, checking for signals between slices. Returns
  * the last attempt's result (SHMQ_EMPTY when the time ran out), or
  * PYTHON_ERROR with a Python exception set (a signal handler raised, or the
  * handle was closed meanwhile).
  */
 #define PYTHON_ERROR INT32_MIN
-static int poll_until(ConsumerObject *self, int64_t timeout_ns, attempt_fn attempt, void *arg)
+/* A PYTHON_ERROR (ValueError set) that iteration ends on quietly. */
+#define CLOSED_WHILE_WAITING (INT32_MIN + 1)
+static int poll_until(ConsumerObject *self, int64_t timeout_ns, attempt_fn attempt, void *arg,
+                      unsigned wait_flags)
 {
     int rc = attempt(self, arg);
     if (rc != SHMQ_EMPTY || timeout_ns == 0)
         return rc;
     int64_t deadline = timeout_ns > 0 ? monotonic_ns() + timeout_ns : INT64_MAX;
     self->busy = 1;
+    self->busy_pid = getpid();
     for (;;) {
         int64_t slice = WAIT_SLICE_NS;
         if (timeout_ns > 0) {
@@ -559,15 +651,18 @@ static int poll_until(ConsumerObject *self, int64_t timeout_ns, attempt_fn attem
         }
         int waited;
         Py_BEGIN_ALLOW_THREADS
-        waited = shmq_consumer_wait(self->consumer, slice);
+        waited = shmq_consumer_wait(self->consumer, slice, wait_flags);
         Py_END_ALLOW_THREADS
-        if (waited < 0 && PyErr_CheckSignals() < 0) {
+        /* Signals are checked after every slice, whatever the wait said. */
+        if (PyErr_CheckSignals() < 0) {
             rc = PYTHON_ERROR;
             break;
         }
         if (self->close_pending)
             break;
         rc = attempt(self, arg);
+        if (rc == SHMQ_EMPTY && waited == SHMQ_ENDED)
+            rc = SHMQ_ENDED;
         if (rc != SHMQ_EMPTY)
             break;
     }
@@ -577,7 +672,7 @@ static int poll_until(ConsumerObject *self, int64_t timeout_ns, attempt_fn attem
             PyErr_Clear();
         Consumer_close_handle(self);
         closed_error("Consumer");
-        return PYTHON_ERROR;
+        return CLOSED_WHILE_WAITING;
     }
     return rc;
 }
@@ -621,7 +716,7 @@ static int attempt_into(ConsumerObject *self, void *arg)
 /* Turns a poll result into an exception; returns NULL always. */
 static PyObject *poll_error(ConsumerObject *self, int rc, size_t length, size_t buf_size)
 {
-    if (rc == PYTHON_ERROR || (rc == -ENOMEM && PyErr_Occurred()))
+    if (rc == PYTHON_ERROR || rc == CLOSED_WHILE_WAITING || (rc == -ENOMEM && PyErr_Occurred()))
         return NULL;
     module_state *st = state_of_type(Py_TYPE(self));
     if (rc == -EMSGSIZE)
@@ -670,13 +765,17 @@ static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
     return 0;
 }
 
-static PyObject *poll_bytes(ConsumerObject *self, int64_t timeout_ns)
+/* poll() and iteration: a message, None (nothing, or the stream ended:
+ * *ended says which), or NULL with an exception. */
+static PyObject *poll_bytes(ConsumerObject *self, int64_t timeout_ns, int stop_at_end, int *ended)
 {
     struct new_bytes nb = {NULL};
-    int rc = poll_until(self, timeout_ns, attempt_bytes, &nb);
+    int rc = poll_until(self, timeout_ns, attempt_bytes, &nb,
+                        stop_at_end ? 0 : SHMQ_WAIT_PAST_END);
+    *ended = rc == SHMQ_ENDED || rc == CLOSED_WHILE_WAITING;
     if (rc == 0)
         return nb.msg;
-    if (rc == SHMQ_EMPTY)
+    if (rc == SHMQ_EMPTY || rc == SHMQ_ENDED)
         Py_RETURN_NONE;
     return poll_error(self, rc, 0, 0);
 }
@@ -693,7 +792,8 @@ static PyObject *Consumer_poll(ConsumerObject *self, PyObject *const *args, Py_s
         return NULL;
     if (parse_timeout(nargs || kwnames ? timeout : NULL, &timeout_ns) < 0)
         return NULL;
-    return poll_bytes(self, timeout_ns);
+    int ended;
+    return poll_bytes(self, timeout_ns, 0, &ended);
 }
 
 static PyObject *Consumer_poll_many(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -719,8 +819,8 @@ static PyObject *Consumer_poll_many(ConsumerObject *self, PyObject *const *args,
     for (Py_ssize_t i = 0; i < max_messages; i++) {
         struct new_bytes nb = {NULL};
         /* Only the first message is waited for; then take what is there. */
-        int rc = poll_until(self, i == 0 ? timeout_ns : 0, attempt_bytes, &nb);
-        if (rc == SHMQ_EMPTY)
+        int rc = poll_until(self, i == 0 ? timeout_ns : 0, attempt_bytes, &nb, SHMQ_WAIT_PAST_END);
+        if (rc == SHMQ_EMPTY || rc == SHMQ_ENDED)
             break;
         if (rc < 0) {
             Py_DECREF(list);
@@ -750,11 +850,11 @@ static PyObject *Consumer_poll_into(ConsumerObject *self, PyObject *const *args,
     if (writable_buffer(argv[0], &view) < 0)
         return NULL;
     struct into_buffer ib = {view.buf, (size_t)view.len, 0};
-    int rc = poll_until(self, timeout_ns, attempt_into, &ib);
+    int rc = poll_until(self, timeout_ns, attempt_into, &ib, SHMQ_WAIT_PAST_END);
     PyBuffer_Release(&view);
     if (rc == 0)
         return PyLong_FromSize_t(ib.length);
-    if (rc == SHMQ_EMPTY)
+    if (rc == SHMQ_EMPTY || rc == SHMQ_ENDED)
         Py_RETURN_NONE;
     return poll_error(self, rc, ib.length, ib.size);
 }
@@ -779,11 +879,17 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
             return NULL;
         }
     }
+    /* A batch never needs more lengths than the ring holds (and never more
+     * than POLL_MANY_MAX): the caller's integer must not size an allocation. */
+    if ((uint64_t)max_messages > shmq_consumer_capacity(self->consumer))
+        max_messages = (Py_ssize_t)shmq_consumer_capacity(self->consumer);
+    if (max_messages > POLL_MANY_MAX)
+        max_messages = POLL_MANY_MAX;
     Py_buffer view;
     if (writable_buffer(argv[0], &view) < 0)
         return NULL;
     PyObject *result = NULL;
-    size_t *lengths = PyMem_Malloc(sizeof(size_t) * (size_t)(max_messages ? max_messages : 1));
+    size_t *lengths = PyMem_New(size_t, (size_t)(max_messages ? max_messages : 1));
     if (lengths == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -792,7 +898,7 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
     if (max_messages > 0) {
         /* Wait for the first message in place, then take the rest in one call. */
         struct into_buffer ib = {view.buf, (size_t)view.len, 0};
-        int rc = poll_until(self, timeout_ns, attempt_into, &ib);
+        int rc = poll_until(self, timeout_ns, attempt_into, &ib, SHMQ_WAIT_PAST_END);
         lengths[0] = ib.length;
         if (rc == 0) {
             /* -EMSGSIZE or -EBADMSG here only end the batch: the next call
@@ -801,7 +907,7 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
                                                (size_t)view.len - lengths[0], lengths + 1,
                                                (size_t)max_messages - 1);
             n = 1 + (more > 0 ? more : 0);
-        } else if (rc != SHMQ_EMPTY) {
+        } else if (rc != SHMQ_EMPTY && rc != SHMQ_ENDED) {
             poll_error(self, rc, lengths[0], (size_t)view.len);
             goto done;
         }
@@ -821,11 +927,20 @@ done:
     return result;
 }
 
+/* Blocks for the next message; stops (NULL, no exception) at the end of the
+ * stream, or when another thread closes the consumer meanwhile. */
 static PyObject *Consumer_iternext(ConsumerObject *self)
 {
     if (!consumer_usable(self))
         return NULL;
-    return poll_bytes(self, -1);
+    int ended;
+    PyObject *msg = poll_bytes(self, -1, 1, &ended);
+    if (msg == Py_None || (msg == NULL && ended)) {
+        Py_XDECREF(msg);
+        PyErr_Clear();
+        return NULL;
+    }
+    return msg;
 }
 
 static PyObject *Consumer_close(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
@@ -841,7 +956,7 @@ static PyObject *Consumer_exit(ConsumerObject *self, PyObject *const *args, Py_s
     (void)nargs;
     if (self->consumer != NULL)
         Consumer_close_handle(self);
-    Py_RETURN_FALSE;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Consumer_repr(ConsumerObject *self)
@@ -853,6 +968,14 @@ static PyObject *Consumer_repr(ConsumerObject *self)
                                 shmq_consumer_capacity(self->consumer),
                                 (unsigned long long)shmq_consumer_position(self->consumer),
                                 (unsigned long long)shmq_consumer_lost(self->consumer));
+}
+
+/* A 1/0 answer from the core as a bool, or its negative code as an exception. */
+static PyObject *bool_or_error(ConsumerObject *self, int rc)
+{
+    if (rc < 0)
+        return raise_code(state_of_type(Py_TYPE(self)), rc, self->name);
+    return PyBool_FromLong(rc);
 }
 
 #define CONSUMER_GETTER(field, expr)                                             \
@@ -867,6 +990,10 @@ CONSUMER_GETTER(slot_size, PyLong_FromUnsignedLong(shmq_consumer_slot_size(self-
 CONSUMER_GETTER(capacity, PyLong_FromUnsignedLong(shmq_consumer_capacity(self->consumer)))
 CONSUMER_GETTER(position, PyLong_FromUnsignedLongLong(shmq_consumer_position(self->consumer)))
 CONSUMER_GETTER(lost, PyLong_FromUnsignedLongLong(shmq_consumer_lost(self->consumer)))
+CONSUMER_GETTER(owner_uid, PyLong_FromUnsignedLong((unsigned long)shmq_consumer_owner_uid(self->consumer)))
+CONSUMER_GETTER(ended, PyBool_FromLong(shmq_consumer_ended(self->consumer)))
+CONSUMER_GETTER(producer_alive, bool_or_error(self, shmq_consumer_producer_alive(self->consumer)))
+CONSUMER_GETTER(unlinked, bool_or_error(self, shmq_consumer_unlinked(self->consumer)))
 
 static PyObject *Consumer_get_name(ConsumerObject *self, void *closure)
 {
@@ -883,8 +1010,9 @@ static PyObject *Consumer_get_closed(ConsumerObject *self, void *closure)
 static PyMethodDef Consumer_methods[] = {
     {"poll", (PyCFunction)(void (*)(void))Consumer_poll, METH_FASTCALL | METH_KEYWORDS,
      "poll(timeout=0) -> bytes | None\n--\n\nReturn the next message, or None if none arrives "
-     "within timeout seconds (0: don't wait; None: wait forever). Releases the GIL while "
-     "waiting; Ctrl-C interrupts it."},
+     "within timeout seconds (0: don't wait; None: wait forever), or at once if the producer "
+     "closed the stream and everything was read. Releases the GIL while waiting; Ctrl-C "
+     "interrupts it. Raises CorruptSlot for a damaged slot (counted in lost)."},
     {"poll_many", (PyCFunction)(void (*)(void))Consumer_poll_many, METH_FASTCALL | METH_KEYWORDS,
      "poll_many(max_messages, timeout=0) -> list[bytes]\n--\n\nWait up to timeout for the first "
      "message, then return it with every message already available, up to max_messages."},
@@ -912,19 +1040,30 @@ static PyGetSetDef Consumer_getset[] = {
      "Next sequence number this consumer will read.", NULL},
     {"lost", (getter)Consumer_get_lost, NULL,
      "Messages this consumer lost to overrun, cumulative.", NULL},
+    {"owner_uid", (getter)Consumer_get_owner_uid, NULL, "uid that owns the queue's segment.", NULL},
+    {"producer_alive", (getter)Consumer_get_producer_alive, NULL,
+     "Whether a live producer holds the queue (asks the kernel about its lock; no pids).", NULL},
+    {"ended", (getter)Consumer_get_ended, NULL,
+     "Whether the producer closed the stream (a producer that reopens it clears this).", NULL},
+    {"unlinked", (getter)Consumer_get_unlinked, NULL,
+     "Whether the queue was unlinked since this consumer attached (its name may now be "
+     "another queue's).", NULL},
     {"closed", (getter)Consumer_get_closed, NULL, "True after close().", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 PyDoc_STRVAR(Consumer_doc,
-"Consumer(name, start='latest', *, spin=0)\n"
+"Consumer(name, start='latest', *, spin=0, owner=None, register=True)\n"
 "--\n\n"
 "A reader of queue `name`; every consumer sees every message.\n\n"
 "start='latest' reads what is published after it attaches; 'earliest' starts\n"
-"at the oldest message still in the ring. A consumer that falls more than a\n"
-"ring behind skips ahead and counts what it missed in `lost`; it never returns\n"
-"a torn message. spin: iterations to spin before a blocking poll sleeps.\n"
-"Iterating blocks for each next message.");
+"at the oldest message the producer will not overwrite next. A consumer that\n"
+"falls more than a ring behind skips ahead and counts what it missed in `lost`;\n"
+"it never returns a torn message. spin: iterations to spin before a blocking\n"
+"poll sleeps (at most 1,000,000). owner: refuse (PermissionError) a queue not\n"
+"owned by this uid. register=False: take no consumer entry (not listed).\n"
+"The ring is mapped read-only. Iterating blocks for each next message and\n"
+"stops when the producer closes the stream.");
 
 static PyType_Slot Consumer_slots[] = {
     {Py_tp_new, Consumer_new},
@@ -947,13 +1086,23 @@ static PyType_Spec Consumer_spec = {
 
 /* --------------------------------------------------------------- module */
 
-static PyObject *shmq_unlink_py(PyObject *module, PyObject *name)
+static PyObject *shmq_unlink_py(PyObject *module, PyObject *args, PyObject *kwargs)
 {
+    static char *keywords[] = {"name", "force", NULL};
     module_state *st = state_of_module(module);
+    PyObject *name;
+    int force = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$p:unlink", keywords, &name, &force))
+        return NULL;
     const char *cname = queue_name(st, name);
     if (cname == NULL)
         return NULL;
-    int rc = shmq_unlink(cname);
+    int rc = shmq_unlink(cname, force ? SHMQ_UNLINK_FORCE : 0);
+    if (rc == -EBUSY)
+        return PyErr_Format(st->ProducerBusy,
+                            "queue %R has a live producer; unlinking it would let a second producer "
+                            "create another queue under the same name (use force=True to unlink "
+                            "anyway)", name);
     if (rc < 0)
         return raise_code(st, rc, name);
     Py_RETURN_NONE;
@@ -972,15 +1121,18 @@ static PyObject *shmq_exists_py(PyObject *module, PyObject *name)
 }
 
 static PyMethodDef module_methods[] = {
-    {"unlink", shmq_unlink_py, METH_O,
-     "unlink(name) -> None\n--\n\nRemove queue `name` from /dev/shm; open handles keep working. "
-     "Raises QueueNotFound if there is none."},
+    {"unlink", (PyCFunction)(void (*)(void))shmq_unlink_py, METH_VARARGS | METH_KEYWORDS,
+     "unlink(name, *, force=False) -> None\n--\n\nRemove queue `name` from /dev/shm; open "
+     "handles keep working. Raises ProducerBusy while a live producer holds it (unless force), "
+     "QueueNotFound if there is none."},
     {"exists", shmq_exists_py, METH_O, "exists(name) -> bool\n--\n\nWhether queue `name` exists."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyObject *new_exception(PyObject *module, const char *name, const char *doc, PyObject *bases)
 {
+    if (bases == NULL)
+        return NULL;
     PyObject *exc = PyErr_NewExceptionWithDoc(name, doc, bases, NULL);
     Py_DECREF(bases);
     if (exc == NULL)
@@ -1017,11 +1169,18 @@ static int module_exec(PyObject *module)
     st->ProducerBusy = new_exception(module, "shmq.ProducerBusy",
                                      "Another live producer holds the queue.",
                                      PyTuple_Pack(1, st->ShmqError));
-    if (!st->QueueNotFound || !st->IncompatibleQueue || !st->MessageTooLarge || !st->ProducerBusy)
+    st->CorruptSlot = new_exception(module, "shmq.CorruptSlot",
+                                    "A slot of the ring is corrupt (impossible length, or sequence "
+                                    "stamps that keep the reader lapping); it was skipped and "
+                                    "counted in lost.",
+                                    PyTuple_Pack(1, st->ShmqError));
+    if (!st->QueueNotFound || !st->IncompatibleQueue || !st->MessageTooLarge || !st->ProducerBusy ||
+        !st->CorruptSlot)
         return -1;
     if (PyModule_AddIntConstant(module, "SLOT_SIZE_MAX", SHMQ_SLOT_SIZE_MAX) < 0 ||
         PyModule_AddIntConstant(module, "CAPACITY_MAX", SHMQ_CAPACITY_MAX) < 0 ||
         PyModule_AddIntConstant(module, "NAME_MAX", SHMQ_NAME_MAX) < 0 ||
+        PyModule_AddIntConstant(module, "SPIN_MAX", SHMQ_SPIN_MAX) < 0 ||
         PyModule_AddStringConstant(module, "NAME_PREFIX", SHMQ_NAME_PREFIX) < 0)
         return -1;
     return 0;
@@ -1037,6 +1196,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->IncompatibleQueue);
     Py_VISIT(st->MessageTooLarge);
     Py_VISIT(st->ProducerBusy);
+    Py_VISIT(st->CorruptSlot);
     return 0;
 }
 
@@ -1050,6 +1210,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->IncompatibleQueue);
     Py_CLEAR(st->MessageTooLarge);
     Py_CLEAR(st->ProducerBusy);
+    Py_CLEAR(st->CorruptSlot);
     return 0;
 }
 

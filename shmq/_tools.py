@@ -3,7 +3,6 @@
 Geometry comes from the C core (a Consumer validates the header); this module
 never reads the segment's fields itself.
 """
-import fcntl
 import os
 import sys
 
@@ -12,30 +11,14 @@ import shmq
 SHM_DIR = "/dev/shm"
 
 
-def _producer_alive(path):
-    """Whether a live producer holds the queue's lock. Takes a shared lock for
-    an instant, so a producer starting at that very moment could see
-    ProducerBusy once."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def queue_names():
     try:
         files = sorted(os.listdir(SHM_DIR))
     except FileNotFoundError:
         return []
-    return [f[len(shmq.NAME_PREFIX):] for f in files if f.startswith(shmq.NAME_PREFIX)]
+    # A queue's consumer state (NAME.consumers) goes with its queue.
+    return [f[len(shmq.NAME_PREFIX):] for f in files
+            if f.startswith(shmq.NAME_PREFIX) and not f.endswith(".consumers")]
 
 
 def list_queues(out=sys.stdout) -> int:
@@ -50,21 +33,21 @@ def list_queues(out=sys.stdout) -> int:
             size = os.stat(path).st_size
         except FileNotFoundError:
             continue
-        alive = _producer_alive(path)
-        producer = {True: "live", False: "none", None: "?"}[alive]
         try:
-            with shmq.Consumer(name) as c:
+            # register=False: looking must not take a consumer entry.
+            with shmq.Consumer(name, register=False) as c:
+                producer = "live" if c.producer_alive else "ended" if c.ended else "none"
                 print(f"{name:<32} {size:>12,} {c.slot_size:>8} {c.capacity:>9} {c.position:>14}  {producer}", file=out)
         except (shmq.ShmqError, ValueError, OSError) as e:
-            print(f"{name:<32} {size:>12,} {'-':>8} {'-':>9} {'-':>14}  {producer}  ({type(e).__name__}: {e})", file=out)
+            print(f"{name:<32} {size:>12,} {'-':>8} {'-':>9} {'-':>14}  ?  ({type(e).__name__}: {e})", file=out)
     return 0
 
 
-def unlink_queues(names) -> int:
+def unlink_queues(names, force=False) -> int:
     status = 0
     for name in names:
         try:
-            shmq.unlink(name)
+            shmq.unlink(name, force=force)
             print(f"removed {name}")
         except (shmq.ShmqError, ValueError, OSError) as e:
             print(f"{name}: {e}", file=sys.stderr)

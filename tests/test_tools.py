@@ -22,7 +22,7 @@ def test_list_shows_geometry_and_producer_and_unlink_removes(names, tmp_path):
         out = _cli("list", cwd=tmp_path).stdout
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert lines[live].split()[2:6] == ["32", "8", "1", "live"]
-    assert lines[stale].split()[2:6] == ["64", "16", "0", "none"]
+    assert lines[stale].split()[2:6] == ["64", "16", "0", "ended"]
     assert "IncompatibleQueue" in lines[foreign]
     run = _cli("unlink", stale, foreign, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
