@@ -79,7 +79,11 @@ void shmq_consumer_bind(struct shmq_consumer *c, unsigned char *base,
     if (c->entry == NULL)
         c->entry = &c->private_entry;
     uint64_t head = load_head(c);
-    c->position = head;
+    /* SHMQ_START_AT keeps the position the caller set, unless it lies in
+     * the future; one already overwritten reads as an overrun at the first
+     * poll, which counts it as lost. */
+    if (start != SHMQ_START_AT || (int64_t)(c->position - head) > 0)
+        c->position = head;
     if (start == SHMQ_START_EARLIEST) {
         /* The slot of head - capacity is the one the producer rewrites next;
          * starting one later keeps that publish from costing us anything. */
@@ -111,7 +115,8 @@ int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
     struct shmq_consumer_options defaults = {.start = SHMQ_START_LATEST};
     if (options == NULL)
         options = &defaults;
-    if (out == NULL || (options->start != SHMQ_START_LATEST && options->start != SHMQ_START_EARLIEST))
+    if (out == NULL || (options->start != SHMQ_START_LATEST &&
+                        options->start != SHMQ_START_EARLIEST && options->start != SHMQ_START_AT))
         return -EINVAL;
     int rc = shmq_queue_name_validate(name);
     if (rc < 0)
@@ -120,6 +125,7 @@ int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
     if (c == NULL)
         return -ENOMEM;
     c->entry_index = -1;
+    c->position = options->position; /* used by SHMQ_START_AT only */
     rc = shmq_region_open(&c->region, name, SHMQ_REGION_READ_ONLY);
     if (rc < 0)
         goto fail_free;

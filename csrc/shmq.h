@@ -181,11 +181,15 @@ void shmq_producer_close(struct shmq_producer *producer);
 
 enum shmq_start {
     SHMQ_START_LATEST = 0,   /* only messages published after the open */
-    SHMQ_START_EARLIEST = 1, /* the oldest message still intact in the ring */
+    SHMQ_START_EARLIEST = 1, /* the oldest message the producer won't rewrite next */
+    SHMQ_START_AT = 2,       /* options.position (a message already overwritten
+                                counts as lost; one not yet published: latest) */
 };
 
 struct shmq_consumer_options {
     enum shmq_start start;
+    /* With SHMQ_START_AT: the sequence number to read first. */
+    uint64_t position;
     /* Spin iterations before a blocking poll sleeps (see shmq_consumer_set_spin). */
     uint32_t spin;
     /* Non-zero: refuse (-EPERM) a queue whose segment `owner` does not own. */

@@ -17,7 +17,6 @@ from ._shmq import (
     NAME_PREFIX,
     SLOT_SIZE_MAX,
     SPIN_MAX,
-    Consumer,
     CorruptSlot,
     IncompatibleQueue,
     MessageTooLarge,
@@ -28,6 +27,8 @@ from ._shmq import (
     exists,
     unlink,
 )
+
+from ._aio import Consumer
 
 __version__ = "0.2.0"
 

@@ -355,6 +355,15 @@ static PyObject *Producer_exit(ProducerObject *self, PyObject *const *args, Py_s
     Py_RETURN_NONE;
 }
 
+static PyObject *Producer_reduce(ProducerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyErr_Format(PyExc_TypeError,
+                        "a shmq.Producer cannot be pickled: a queue has exactly one producer, held "
+                        "by a lock of this process. Pass the queue name %R to the other process "
+                        "and open a Producer there after closing this one, or pass a Consumer.",
+                        self->name);
+}
+
 static PyObject *Producer_repr(ProducerObject *self)
 {
     if (self->producer == NULL)
@@ -405,6 +414,7 @@ static PyMethodDef Producer_methods[] = {
      "child after fork() it only releases the child's copy."},
     {"__enter__", return_self, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Producer_exit, METH_FASTCALL, NULL},
+    {"__reduce__", (PyCFunction)Producer_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -502,14 +512,26 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         options.check_owner = 1;
         options.owner = (uid_t)uid;
     }
-    if (start != NULL && PyUnicode_Check(start) && PyUnicode_CompareWithASCIIString(start, "latest") == 0)
+    if (start != NULL && PyLong_Check(start) && !PyBool_Check(start)) {
+        /* A sequence number: how a pickled Consumer re-attaches where it was. */
+        unsigned long long position = PyLong_AsUnsignedLongLong(start);
+        if (position == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "start must be 'latest', 'earliest' or a sequence "
+                         "number from 0 to 2**64-1, not %R", start);
+            return NULL;
+        }
+        options.start = SHMQ_START_AT;
+        options.position = position;
+    } else if (start != NULL && PyUnicode_Check(start) &&
+               PyUnicode_CompareWithASCIIString(start, "latest") == 0)
         options.start = SHMQ_START_LATEST;
     else if (start != NULL && PyUnicode_Check(start) &&
              PyUnicode_CompareWithASCIIString(start, "earliest") == 0)
         options.start = SHMQ_START_EARLIEST;
     else if (start != NULL) {
         PyErr_Format(PyUnicode_Check(start) ? PyExc_ValueError : PyExc_TypeError,
-                     "start must be 'latest' or 'earliest', not %R", start);
+                     "start must be 'latest', 'earliest' or a sequence number, not %R", start);
         return NULL;
     }
     const char *cname = queue_name(st, name);
@@ -943,6 +965,42 @@ static PyObject *Consumer_iternext(ConsumerObject *self)
     return msg;
 }
 
+/* Pickles by name and position: unpickling attaches a new consumer (in any
+ * process) that reads on from where this one was. */
+static PyObject *Consumer_reduce(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->consumer == NULL)
+        return closed_error("Consumer");
+    return Py_BuildValue("O(OK)", (PyObject *)Py_TYPE(self), self->name,
+                         (unsigned long long)shmq_consumer_position(self->consumer));
+}
+
+static int attempt_nothing(ConsumerObject *self, void *arg)
+{
+    (void)arg;
+    return shmq_consumer_wait(self->consumer, 0, SHMQ_WAIT_PAST_END) == 0 ? 0 : SHMQ_EMPTY;
+}
+
+static PyObject *Consumer_wait(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout"};
+    PyObject *timeout;
+    int64_t timeout_ns;
+    if (!consumer_usable(self))
+        return NULL;
+    if (parse_args(args, nargs, kwnames, names, 0, &timeout, 1) < 0)
+        return NULL;
+    if (parse_timeout(timeout == NULL ? Py_None : timeout, &timeout_ns) < 0)
+        return NULL;
+    int rc = poll_until(self, timeout_ns, attempt_nothing, NULL, 0);
+    if (rc == 0)
+        Py_RETURN_TRUE;
+    if (rc == SHMQ_EMPTY || rc == SHMQ_ENDED)
+        Py_RETURN_FALSE;
+    return poll_error(self, rc, 0, 0);
+}
+
 static PyObject *Consumer_close(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->consumer != NULL)
@@ -1025,8 +1083,13 @@ static PyMethodDef Consumer_methods[] = {
      "poll_many_into(buffer, max_messages=1024, timeout=0) -> list[int]\n--\n\nCopy as many "
      "whole messages as fit (up to max_messages) back to back into a writable buffer and return "
      "their lengths; waits up to timeout for the first one."},
+    {"wait", (PyCFunction)(void (*)(void))Consumer_wait, METH_FASTCALL | METH_KEYWORDS,
+     "wait(timeout=None) -> bool\n--\n\nWait up to timeout seconds (None: forever) until a "
+     "poll has something to return, without consuming it. False on timeout, or at once when "
+     "the producer closed the stream and everything was read. Releases the GIL."},
     {"close", (PyCFunction)Consumer_close, METH_NOARGS,
      "close() -> None\n--\n\nDetach from the queue (idempotent). Never unlinks it."},
+    {"__reduce__", (PyCFunction)Consumer_reduce, METH_NOARGS, NULL},
     {"__enter__", return_self, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Consumer_exit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
@@ -1080,7 +1143,8 @@ static PyType_Slot Consumer_slots[] = {
 static PyType_Spec Consumer_spec = {
     .name = "shmq.Consumer",
     .basicsize = sizeof(ConsumerObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    /* A base type: the package adds its asyncio methods in a subclass. */
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_BASETYPE,
     .slots = Consumer_slots,
 };
 

@@ -44,7 +44,8 @@ def test_bad_producer_arguments(kwargs, exc, name):
     (("a/b",), {}, ValueError),
     (("missing-queue-xyz",), {}, shmq.QueueNotFound),
     (("{name}", "middle"), {}, ValueError),
-    (("{name}", 1), {}, TypeError),
+    (("{name}", 1.5), {}, TypeError),
+    (("{name}", -1), {}, ValueError),
     (("{name}",), {"spin": -1}, ValueError),
     (("{name}",), {"spin": "fast"}, TypeError),
 ])
