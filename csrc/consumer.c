@@ -231,7 +231,8 @@ static enum copy_result copy_slot(struct shmq_consumer *c, const struct destinat
         return len > c->geometry.slot_size ? COPY_CORRUPT : COPY_TOO_SMALL;
     }
     unsigned char *buf = d->alloc ? d->alloc(d->context, len) : d->buf;
-    if (buf == NULL)
+    /* A caller's buffer may be NULL with size 0, which fits an empty message. */
+    if (buf == NULL && d->alloc != NULL)
         return COPY_NO_MEMORY;
     load_payload(slot, buf, len);
     if (!stamp_unchanged(slot, s))
@@ -242,7 +243,18 @@ static enum copy_result copy_slot(struct shmq_consumer *c, const struct destinat
 
 static void resync_after_overrun(struct shmq_consumer *c)
 {
-    uint64_t target = load_head(c) - c->geometry.capacity / 2;
+    /* The producer is at least as far as head, and at least as far as the
+     * stamp that lapped us: head can lag it (a producer that died before
+     * storing head, or whose head store we have not seen yet), but never by
+     * more than a lap. A stamp further ahead is garbage, and is not followed:
+     * the resync budget then runs out and the poll reports SHMQ_CORRUPT. */
+    uint64_t head = load_head(c);
+    /* Relaxed: only a lower bound for the producer's position; nothing is
+     * read on the strength of it. */
+    uint64_t stamp = shmq_load_relaxed(&shmq_slot_at(c->slots, &c->geometry, c->position)->stamp);
+    int64_t ahead = (int64_t)(stamp - head);
+    uint64_t front = ahead > 0 && ahead <= (int64_t)c->geometry.capacity ? stamp : head;
+    uint64_t target = front - c->geometry.capacity / 2;
     /* A stale head could point at or before us; never move backwards. */
     if ((int64_t)(target - c->position) <= 0)
         target = c->position + 1;

@@ -314,8 +314,13 @@ int shmq_producer_publish_many(struct shmq_producer *p, const void *const *messa
     int rc = p->forked ? -ECHILD : 0;
     if (rc < 0)
         return rc;
-    for (size_t i = 0; i < count; i++)
+    for (size_t i = 0; i < count; i++) {
         write_slot(p, p->next++, messages[i], lengths[i]);
+        /* Release: as in finish_publish. Head follows every message, not
+         * only the batch's end, so a reader lapped during a long batch
+         * resynchronises to where the producer really is. */
+        shmq_store_release(&p->control->head, p->next);
+    }
     finish_publish(p);
     if (last_sequence)
         *last_sequence = p->next - 1;
