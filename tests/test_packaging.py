@@ -27,9 +27,10 @@ pytestmark = [
 
 # Tracked files that are about the repository, not the source release.
 NOT_IN_SDIST = (".ci/", ".gitignore", ".gitattributes", ".github/")
-# The wheel holds these and nothing else (besides its .dist-info).
-WHEEL_PACKAGE = {"shmq/__init__.py", "shmq/__init__.pyi", "shmq/py.typed", "shmq/__main__.py",
-                 "shmq/_bench.py", "shmq/_demo.py", "shmq/_pattern.py", "shmq/_tools.py"}
+# The wheel holds the package's Python modules, its stubs and py.typed, the
+# compiled extension, and nothing else (besides its .dist-info).
+WHEEL_PACKAGE = {f"shmq/{p.name}" for p in (ROOT / "shmq").iterdir()
+                 if p.suffix in (".py", ".pyi") or p.name == "py.typed"}
 
 
 def _clean_env():
@@ -85,6 +86,7 @@ def test_wheel_holds_the_library_and_no_c_sources(built):
     extension = {n for n in package if n.startswith("shmq/_shmq.") and n.endswith(".so")}
     assert len(extension) == 1, package
     assert package - extension == WHEEL_PACKAGE
+    assert "shmq/_contenders.py" not in package  # the benchmark suite stays in benchmarks/
     assert not [n for n in names if n.endswith((".c", ".h"))]
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: MIT" in metadata
