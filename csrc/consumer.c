@@ -13,8 +13,9 @@
  *   "Before" and "after" are wrap-safe: (int64_t)(stamp - s) < 0 or > 0, so
  *   the 64-bit sequence may wrap.
  *
- * OVERRUN: the consumer moves to head - capacity/2 and adds the distance it
- * skipped to its lost count. Every sequence from its start is therefore
+ * OVERRUN: the consumer moves half a ring behind the producer (head, or the
+ * stamp that lapped it if that is ahead of head by at most a lap), never
+ * backwards, and adds the distance it skipped to its lost count. Every sequence from its start is therefore
  * either delivered once or counted once: delivered + lost == published.
  * Stamps or a head that keep the reader lapping within one call are
  * garbage, not a fast producer: after MAX_RESYNCS the poll reports the ring

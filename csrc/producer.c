@@ -28,10 +28,12 @@
  *   kernel drops when it dies. A new producer continues after the last
  *   message stamped whole: a producer killed half-way through step 2 leaves
  *   a slot stamped s - 1 that readers treat as not yet written, and its
- *   successor writes s there; one killed after step 3 but before head caught
- *   up (a batch stores head once, at its end) left whole messages past head,
- *   which readers may already have delivered, so its successor walks forward
- *   over them rather than reuse their numbers for other payloads.
+ *   successor writes s there; one killed between steps 3 and 4 left a whole
+ *   message past head, which readers may already have delivered, so its
+ *   successor walks forward over such messages rather than reuse their
+ *   numbers for other payloads. (A batch stores head after every message,
+ *   so that is at most one; a ring written by an older version, or by hand,
+ *   may hold more, and the walk takes up to a lap.)
  *
  *   Closing marks the stream ended (stream_state, release) after the last
  *   head store, and wakes sleepers so that they see it.
@@ -154,7 +156,7 @@ void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
      * it by closing or dying, which the kernel orders before our lock. */
     p->next = shmq_load_relaxed(&p->control->head);
     /* A producer that died after stamping messages but before advancing head
-     * over them (a batch stores head once) left whole messages behind, which
+     * over them left whole messages behind, which
      * readers may have delivered: walk over them, so that no sequence number
      * is ever reused for another payload. At most one lap: anything longer
      * is garbage, not messages. */

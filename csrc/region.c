@@ -24,7 +24,7 @@
 
 struct shmq_region {
     int fd;      /* the descriptor the mapping came from */
-    int lock_fd; /* its own open file description for flock, or -1 */
+    int lock_fd; /* its own open file description for OFD locks, or -1 */
     void *base;
     size_t size;
 };
