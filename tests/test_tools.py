@@ -1,15 +1,18 @@
-"""python -m shmq list / unlink: the segments can be found and removed."""
+"""python -m shmq list / unlink (hidden aliases of ls / rm): the segments can be found and removed."""
 import os
 import subprocess
 import sys
-
+from pathlib import Path
 
 import shmq
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "shmq", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+                          timeout=60, cwd=cwd, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 def test_list_shows_geometry_and_producer_and_unlink_removes(names, tmp_path):
@@ -21,12 +24,12 @@ def test_list_shows_geometry_and_producer_and_unlink_removes(names, tmp_path):
         p.publish(b"x")
         out = _cli("list", cwd=tmp_path).stdout
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert lines[live].split()[2:6] == ["32", "8", "1", "live"]
-    assert lines[stale].split()[2:6] == ["64", "16", "0", "ended"]
-    assert "IncompatibleQueue" in lines[foreign]
+    assert lines[live].split()[3:7] == ["32", "8", "1", "live"]
+    assert lines[stale].split()[3:7] == ["64", "16", "0", "ended"]
+    assert "invalid:" in lines[foreign]
     run = _cli("unlink", stale, foreign, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert not shmq.exists(stale) and not shmq.exists(foreign)
     run = _cli("unlink", stale, cwd=tmp_path)
-    assert run.returncode == 1 and "no queue" in run.stderr
+    assert run.returncode == 3 and "no queue" in run.stderr
     assert os.path.exists(f"/dev/shm/shmq-{live}")
