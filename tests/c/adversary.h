@@ -12,6 +12,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 
 #include "ring_internal.h"
 
@@ -94,6 +95,19 @@ static inline int wait_fd(int fd)
         n = read(fd, &x, 1);
     while (n < 0 && errno == EINTR);
     return n == 1;
+}
+
+/* fork() for the tests: the child gets SIGKILL if the test process dies
+ * first (a failed CHECK, the alarm), so no child of a failed test lives on
+ * in pause() or a loop. */
+static inline pid_t fork_child(void)
+{
+    pid_t parent = getpid();
+    pid_t kid = fork();
+    CHECK(kid >= 0);
+    if (kid == 0 && (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent))
+        _exit(99); /* the parent is already gone */
+    return kid;
 }
 
 static inline void kill_and_reap(pid_t pid)

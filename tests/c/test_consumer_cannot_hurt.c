@@ -50,9 +50,7 @@ static uint64_t receive_range(struct shmq_consumer *c, uint64_t count, int64_t t
 /* In a grandchild: a store to addr must kill it with SIGSEGV. */
 static int store_faults(volatile unsigned char *addr)
 {
-    pid_t kid = fork();
-    if (kid < 0)
-        return 0;
+    pid_t kid = fork_child();
     if (kid == 0) {
         signal(SIGSEGV, SIG_DFL);
         addr[0] = (unsigned char)(addr[0] + 1);
@@ -123,8 +121,7 @@ static void read_only_ring_refuses_every_write(void)
     publish_range(p, 10);
     int result[2];
     CHECK(pipe(result) == 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         int failed = attack_ring(name);
         _exit(write(result[1], &failed, sizeof(failed)) == (ssize_t)sizeof(failed) ? 0 : 2);
@@ -157,8 +154,7 @@ static void scribbling_over_its_own_entry_hurts_nobody_else(void)
     CHECK_RC(shmq_consumer_open(&other, name, SHMQ_START_LATEST), 0);
     int ready[2], go[2];
     CHECK(pipe(ready) == 0 && pipe(go) == 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         struct shmq_consumer *c;
         if (shmq_consumer_open(&c, name, SHMQ_START_LATEST) != 0 || shmq_consumer_entry(c) < 0)
@@ -210,8 +206,7 @@ static pid_t start_flag_writer(const char *name, uint32_t value)
 {
     int ready[2];
     CHECK(pipe(ready) == 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         struct shmq_consumer *c;
         if (shmq_consumer_open(&c, name, SHMQ_START_LATEST) != 0 || c->consumers.wake == NULL)
@@ -235,8 +230,7 @@ static void clearing_the_wake_flag_delays_a_sleeper_by_one_slice_at_most(void)
     struct shmq_producer *p = make_producer(name, SLOT, 64, 0);
     int ready[2], results[2];
     CHECK(pipe(ready) == 0 && pipe(results) == 0);
-    pid_t sleeper = fork();
-    CHECK(sleeper >= 0);
+    pid_t sleeper = fork_child();
     if (sleeper == 0) {
         struct shmq_consumer *c;
         if (shmq_consumer_open(&c, name, SHMQ_START_LATEST) != 0)
@@ -288,8 +282,7 @@ static void raising_the_wake_flag_only_costs_wakeups(void)
     struct shmq_producer *p = make_producer(name, SLOT, 32768, 0);
     int ready[2];
     CHECK(pipe(ready) == 0);
-    pid_t reader = fork();
-    CHECK(reader >= 0);
+    pid_t reader = fork_child();
     if (reader == 0) {
         struct shmq_consumer *c;
         if (shmq_consumer_open(&c, name, SHMQ_START_LATEST) != 0)

@@ -45,8 +45,7 @@ static void close_ends_the_stream_after_the_last_message(void)
     uint64_t *closed_at = shared_alloc(sizeof(uint64_t));
     int ready[2], results[2];
     CHECK(pipe(ready) == 0 && pipe(results) == 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         struct shmq_consumer *c;
         if (shmq_consumer_open(&c, name, SHMQ_START_LATEST) != 0)
@@ -114,8 +113,7 @@ static void killed_producer_leaves_the_stream_open(void)
     CHECK(shmq_consumer_producer_alive(c) == 0);
     int ready[2];
     CHECK(pipe(ready) == 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         struct shmq_producer *p;
         if (shmq_producer_open(&p, name, NULL, 0) != 0)
@@ -181,8 +179,7 @@ static void forked_child_closing_its_copy_changes_nothing(void)
     CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
     uint64_t v = 1, got;
     CHECK_RC(shmq_producer_publish(p, &v, sizeof(v), NULL), 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         uint64_t w = 99;
         int refused = shmq_producer_publish(p, &w, sizeof(w), NULL) == -ECHILD;

@@ -67,8 +67,7 @@ int main(void)
 
     int ready[2];
     CHECK(pipe(ready) == 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0)
         publish_one_long_batch(name, ready[1]);
     CHECK(wait_fd(ready[0]));

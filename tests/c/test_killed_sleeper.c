@@ -20,8 +20,7 @@
 /* A child consumer that says it is ready and then blocks in poll_wait(-1). */
 static pid_t start_sleeper(const char *name, int ready_fd)
 {
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         struct shmq_consumer *c;
         if (shmq_consumer_open(&c, name, SHMQ_START_LATEST) != 0)
@@ -98,8 +97,7 @@ static void one_publish_wakes_eight_sleepers(void)
     CHECK(pipe(ready) == 0 && pipe(got) == 0);
     pid_t kids[SLEEPERS];
     for (int k = 0; k < SLEEPERS; k++) {
-        kids[k] = fork();
-        CHECK(kids[k] >= 0);
+        kids[k] = fork_child();
         if (kids[k] == 0) {
             struct shmq_consumer *c;
             if (shmq_consumer_open(&c, name, SHMQ_START_LATEST) != 0)
@@ -155,8 +153,7 @@ static void killed_consumer_frees_its_entry(void)
     CHECK_RC(shmq_producer_open(&p, name, &config, SHMQ_CREATE | SHMQ_EXCL), 0);
     int ready[2];
     CHECK(pipe(ready) == 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         struct shmq_consumer *c;
         if (shmq_consumer_open(&c, name, SHMQ_START_LATEST) != 0 || shmq_consumer_entry(c) != 0)

@@ -373,16 +373,14 @@ int main(void)
     pid_t kids[CONSUMERS + 1];
     for (int k = 0; k <= CONSUMERS; k++) {
         CHECK(pipe(results[k]) == 0);
-        kids[k] = fork();
-        CHECK(kids[k] >= 0);
+        kids[k] = fork_child();
         if (kids[k] == 0)
             _exit(k == CONSUMERS ? run_producer(name, results[k][1])
                                  : run_consumer(name, k, results[k][1]));
         close(results[k][1]);
     }
     usleep(300000); /* undisturbed first */
-    pid_t corrupter = fork();
-    CHECK(corrupter >= 0);
+    pid_t corrupter = fork_child();
     if (corrupter == 0)
         _exit(run_corrupter(name));
     int corrupter_status = wait_child(corrupter);

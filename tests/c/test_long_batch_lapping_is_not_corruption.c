@@ -102,8 +102,7 @@ static void long_batches_on_the_default_ring_are_not_corruption(void)
     struct shmq_producer *p = make_producer(name, SLOT, capacity, 0);
     int ready[2], results[2];
     CHECK(pipe(ready) == 0 && pipe(results) == 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0)
         _exit(lapped_reader(name, ready[1], results[1]));
     CHECK(wait_fd(ready[0]));
@@ -148,8 +147,7 @@ int main(void)
     int failed = 0;
     /* Both parts run, so the report shows both; each fails in a child. */
     const char *name = test_name("batch-stale"); /* named here: the parent unlinks it */
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         stale_head_during_a_batch_is_not_corruption(name);
         _exit(0);

@@ -177,8 +177,7 @@ static int kill_round(const char *name, uint64_t inc, int batches, int early, ui
 {
     int ready[2];
     CHECK(pipe(ready) == 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         close(ready[0]);
         run_producer(name, inc, batches, ready[1]);
@@ -227,8 +226,7 @@ static void killed_producers_never_reuse_a_sequence(void)
     CHECK(pipe(ready) == 0);
     for (int k = 0; k < CONSUMERS; k++) {
         CHECK(pipe(results[k]) == 0);
-        kids[k] = fork();
-        CHECK(kids[k] >= 0);
+        kids[k] = fork_child();
         if (kids[k] == 0)
             _exit(run_consumer(name, k, ready[1], results[k][1]));
         close(results[k][1]);
@@ -339,8 +337,7 @@ static void batch_killed_after_k_messages_keeps_their_numbers(void)
     for (uint64_t k = 1; k <= CAPACITY; k++) {
         int ready[2];
         CHECK(pipe(ready) == 0);
-        pid_t kid = fork();
-        CHECK(kid >= 0);
+        pid_t kid = fork_child();
         if (kid == 0) {
             /* The batch's producer: stamps k messages whole, starts the next
              * one if the batch went on, and dies before storing head. */

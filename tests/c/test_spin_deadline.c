@@ -20,8 +20,7 @@ static uint64_t full_spin_ns(const char *name, struct shmq_producer *p)
     int ready[2];
     CHECK(pipe(ready) == 0);
     atomic_store(&p->consumers.wake->wake_flag, 0);
-    pid_t kid = fork();
-    CHECK(kid >= 0);
+    pid_t kid = fork_child();
     if (kid == 0) {
         struct shmq_consumer *c;
         if (shmq_consumer_open(&c, name, SHMQ_START_LATEST) != 0)
