@@ -125,9 +125,20 @@ def test_sdist_is_the_whole_source_tree(built):
     assert not missing, f"tracked files missing from the sdist (MANIFEST.in): {missing}"
 
 
-def test_sdist_installs_and_passes_the_tests_in_a_fresh_venv(built):
+def test_sdist_installs_into_a_fresh_venv(built):
     python, sdist, _, scratch = built
     _run(python, "-m", "pip", "install", "-q", f"shmq[test] @ {sdist.as_uri()}")
+    installed = _run(python, "-c", "import shmq; print(shmq.__file__)", cwd=scratch).strip()
+    assert installed.startswith(str(python.parent.parent)), installed
+    assert not list(Path(installed).parent.glob("*.[ch]"))
+    out = _run(python.parent / "shmq", "bench", "--seconds", "0.2", cwd=scratch)  # the console script
+    assert "received + lost == published: yes" in out
+
+
+def test_sdist_tree_passes_the_tests(built):
+    """The unpacked sdist, set up as a developer sets up a checkout (an
+    editable install into the venv), passes the C tests and pytest."""
+    python, sdist, _, scratch = built
     tree = scratch / "tree"
     tree.mkdir()
     with tarfile.open(sdist) as tar:
@@ -136,12 +147,7 @@ def test_sdist_installs_and_passes_the_tests_in_a_fresh_venv(built):
         else:
             tar.extractall(tree)
     (source,) = tree.iterdir()
-    # The installed package: the unpacked tree has no compiled extension.
-    installed = _run(python, "-c", "import shmq, sys; print(shmq.__file__)", cwd=scratch).strip()
-    assert installed.startswith(str(python.parent.parent)), installed
-    assert not list(Path(installed).parent.glob("*.c"))
-    _run(python.parent / "shmq", "bench", "--seconds", "0.2", cwd=scratch)  # the console script
+    _run(python, "-m", "pip", "install", "-q", "-e", f"{source}[test]")
     _run("make", "-s", "test", cwd=source)
-    # From tests/, so that `import shmq` is the installed package, not source/shmq.
-    out = _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", ".", cwd=source / "tests")
+    out = _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=source)
     assert " passed" in out and " failed" not in out
