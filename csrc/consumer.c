@@ -108,6 +108,7 @@ static void consumer_in_child(struct shmq_fork_link *link)
     c->private_entry.position = c->position;
     c->entry = &c->private_entry;
     c->entry_index = -1;
+    c->registered = 0;
 }
 
 int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
@@ -143,10 +144,19 @@ int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
     rc = shmq_header_read(base, shmq_region_size(c->region), &c->geometry);
     if (rc < 0)
         goto fail_close;
-    shmq_consumers_attach_consumer(&c->consumers, name, &c->geometry, st.st_uid);
+    /* Lossy: a consumer that cannot use the consumer state still reads. */
+    int usable = shmq_consumers_attach_consumer(&c->consumers, name, &c->geometry, st.st_uid);
     if (!options->no_entry) {
         struct shmq_consumer_entry *entry;
-        int index = shmq_consumers_claim(&c->consumers, &entry);
+        int index = usable < 0 ? usable : shmq_consumers_claim(&c->consumers, &entry);
+        /* A lossless queue's producer must know every consumer it is to
+         * wait for: no entry, no registration. A damaged or foreign
+         * consumer state reads as a damaged queue. */
+        if (index < 0 && c->geometry.lossless) {
+            rc = index == -EUSERS || index == -EACCES ? index : -EBADMSG;
+            shmq_consumers_close(&c->consumers);
+            goto fail_close;
+        }
         if (index >= 0) {
             c->entry = entry;
             c->entry_index = index;
@@ -157,6 +167,13 @@ int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
         }
     }
     shmq_consumer_bind(c, base, &c->geometry, options->start, c->consumers.wake);
+    if (c->geometry.lossless && c->entry_index >= 0) {
+        /* Register, then choose the start from a head loaded after that
+         * (backpressure.c, REGISTERING). */
+        shmq_backpressure_register(c, options->start);
+        shmq_consumer_bind(c, base, &c->geometry, options->start, c->consumers.wake);
+        shmq_backpressure_release(c);
+    }
     shmq_consumer_set_spin(c, options->spin);
     c->fork_link.in_child = consumer_in_child;
     shmq_fork_track(&c->fork_link);
@@ -242,6 +259,17 @@ static enum copy_result copy_slot(struct shmq_consumer *c, const struct destinat
     return COPY_OK;
 }
 
+/* Makes our position known: to a lossless producer, which may then rewrite
+ * what we have read; otherwise only to whoever lists consumers. */
+static inline void publish_position(struct shmq_consumer *c)
+{
+    if (c->registered)
+        shmq_backpressure_release(c);
+    else
+        /* Relaxed: a snapshot for display (see bind). */
+        shmq_store_relaxed(&c->entry->position, c->position);
+}
+
 static void resync_after_overrun(struct shmq_consumer *c)
 {
     /* The producer is at least as far as head, and at least as far as the
@@ -263,6 +291,7 @@ static void resync_after_overrun(struct shmq_consumer *c)
     c->position = target;
     /* Relaxed: our own entry, a snapshot for readers (see bind). */
     shmq_store_relaxed(&c->entry->lost, c->lost);
+    publish_position(c);
 }
 
 static int stream_ended(const struct shmq_consumer *c)
@@ -282,8 +311,7 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
         switch (copy_slot(c, d, length)) {
         case COPY_OK:
             c->position++;
-            /* Relaxed: see bind. */
-            shmq_store_relaxed(&c->entry->position, c->position);
+            publish_position(c);
             return 0;
         case COPY_EMPTY:
             return SHMQ_EMPTY;
@@ -474,6 +502,14 @@ uint64_t shmq_consumer_lost(const struct shmq_consumer *c) { return c->lost; }
 uint32_t shmq_consumer_slot_size(const struct shmq_consumer *c) { return c->geometry.slot_size; }
 uint32_t shmq_consumer_capacity(const struct shmq_consumer *c) { return c->geometry.capacity; }
 uid_t shmq_consumer_owner_uid(const struct shmq_consumer *c) { return c->owner_uid; }
+int shmq_consumer_lossless(const struct shmq_consumer *c) { return c->geometry.lossless; }
+int shmq_consumer_registered(const struct shmq_consumer *c) { return c->registered; }
+
+uint64_t shmq_consumer_backlog(const struct shmq_consumer *c)
+{
+    uint64_t behind = load_head(c) - c->position;
+    return (int64_t)behind < 0 ? 0 : behind;
+}
 int shmq_consumer_entry(const struct shmq_consumer *c) { return c->entry_index; }
 
 int shmq_consumer_ended(const struct shmq_consumer *c)
@@ -502,6 +538,8 @@ void shmq_consumer_close(struct shmq_consumer *c)
     if (c == NULL)
         return;
     shmq_fork_untrack(&c->fork_link);
+    if (c->registered)
+        shmq_backpressure_unregister(c);
     if (c->entry_index >= 0)
         /* Relaxed: display only; the lock, dropped below, is what frees it. */
         shmq_store_relaxed(&c->entry->state, 0);

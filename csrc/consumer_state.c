@@ -110,22 +110,29 @@ int shmq_consumers_attach_producer(struct shmq_consumer_state *s, const char *na
     return shmq_consumers_create(s, name, g, ring_mode);
 }
 
-void shmq_consumers_attach_consumer(struct shmq_consumer_state *s, const char *name,
-                                    const struct shmq_geometry *g, uid_t ring_owner)
+int shmq_consumers_attach_consumer(struct shmq_consumer_state *s, const char *name,
+                                   const struct shmq_geometry *g, uid_t ring_owner)
 {
     memset(s, 0, sizeof(*s));
-    if (shmq_region_open_object(&s->region, name, SHMQ_CONSUMERS_SUFFIX,
-                                SHMQ_REGION_MOSTLY_READ) < 0)
-        return;
+    int rc = shmq_region_open_object(&s->region, name, SHMQ_CONSUMERS_SUFFIX,
+                                     SHMQ_REGION_MOSTLY_READ);
+    if (rc < 0)
+        return rc;
     struct stat st;
-    if (shmq_region_stat(s->region, &st) == 0 && st.st_uid == ring_owner &&
-        read_header(s->region, g) == 0 &&
-        shmq_region_make_writable(s->region, g->page_size, g->page_size) == 0) {
+    rc = shmq_region_stat(s->region, &st);
+    if (rc == 0 && st.st_uid != ring_owner)
+        rc = -EPERM;
+    if (rc == 0)
+        rc = read_header(s->region, g);
+    if (rc == 0)
+        rc = shmq_region_make_writable(s->region, g->page_size, g->page_size);
+    if (rc == 0) {
         point_into(s, g->consumer_entries, g->page_size);
-        return;
+        return 0;
     }
     shmq_region_close(s->region);
     s->region = NULL;
+    return rc;
 }
 
 int shmq_consumers_claim(struct shmq_consumer_state *s, struct shmq_consumer_entry **entry)
@@ -148,6 +155,11 @@ int shmq_consumers_claim(struct shmq_consumer_state *s, struct shmq_consumer_ent
         return (int)i;
     }
     return -EUSERS;
+}
+
+struct shmq_consumer_entry *shmq_consumers_entry(const struct shmq_consumer_state *s, uint32_t index)
+{
+    return (struct shmq_consumer_entry *)(shmq_region_base(s->region) + entry_offset(s, index));
 }
 
 int shmq_consumers_entry_live(const struct shmq_consumer_state *s, uint32_t index)

@@ -58,6 +58,7 @@ int shmq_geometry_plan(struct shmq_geometry *g, const struct shmq_config *config
     if (g->consumer_entries > SHMQ_CONSUMER_ENTRIES_MAX)
         return -EINVAL;
     g->instance = new_instance();
+    g->lossless = config && config->delivery == SHMQ_LOSSLESS;
     g->slots_offset = g->page_size;
     /* Both factors are bounded above (2^30 * ~2^26), so this cannot overflow. */
     g->total_size = g->slots_offset + (uint64_t)capacity * g->slot_stride;
@@ -73,7 +74,7 @@ void shmq_header_init(void *base, const struct shmq_geometry *g)
     struct shmq_identity identity = {
         .magic = 0, /* stored last, by shmq_header_publish */
         .version = SHMQ_LAYOUT_VERSION,
-        .flags = 0,
+        .flags = g->lossless ? SHMQ_FLAG_LOSSLESS : 0,
         .slot_size = g->slot_size,
         .slot_stride = g->slot_stride,
         .capacity = g->capacity,
@@ -142,6 +143,7 @@ int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry 
     g->total_size = id.total_size;
     g->instance = id.instance;
     g->consumer_entries = id.consumer_entries;
+    g->lossless = (id.flags & SHMQ_FLAG_LOSSLESS) != 0;
 
     if (g->page_size != system_page_size())
         return -EBADMSG;
@@ -151,7 +153,8 @@ int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry 
         return -EBADMSG;
     if (g->slots_offset != g->page_size)
         return -EBADMSG;
-    if (g->consumer_entries > SHMQ_CONSUMER_ENTRIES_MAX || g->instance == 0)
+    if (g->consumer_entries > SHMQ_CONSUMER_ENTRIES_MAX || g->instance == 0 ||
+        (g->lossless && g->consumer_entries == 0))
         return -EBADMSG;
     if (g->total_size != g->slots_offset + (uint64_t)g->capacity * g->slot_stride)
         return -EBADMSG;

@@ -68,6 +68,9 @@ static int geometry_matches(const struct shmq_geometry *g, const struct shmq_con
         return 0;
     if (config->capacity != 0 && config->capacity != g->capacity)
         return 0;
+    if ((config->delivery == SHMQ_LOSSY && g->lossless) ||
+        (config->delivery == SHMQ_LOSSLESS && !g->lossless))
+        return 0;
     return 1;
 }
 
@@ -152,6 +155,7 @@ void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
     p->control = (struct shmq_control *)base;
     p->slots = base + p->geometry.slots_offset;
     p->consumers.wake = wake;
+    p->next_probe_ns = 0;
     /* Relaxed: we hold the producer lock, and the last writer of head released
      * it by closing or dying, which the kernel orders before our lock. */
     p->next = shmq_load_relaxed(&p->control->head);
@@ -170,6 +174,7 @@ void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
     /* Release: pairs with the consumers' acquire loads of head, as in
      * finish_publish. */
     shmq_store_release(&p->control->head, p->next);
+    p->limit = p->next; /* lossless: look at the consumers before publishing */
     /* Release: pairs with the consumers' acquire load of stream_state; a new
      * producer reopens the stream its predecessor may have ended. */
     shmq_store_release(&p->control->stream_state, 0);
@@ -195,6 +200,14 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
             rc = create_queue(p, name, config);
             if (rc == -EEXIST)
                 rc = attach_queue(p, name, config);
+        }
+    }
+    if (rc == 0 && p->geometry.lossless) {
+        p->dead_state = calloc(p->geometry.consumer_entries, sizeof(*p->dead_state));
+        if (p->dead_state == NULL) {
+            shmq_consumers_close(&p->consumers);
+            shmq_region_close(p->region);
+            rc = -ENOMEM;
         }
     }
     if (rc < 0) {
@@ -281,6 +294,28 @@ static void finish_publish(struct shmq_producer *p)
     }
 }
 
+/* Lossless: whether p->next fits, looking at the consumers only when it
+ * reaches the limit of the last look, and asking the kernel about the ones
+ * holding it back at most once per wait slice. */
+static int has_room(struct shmq_producer *p)
+{
+    if (!p->geometry.lossless || (int64_t)(p->next - p->limit) < 0)
+        return 1;
+    int64_t now = shmq_now_ns();
+    int probe = now >= p->next_probe_ns;
+    if (probe)
+        p->next_probe_ns = now + 10 * 1000 * 1000;
+    return shmq_backpressure_has_room(p, probe);
+}
+
+static int64_t deadline_after(int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return -1;
+    int64_t now = shmq_now_ns();
+    return timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
+}
+
 int shmq_producer_publish(struct shmq_producer *p, const void *data, size_t length,
                           uint64_t *sequence)
 {
@@ -288,9 +323,10 @@ int shmq_producer_publish(struct shmq_producer *p, const void *data, size_t leng
         return -EMSGSIZE;
     if (data == NULL && length != 0)
         return -EINVAL;
-    int rc = p->forked ? -ECHILD : 0;
-    if (rc < 0)
-        return rc;
+    if (p->forked)
+        return -ECHILD;
+    if (!has_room(p))
+        return SHMQ_FULL;
     uint64_t s = p->next;
     write_slot(p, s, data, length);
     p->next = s + 1;
@@ -300,8 +336,33 @@ int shmq_producer_publish(struct shmq_producer *p, const void *data, size_t leng
     return 0;
 }
 
-int shmq_producer_publish_many(struct shmq_producer *p, const void *const *messages,
-                               const size_t *lengths, size_t count, uint64_t *last_sequence)
+int shmq_producer_wait_room(struct shmq_producer *p, int64_t timeout_ns)
+{
+    if (p->forked)
+        return -ECHILD;
+    if (has_room(p))
+        return 0;
+    if (timeout_ns == 0)
+        return SHMQ_FULL;
+    return shmq_backpressure_wait(p, deadline_after(timeout_ns));
+}
+
+int shmq_producer_publish_wait(struct shmq_producer *p, const void *data, size_t length,
+                               uint64_t *sequence, int64_t timeout_ns)
+{
+    int64_t deadline = deadline_after(timeout_ns);
+    for (;;) {
+        int rc = shmq_producer_publish(p, data, length, sequence);
+        if (rc != SHMQ_FULL || timeout_ns == 0)
+            return rc;
+        rc = shmq_backpressure_wait(p, deadline);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+static int check_batch(const struct shmq_producer *p, const void *const *messages,
+                       const size_t *lengths, size_t count)
 {
     if (count == 0)
         return 0;
@@ -313,26 +374,101 @@ int shmq_producer_publish_many(struct shmq_producer *p, const void *const *messa
         if (messages[i] == NULL && lengths[i] != 0)
             return -EINVAL;
     }
-    int rc = p->forked ? -ECHILD : 0;
-    if (rc < 0)
-        return rc;
-    for (size_t i = 0; i < count; i++) {
-        write_slot(p, p->next++, messages[i], lengths[i]);
+    return p->forked ? -ECHILD : 0;
+}
+
+/* Publishes from messages[*done] on while there is room; returns 0 when all
+ * are out, else SHMQ_FULL. */
+static int publish_batch(struct shmq_producer *p, const void *const *messages,
+                         const size_t *lengths, size_t count, size_t *done)
+{
+    int rc = 0;
+    size_t before = *done;
+    for (; *done < count; (*done)++) {
+        if (!has_room(p)) {
+            rc = SHMQ_FULL;
+            break;
+        }
+        write_slot(p, p->next++, messages[*done], lengths[*done]);
         /* Release: as in finish_publish. Head follows every message, not
          * only the batch's end, so a reader lapped during a long batch
          * resynchronises to where the producer really is. */
         shmq_store_release(&p->control->head, p->next);
     }
-    finish_publish(p);
-    if (last_sequence)
+    if (*done > before)
+        finish_publish(p);
+    return rc;
+}
+
+int shmq_producer_publish_many(struct shmq_producer *p, const void *const *messages,
+                               const size_t *lengths, size_t count, uint64_t *last_sequence)
+{
+    int rc = check_batch(p, messages, lengths, count);
+    if (rc < 0 || count == 0)
+        return rc;
+    size_t done = 0;
+    rc = publish_batch(p, messages, lengths, count, &done);
+    if (last_sequence && done > 0)
         *last_sequence = p->next - 1;
-    return 0;
+    return rc;
+}
+
+int shmq_producer_publish_many_wait(struct shmq_producer *p, const void *const *messages,
+                                    const size_t *lengths, size_t count, size_t *published,
+                                    int64_t timeout_ns)
+{
+    size_t ignored = 0;
+    if (published == NULL)
+        published = &ignored;
+    *published = 0;
+    int rc = check_batch(p, messages, lengths, count);
+    if (rc < 0 || count == 0)
+        return rc;
+    int64_t deadline = deadline_after(timeout_ns);
+    for (;;) {
+        rc = publish_batch(p, messages, lengths, count, published);
+        if (rc != SHMQ_FULL || timeout_ns == 0)
+            return rc;
+        rc = shmq_backpressure_wait(p, deadline);
+        if (rc < 0)
+            return rc;
+    }
 }
 
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *p) { return p->next; }
 uint32_t shmq_producer_slot_size(const struct shmq_producer *p) { return p->geometry.slot_size; }
 uint32_t shmq_producer_capacity(const struct shmq_producer *p) { return p->geometry.capacity; }
 uint64_t shmq_producer_wakeups(const struct shmq_producer *p) { return p->wakeups; }
+int shmq_producer_lossless(const struct shmq_producer *p) { return p->geometry.lossless; }
+
+int shmq_producer_consumers(const struct shmq_producer *p, struct shmq_consumer_info *out,
+                            size_t max)
+{
+    const struct shmq_consumer_state *cs = &p->consumers;
+    if (out == NULL && max != 0)
+        return -EINVAL;
+    if (cs->region == NULL)
+        return 0;
+    size_t n = 0;
+    for (uint32_t i = 0; i < cs->entry_count && n < max; i++) {
+        if (shmq_consumers_entry_live(cs, i) != 1)
+            continue;
+        const struct shmq_consumer_entry *e = shmq_consumers_entry(cs, i);
+        /* Relaxed: a snapshot for display; nothing is decided on it. */
+        uint32_t state = shmq_load_relaxed(&((struct shmq_consumer_entry *)e)->state);
+        struct shmq_consumer_info info = {
+            .index = i,
+            .pid = shmq_load_relaxed(&((struct shmq_consumer_entry *)e)->pid),
+            .registered = (state & SHMQ_ENTRY_REGISTERED) != 0,
+            .position = shmq_load_relaxed(&((struct shmq_consumer_entry *)e)->position),
+            .lost = shmq_load_relaxed(&((struct shmq_consumer_entry *)e)->lost),
+        };
+        uint64_t lag = p->next - info.position;
+        info.lag = (int64_t)lag < 0 ? 0 : lag;
+        out[n++] = info;
+    }
+    return (int)n;
+}
 
 void shmq_producer_close(struct shmq_producer *p)
 {
@@ -349,6 +485,7 @@ void shmq_producer_close(struct shmq_producer *p)
     }
     shmq_consumers_close(&p->consumers);
     shmq_region_close(p->region);
+    free(p->dead_state);
     free(p);
 }
 

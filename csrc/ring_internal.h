@@ -23,6 +23,7 @@ struct shmq_geometry {
     uint64_t total_size;
     uint64_t instance;
     uint32_t consumer_entries;
+    int lossless;
 };
 
 /* fork(): every open handle is on one list; in a child, right after fork(),
@@ -51,6 +52,11 @@ struct shmq_producer {
     struct shmq_geometry geometry;
     uint64_t next; /* private copy of head: only this producer writes head */
     uint64_t wakeups;
+    /* Lossless: sequences below `limit` have room (every registered consumer
+     * has read what they overwrite); recomputed when publishing reaches it. */
+    uint64_t limit;
+    uint32_t *dead_state; /* per entry: the state it had when found dead, or 0 */
+    int64_t next_probe_ns; /* when to ask the kernel about laggards again */
     int forked; /* set in a child after fork(): the handle is dead there */
     unsigned flags;
     char name[SHMQ_NAME_MAX + 1];
@@ -65,6 +71,7 @@ struct shmq_consumer {
     struct shmq_consumer_entry *entry; /* ours, or &private_entry */
     struct shmq_consumer_entry private_entry;
     int entry_index; /* -1: none */
+    int registered; /* lossless, and the producer waits for us */
     struct shmq_geometry geometry;
     uint64_t position;
     uint64_t lost;
@@ -94,18 +101,29 @@ int shmq_consumers_create(struct shmq_consumer_state *state, const char *name,
                           const struct shmq_geometry *geometry, mode_t ring_mode);
 int shmq_consumers_attach_producer(struct shmq_consumer_state *state, const char *name,
                                    const struct shmq_geometry *geometry, mode_t ring_mode);
-void shmq_consumers_attach_consumer(struct shmq_consumer_state *state, const char *name,
-                                    const struct shmq_geometry *geometry, uid_t ring_owner);
+int shmq_consumers_attach_consumer(struct shmq_consumer_state *state, const char *name,
+                                   const struct shmq_geometry *geometry, uid_t ring_owner);
 int shmq_consumers_claim(struct shmq_consumer_state *state, struct shmq_consumer_entry **entry);
+struct shmq_consumer_entry *shmq_consumers_entry(const struct shmq_consumer_state *state,
+                                                 uint32_t index);
 int shmq_consumers_entry_live(const struct shmq_consumer_state *state, uint32_t index);
 void shmq_consumers_close(struct shmq_consumer_state *state);
 
 /* A queue name: a region name that does not end in SHMQ_CONSUMERS_SUFFIX. */
 int shmq_queue_name_validate(const char *name);
 
+/* backpressure.c: the lossless mode */
+int shmq_backpressure_has_room(struct shmq_producer *producer, int probe_liveness);
+int shmq_backpressure_wait(struct shmq_producer *producer, int64_t deadline_ns);
+void shmq_backpressure_register(struct shmq_consumer *consumer, enum shmq_start start);
+void shmq_backpressure_release(struct shmq_consumer *consumer);
+void shmq_backpressure_unregister(struct shmq_consumer *consumer);
+int64_t shmq_now_ns(void);
+
 /* wait.c */
 int shmq_futex_wait(_Atomic uint32_t *word, uint32_t expected, const struct timespec *deadline);
 void shmq_futex_wake_all(_Atomic uint32_t *word);
+void shmq_futex_wake_one(_Atomic uint32_t *word);
 
 static inline struct shmq_slot *shmq_slot_at(unsigned char *slots, const struct shmq_geometry *g,
                                              uint64_t sequence)

@@ -43,6 +43,9 @@
  *                       than the mode asked for (someone else planted it)
  *     -EUCLEAN          a slot of the ring is corrupt: impossible length, or
  *                       stamps that keep a reader lapping (SHMQ_CORRUPT)
+ *     -ENOBUFS          lossless queue full: a registered consumer has not
+ *                       read what the next message would overwrite (SHMQ_FULL)
+ *     -EUSERS           lossless queue: every consumer entry is taken
  *     -ENOENT           no queue of that name
  *     -EEXIST           the queue exists (exclusive create)
  *     -EINVAL           bad argument or name
@@ -84,6 +87,7 @@ extern "C" {
 #define SHMQ_EMPTY (-11)   /* -EAGAIN: nothing to read */
 #define SHMQ_ENDED (-32)   /* -EPIPE: the stream ended and everything was read */
 #define SHMQ_CORRUPT (-117) /* -EUCLEAN: a corrupt slot */
+#define SHMQ_FULL (-105)    /* -ENOBUFS: lossless, and no room until a consumer reads */
 
 /* Largest message and ring a queue may be created with. */
 #define SHMQ_SLOT_SIZE_MAX (64u * 1024u * 1024u)
@@ -97,6 +101,13 @@ extern "C" {
 
 struct shmq_producer;
 struct shmq_consumer;
+
+/* What happens when a consumer falls a whole ring behind (see LOSSLESS). */
+enum shmq_delivery {
+    SHMQ_DELIVERY_ANY = 0, /* create lossy; attach to either */
+    SHMQ_LOSSY = 1,        /* the producer never waits; a slow consumer is overrun */
+    SHMQ_LOSSLESS = 2,     /* the producer waits for the slowest live registered consumer */
+};
 
 /* Geometry and options of a queue. Zero a struct, then set what you need. */
 struct shmq_config {
@@ -114,8 +125,11 @@ struct shmq_config {
     uint64_t first_sequence;
     /* Consumer entries in the consumer-state segment (one page each), 1..1024;
      * 0: SHMQ_DEFAULT_MAX_CONSUMERS. Consumers beyond it still read; they are
-     * just not listed. Ignored when attaching. */
+     * just not listed (on a lossless queue they cannot register). Ignored
+     * when attaching. */
     uint32_t max_consumers;
+    /* Lossy or lossless; attaching with the other one gives -EMEDIUMTYPE. */
+    enum shmq_delivery delivery;
 };
 
 /* ---------------------------------------------------------------- producer */
@@ -150,16 +164,44 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
  * syscall only to wake consumers that went to sleep since the last wake-up
  * (one FUTEX_WAKE per sleep episode, not per message).
  * Returns 0, -EMSGSIZE (too long; nothing published), -EINVAL (NULL data with
- * non-zero length) or -ECHILD. Producer's thread only. */
+ * non-zero length), -ECHILD, or on a lossless queue SHMQ_FULL (nothing
+ * published: use shmq_producer_publish_wait to wait for room).
+ * Producer's thread only. */
 int shmq_producer_publish(struct shmq_producer *producer, const void *data, size_t length,
                           uint64_t *sequence);
 
+/* Like shmq_producer_publish, but on a lossless queue waits up to
+ * timeout_ns nanoseconds (negative: forever; 0: not at all) for room: until
+ * every live registered consumer has read what the message overwrites. A
+ * consumer that dies stops being waited for within 10 ms of the wait's
+ * start. The producer sleeps on a futex, woken once a quarter of the ring
+ * is free, not once per message read.
+ * Returns what shmq_producer_publish returns, or -ETIMEDOUT, or -EINTR if a
+ * signal arrived while it slept. */
+int shmq_producer_publish_wait(struct shmq_producer *producer, const void *data, size_t length,
+                               uint64_t *sequence, int64_t timeout_ns);
+
+/* Waits, as shmq_producer_publish_wait does, until the next message fits;
+ * publishes nothing. Returns 0 (at once on a lossy queue), SHMQ_FULL
+ * (timeout 0), -ETIMEDOUT, -EINTR or -ECHILD. */
+int shmq_producer_wait_room(struct shmq_producer *producer, int64_t timeout_ns);
+
 /* Publishes `count` messages, messages[i] of lengths[i] bytes, with one
  * wake-up check for the batch. All lengths are checked first: on -EMSGSIZE
- * or -EINVAL nothing is published. *last_sequence gets the last message's
- * sequence (unchanged when count is 0). Returns 0, -EMSGSIZE, -EINVAL, -ECHILD. */
+ * or -EINVAL nothing is published. *last_sequence gets the last published
+ * message's sequence (unchanged when none was). Returns 0, -EMSGSIZE,
+ * -EINVAL, -ECHILD, or on a lossless queue SHMQ_FULL when only the first
+ * ones fitted (they are published; see shmq_producer_next_sequence). */
 int shmq_producer_publish_many(struct shmq_producer *producer, const void *const *messages,
                                const size_t *lengths, size_t count, uint64_t *last_sequence);
+
+/* Like shmq_producer_publish_many, waiting up to timeout_ns for room as
+ * shmq_producer_publish_wait does. *published (may be NULL) gets how many
+ * were published, also on failure. Returns 0 when all were, or -EMSGSIZE,
+ * -EINVAL, -ECHILD (none was), SHMQ_FULL (timeout 0), -ETIMEDOUT, -EINTR. */
+int shmq_producer_publish_many_wait(struct shmq_producer *producer, const void *const *messages,
+                                    const size_t *lengths, size_t count, size_t *published,
+                                    int64_t timeout_ns);
 
 /* Sequence number the next message will get. */
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *producer);
@@ -168,6 +210,24 @@ uint32_t shmq_producer_capacity(const struct shmq_producer *producer);
 /* FUTEX_WAKE calls this handle has made: how often publishing had to wake
  * sleeping consumers. */
 uint64_t shmq_producer_wakeups(const struct shmq_producer *producer);
+/* 1 if the queue is lossless, else 0. */
+int shmq_producer_lossless(const struct shmq_producer *producer);
+
+/* A live consumer, as its entry in the consumer-state segment shows it. */
+struct shmq_consumer_info {
+    uint32_t index;    /* its entry */
+    uint32_t pid;      /* for display only: pids are reused */
+    int registered;    /* a lossless producer waits for it */
+    uint64_t position; /* next sequence it will read */
+    uint64_t lag;      /* messages published that it has not read */
+    uint64_t lost;     /* what it lost to overrun */
+};
+
+/* Fills out[0..max) with the live consumers that hold an entry (asking the
+ * kernel about each entry's lock: a few syscalls, not for the hot path) and
+ * returns how many, or -EINVAL. */
+int shmq_producer_consumers(const struct shmq_producer *producer, struct shmq_consumer_info *out,
+                            size_t max);
 
 /* Marks the stream ended (consumers that have read everything then get
  * SHMQ_ENDED instead of waiting), wakes sleepers, unlinks the queue if opened
@@ -195,7 +255,9 @@ struct shmq_consumer_options {
     /* Non-zero: refuse (-EPERM) a queue whose segment `owner` does not own. */
     int check_owner;
     uid_t owner;
-    /* Non-zero: claim no consumer entry (tools that only look). */
+    /* Non-zero: claim no consumer entry (tools that only look). On a lossless
+     * queue such a consumer is a lossy observer: it never holds the producer
+     * back, and counts what it loses to overrun. */
     int no_entry;
 };
 
@@ -207,8 +269,14 @@ struct shmq_consumer_options {
  * finds no free entry, or may not write the consumer-state segment, still
  * reads every message; it only sleeps in 1 ms slices, since nobody can be
  * asked to wake it. options NULL: start latest, no spin, no owner check.
+ * On a lossless queue the consumer registers (unless no_entry): from its
+ * start on, the producer does not overwrite what it has not read; every
+ * entry taken gives -EUSERS, a consumer-state segment it may not write
+ * -EACCES. It unregisters at close, or when it dies (the kernel drops the
+ * lock on its entry; the producer notices within 10 ms of waiting on it).
  * Returns 0 and sets *out; or -ENOENT, -EINVAL, -ENAMETOOLONG, -EACCES,
- * -EPERM, -EPROTO, -ENODATA, -EPROTONOSUPPORT, -EBADMSG, -ENOMEM, -EMFILE. */
+ * -EPERM, -EUSERS, -EPROTO, -ENODATA, -EPROTONOSUPPORT, -EBADMSG, -ENOMEM,
+ * -EMFILE. */
 int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
                             const struct shmq_consumer_options *options);
 
@@ -291,6 +359,12 @@ uint32_t shmq_consumer_capacity(const struct shmq_consumer *consumer);
 uid_t shmq_consumer_owner_uid(const struct shmq_consumer *consumer);
 /* This consumer's entry in the consumer-state segment, or -1 if it has none. */
 int shmq_consumer_entry(const struct shmq_consumer *consumer);
+/* 1 if the queue is lossless, else 0. */
+int shmq_consumer_lossless(const struct shmq_consumer *consumer);
+/* 1 if this consumer holds a lossless producer back (registered), else 0. */
+int shmq_consumer_registered(const struct shmq_consumer *consumer);
+/* Messages published that this consumer has not read yet. */
+uint64_t shmq_consumer_backlog(const struct shmq_consumer *consumer);
 
 /* 1 if a live producer holds the queue, else 0 (a negative errno if it can't
  * tell). Asks the kernel about the producer's lock; takes nothing. */
@@ -321,6 +395,19 @@ int shmq_unlink(const char *name, unsigned flags);
 const char *shmq_strerror(int code);
 
 /*
+ * LOSSLESS
+ *   A queue created with delivery = SHMQ_LOSSLESS keeps the same ring and the
+ *   same broadcast: every registered consumer gets every message, and the
+ *   producer waits (shmq_producer_publish_wait) for the slowest live one
+ *   instead of overwriting what it has not read. A hung but live consumer
+ *   therefore stops the producer: that is the contract; shmq_producer_consumers
+ *   (or `shmq stat`) shows which one. A dead one stops it for at most 10 ms.
+ *   A registered consumer that writes garbage into its own entry can stall the
+ *   producer like a hung one, never make it overwrite another consumer's
+ *   unread slot: a position ahead of the head counts as the head, one more
+ *   than a ring behind as exactly a ring behind. Consumers opened with
+ *   no_entry are lossy observers.
+ *
  * OVERRUN
  *   A consumer reading sequence s finds the slot already holding a later
  *   sequence: the producer lapped it. It then skips to (head - capacity/2),

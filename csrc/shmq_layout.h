@@ -45,11 +45,20 @@
  *
  *   header:  magic u64 | version u32 | entry_count u32 | page_size u32 |
  *            reserved u32 | ring_instance u64 | total_size u64
- *   wake:    wake_flag u32: set by a consumer about to sleep, cleared by
- *            the producer when it wakes sleepers
+ *   wake:    line 0: wake_flag u32: set by a consumer about to sleep,
+ *                    cleared by the producer when it wakes sleepers
+ *            line 1: producer_waiting u32 | producer_futex u32 |
+ *                    producer_wake_at u64: a lossless producer waiting for
+ *                    room raises producer_waiting and sleeps on
+ *                    producer_futex; the consumer whose position reaches
+ *                    producer_wake_at clears the flag, bumps the word and
+ *                    wakes it
  *   entry:   position u64 | pid u32 | state u32 | lost u64
  *            Live exactly while someone holds an OFD write lock on the
- *            entry's first byte; pid is for display only.
+ *            entry's first byte; pid is for display only. state: 0 free;
+ *            otherwise a claim counter (bits 1..31, new at every claim) and
+ *            bit 0, SHMQ_ENTRY_REGISTERED: a lossless producer must not
+ *            overwrite what this consumer has not read (position).
  *
  * All integers are native-endian: a segment never leaves its host.
  */
@@ -67,8 +76,9 @@
 #define SHMQ_LINE 128u
 #define SHMQ_SLOT_HEADER 16u
 #define SHMQ_SLOT_ALIGN 16u
-#define SHMQ_FLAG_LOSSLESS 1u /* reserved for the lossless mode; never set yet */
-#define SHMQ_KNOWN_FLAGS 0u
+#define SHMQ_FLAG_LOSSLESS 1u /* registered consumers hold the producer back */
+#define SHMQ_KNOWN_FLAGS SHMQ_FLAG_LOSSLESS
+#define SHMQ_ENTRY_REGISTERED 1u
 #define SHMQ_STREAM_ENDED 1u
 #define SHMQ_CONSUMER_ENTRIES_MAX 1024u
 #define SHMQ_CONSUMERS_SUFFIX ".consumers"
@@ -127,6 +137,10 @@ struct shmq_consumers_header {
 
 struct shmq_wake_page {
     _Atomic uint32_t wake_flag;
+    unsigned char pad0[SHMQ_LINE - 4];
+    _Atomic uint32_t producer_waiting;
+    _Atomic uint32_t producer_futex;
+    _Atomic uint64_t producer_wake_at;
 };
 
 struct shmq_consumer_entry {
@@ -155,6 +169,9 @@ _Static_assert(offsetof(struct shmq_slot, payload) == SHMQ_SLOT_HEADER, "layout"
 _Static_assert(offsetof(struct shmq_consumers_header, entry_count) == 12, "layout");
 _Static_assert(offsetof(struct shmq_consumers_header, ring_instance) == 24, "layout");
 _Static_assert(offsetof(struct shmq_consumers_header, total_size) == 32, "layout");
+_Static_assert(offsetof(struct shmq_wake_page, producer_waiting) == SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_wake_page, producer_futex) == SHMQ_LINE + 4, "layout");
+_Static_assert(offsetof(struct shmq_wake_page, producer_wake_at) == SHMQ_LINE + 8, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, pid) == 8, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, lost) == 16, "layout");
 

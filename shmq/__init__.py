@@ -11,6 +11,13 @@ that falls more than a ring behind is told exactly how many messages it lost
     with shmq.Consumer("ticks", start="earliest") as c:
         msg = c.poll(timeout=1.0)
 """
+from importlib.util import find_spec as _find_spec
+
+if _find_spec("._shmq", __name__) is None:  # a source folder whose extension was never built
+    raise ImportError(f"shmq's C extension is not built in {__path__[0]}: run 'pip install -e .' "
+                      "in the repository root (or bash scripts/test-all.sh), or import shmq from "
+                      "outside the source tree")
+
 from ._shmq import (
     CAPACITY_MAX,
     NAME_MAX,

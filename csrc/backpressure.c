@@ -1,0 +1,204 @@
+/*
+ * The lossless mode: registered consumers hold the producer back.
+ *
+ * PROTOCOL. A registered consumer publishes its position (the next sequence
+ * it will read) in its entry of the consumer-state object, and marks the
+ * entry SHMQ_ENTRY_REGISTERED. Publishing sequence s rewrites the slot of
+ * s - capacity, so the producer may publish s only when every live
+ * registered consumer's position is above s - capacity. It keeps that bound
+ * in a private `limit` (lowest position + capacity, and never more than a
+ * lap past the head it had when it looked), and looks at the entries again
+ * only when publishing reaches the limit: with consumers that keep up, once
+ * per lap at most, not once per message.
+ *
+ * REGISTERING (consumer) vs LOOKING (producer), a Dekker handshake:
+ *   consumer: position = provisional; state = registered (seq_cst);
+ *             H = head (seq_cst); position = start computed from H (seq_cst)
+ *   producer: head = h (release); fence (seq_cst); state, position loads
+ *   Either the producer sees the registration and respects the provisional
+ *   position (never above the final one), or the consumer's load of head
+ *   sees h, and the limit the producer computed without it lets it rewrite
+ *   only sequences below h <= H. A consumer starting at H or later loses
+ *   nothing. One starting earlier ("earliest") can find, at its first poll,
+ *   a message rewritten while it registered: that is counted as lost, the
+ *   way a lossy consumer counts an overrun.
+ *
+ * WAITING (producer) vs RELEASING (consumer), another Dekker handshake:
+ *   producer: wake_at = what it needs; w = futex (seq_cst);
+ *             waiting = 1 (seq_cst); fence; look again; sleep on futex if
+ *             still full, for at most WAIT_SLICE_NS
+ *   consumer, after each read: position (seq_cst store); waiting
+ *             (seq_cst load); if raised and position >= wake_at: clear it,
+ *             bump futex, wake the producer
+ *   Either the producer's second look sees the position, or the consumer
+ *   sees the flag. wake_at asks for a quarter of the ring (at least one
+ *   slot) before waking, so a producer that fills the ring is woken once
+ *   per quarter ring, not once per message.
+ *
+ * DEATH. A consumer killed while registered leaves its state behind, but
+ * the kernel drops the lock on its entry. While blocked, the producer asks
+ * the kernel (F_OFD_GETLK) about the entries that hold it back, every
+ * WAIT_SLICE_NS, and stops waiting for any whose lock is gone; it
+ * remembers the state it saw, so a consumer that claims the entry again
+ * (with a new claim counter) is waited for again.
+ *
+ * GARBAGE. An entry is the consumer's own memory and may hold anything. A
+ * position ahead of head is taken as head (the consumer only loses its own
+ * messages); one more than a ring behind is taken as exactly a ring behind
+ * (the producer stalls, as for a hung consumer). Either way the producer
+ * never rewrites a slot another registered consumer has not read, never
+ * reads out of bounds and never crashes.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ring_internal.h"
+
+/* Longest sleep of a blocked producer: also how often it asks the kernel
+ * whether the consumers it waits for are still alive. */
+#define WAIT_SLICE_NS (10LL * 1000 * 1000)
+/* Looks at the entries this many times, spinning, before sleeping. */
+#define SPIN_LOOKS 64
+
+int64_t shmq_now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+/* Recomputes p->limit from the entries; with probe_liveness, first asks the
+ * kernel about every entry that keeps the next sequence from fitting.
+ * Returns whether p->next fits now. */
+int shmq_backpressure_has_room(struct shmq_producer *p, int probe_liveness)
+{
+    const struct shmq_consumer_state *cs = &p->consumers;
+    uint64_t head = p->next, capacity = p->geometry.capacity;
+    uint64_t lowest = head;
+    /* Seq_cst fence: the producer half of both handshakes (see top): orders
+     * our head store, and our raising of producer_waiting, before the loads
+     * of the entries below. */
+    shmq_fence_seq_cst();
+    for (uint32_t i = 0; i < cs->entry_count; i++) {
+        struct shmq_consumer_entry *e = shmq_consumers_entry(cs, i);
+        /* Relaxed: ordered by the fence above; the position load below is
+         * the one that must be acquire. */
+        uint32_t state = shmq_load_relaxed(&e->state);
+        if (!(state & SHMQ_ENTRY_REGISTERED) || p->dead_state[i] == state)
+            continue;
+        /* Acquire: pairs with the consumer's seq_cst store of its position
+         * in shmq_backpressure_release: its reads of every slot below that
+         * position happen before we rewrite them. */
+        uint64_t position = shmq_load_acquire(&e->position);
+        if ((int64_t)(position - head) > 0)
+            position = head;
+        if (head - position > capacity)
+            position = head - capacity;
+        if (probe_liveness && head - position >= capacity &&
+            shmq_consumers_entry_live(cs, i) == 0) {
+            p->dead_state[i] = state;
+            continue;
+        }
+        if ((int64_t)(position - lowest) < 0)
+            lowest = position;
+    }
+    p->limit = lowest + capacity;
+    return (int64_t)(p->next - p->limit) < 0;
+}
+
+int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
+{
+    struct shmq_wake_page *wake = p->consumers.wake;
+    uint64_t capacity = p->geometry.capacity;
+    for (;;) {
+        int64_t now = shmq_now_ns();
+        int probe = now >= p->next_probe_ns;
+        if (probe)
+            p->next_probe_ns = now + WAIT_SLICE_NS;
+        if (shmq_backpressure_has_room(p, probe))
+            return 0;
+        if (deadline_ns >= 0 && now >= deadline_ns)
+            return -ETIMEDOUT;
+        for (int look = 0; look < SPIN_LOOKS; look++) {
+            shmq_cpu_relax();
+            if (shmq_backpressure_has_room(p, 0))
+                return 0;
+        }
+        uint64_t quarter = capacity / 4 ? capacity / 4 : 1;
+        /* Relaxed: published by the seq_cst store of producer_waiting below,
+         * which a consumer loads (seq_cst) before it loads this. */
+        shmq_store_relaxed(&wake->producer_wake_at, p->next - capacity + quarter);
+        /* Seq_cst: read before raising the flag, so a wake that answers the
+         * flag changes the word from the value we sleep on. */
+        uint32_t word = shmq_load_seq_cst(&wake->producer_futex);
+        /* Seq_cst: the producer half of the waiting handshake (see top). */
+        shmq_store_seq_cst(&wake->producer_waiting, 1);
+        if (shmq_backpressure_has_room(p, 0)) {
+            /* Relaxed: a stale raised flag only costs a consumer one wake. */
+            shmq_store_relaxed(&wake->producer_waiting, 0);
+            return 0;
+        }
+        int64_t until = now + WAIT_SLICE_NS;
+        if (deadline_ns >= 0 && deadline_ns < until)
+            until = deadline_ns;
+        struct timespec ts = {.tv_sec = (time_t)(until / 1000000000),
+                              .tv_nsec = (long)(until % 1000000000)};
+        int rc = shmq_futex_wait(&wake->producer_futex, word, &ts);
+        if (rc == -EINTR)
+            return rc;
+    }
+}
+
+void shmq_backpressure_register(struct shmq_consumer *c, enum shmq_start start)
+{
+    struct shmq_consumer_entry *e = c->entry;
+    /* The provisional position: never above the one bind will choose. */
+    uint64_t head = shmq_load_acquire(&c->control->head);
+    uint64_t provisional = head;
+    if (start == SHMQ_START_EARLIEST || start == SHMQ_START_AT)
+        provisional = head - c->geometry.capacity + 1;
+    if (start == SHMQ_START_AT && (int64_t)(c->position - provisional) > 0 &&
+        (int64_t)(c->position - head) <= 0)
+        provisional = c->position;
+    /* Relaxed: published by the seq_cst store of state just below. */
+    shmq_store_relaxed(&e->position, provisional);
+    /* Relaxed: our own entry; the lock we hold keeps anyone else out. */
+    uint32_t claims = shmq_load_relaxed(&e->state) >> 1;
+    /* Seq_cst store and fence: the consumer half of the registering
+     * handshake (see top); the caller's load of head (bind) comes after the
+     * fence, so it sees the head of any look that missed this store. */
+    shmq_store_seq_cst(&e->state, ((claims + 1) << 1) | SHMQ_ENTRY_REGISTERED);
+    shmq_fence_seq_cst();
+    c->registered = 1;
+}
+
+void shmq_backpressure_release(struct shmq_consumer *c)
+{
+    struct shmq_wake_page *wake = c->consumers.wake;
+    /* Seq_cst: pairs with the producer's acquire load of positions, and is
+     * the consumer half of the waiting handshake (see top). */
+    shmq_store_seq_cst(&c->entry->position, c->position);
+    /* Seq_cst: the other half of the same handshake. */
+    if (shmq_load_seq_cst(&wake->producer_waiting) &&
+        /* Relaxed: published by the producer's seq_cst store of the flag. */
+        (int64_t)(c->position - shmq_load_relaxed(&wake->producer_wake_at)) >= 0 &&
+        shmq_exchange_seq_cst(&wake->producer_waiting, 0)) {
+        shmq_fetch_add_seq_cst(&wake->producer_futex, 1);
+        shmq_futex_wake_one(&wake->producer_futex);
+    }
+}
+
+void shmq_backpressure_unregister(struct shmq_consumer *c)
+{
+    struct shmq_wake_page *wake = c->consumers.wake;
+    /* Seq_cst: as in release; the producer stops waiting for us. */
+    shmq_store_seq_cst(&c->entry->state, shmq_load_relaxed(&c->entry->state) & ~SHMQ_ENTRY_REGISTERED);
+    c->registered = 0;
+    /* Whoever we held back may go on: wake it whatever it asked for. */
+    if (shmq_load_seq_cst(&wake->producer_waiting) && shmq_exchange_seq_cst(&wake->producer_waiting, 0)) {
+        shmq_fetch_add_seq_cst(&wake->producer_futex, 1);
+        shmq_futex_wake_one(&wake->producer_futex);
+    }
+}
