@@ -489,6 +489,12 @@ void shmq_producer_close(struct shmq_producer *p)
     free(p);
 }
 
+int shmq_exists(const char *name)
+{
+    int rc = shmq_queue_name_validate(name);
+    return rc < 0 ? rc : shmq_region_exists(name);
+}
+
 int shmq_unlink(const char *name, unsigned flags)
 {
     int rc = shmq_queue_name_validate(name);

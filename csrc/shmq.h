@@ -391,6 +391,10 @@ void shmq_consumer_close(struct shmq_consumer *consumer);
  * Returns 0, -EBUSY, -ENOENT, -EINVAL, -ENAMETOOLONG or -EACCES. */
 int shmq_unlink(const char *name, unsigned flags);
 
+/* 1 if queue `name` exists (even one the caller may not open), 0 if not, or
+ * -EINVAL / -ENAMETOOLONG for a bad name. */
+int shmq_exists(const char *name);
+
 /* A static sentence for any value these functions return. */
 const char *shmq_strerror(int code);
 

@@ -28,6 +28,8 @@
 #define WAIT_SLICE_NS (50LL * 1000 * 1000)
 /* Most messages one poll_many_into call returns. */
 #define POLL_MANY_MAX 65536
+/* Most entries Producer.consumers reports. */
+#define SHMQ_CONSUMER_LIST_MAX 1024
 
 typedef struct {
     PyTypeObject *producer_type;
@@ -38,6 +40,8 @@ typedef struct {
     PyObject *MessageTooLarge;
     PyObject *ProducerBusy;
     PyObject *CorruptSlot;
+    PyObject *Full;
+    PyObject *TooManyConsumers;
 } module_state;
 
 static inline module_state *state_of_module(PyObject *module)
@@ -72,6 +76,9 @@ static PyObject *raise_code(module_state *st, int code, PyObject *name)
         break;
     case -EUCLEAN:
         kind = st->CorruptSlot;
+        break;
+    case -EUSERS:
+        kind = st->TooManyConsumers;
         break;
     case -EPERM:
         PyErr_Format(PyExc_PermissionError, "%s: %R", why, name ? name : Py_None);
@@ -175,6 +182,14 @@ static PyObject *closed_error(const char *what)
     return NULL;
 }
 
+/* Shared by both types; defined with the Consumer. */
+static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *const *names, int required, PyObject **out, int count);
+static int parse_timeout(PyObject *timeout, int64_t *ns);
+static int64_t monotonic_ns(void);
+/* A poll or publish result meaning "a Python exception is set". */
+#define PYTHON_ERROR INT32_MIN
+
 /* ------------------------------------------------------------- Producer */
 
 typedef struct {
@@ -186,12 +201,12 @@ typedef struct {
 static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"name", "slot_size", "capacity", "mode", "unlink_on_close",
-                               "max_consumers", NULL};
+                               "max_consumers", "lossless", NULL};
     module_state *st = state_of_type(type);
-    PyObject *name, *slot_size = NULL, *capacity = NULL, *max_consumers = NULL;
+    PyObject *name, *slot_size = NULL, *capacity = NULL, *max_consumers = NULL, *lossless = NULL;
     int mode = 0600, unlink_on_close = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$ipO:Producer", keywords, &name, &slot_size,
-                                     &capacity, &mode, &unlink_on_close, &max_consumers))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$ipOO:Producer", keywords, &name, &slot_size,
+                                     &capacity, &mode, &unlink_on_close, &max_consumers, &lossless))
         return NULL;
     const char *cname = queue_name(st, name);
     if (cname == NULL)
@@ -202,6 +217,12 @@ static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         optional_u32(max_consumers, "max_consumers", &config.max_consumers) < 0 ||
         check_geometry(&config) < 0)
         return NULL;
+    if (lossless != NULL && lossless != Py_None) {
+        int truth = PyObject_IsTrue(lossless);
+        if (truth < 0)
+            return NULL;
+        config.delivery = truth ? SHMQ_LOSSLESS : SHMQ_LOSSY;
+    }
     if (config.max_consumers > 1024) {
         PyErr_Format(PyExc_ValueError, "max_consumers must be from 1 to 1024, not %u",
                      config.max_consumers);
@@ -247,45 +268,126 @@ static void Producer_dealloc(ProducerObject *self)
     Py_DECREF(type);
 }
 
-static PyObject *publish_error(ProducerObject *self, int rc, size_t length)
+/* published: how many of a batch went out before it stopped (Full). */
+static PyObject *publish_error(ProducerObject *self, int rc, size_t length, size_t published)
 {
     module_state *st = state_of_type(Py_TYPE(self));
+    if (rc == SHMQ_FULL) {
+        PyObject *exc = PyObject_CallFunction(st->Full, "s", "no room in the lossless queue: a "
+                                              "registered consumer has not read what the next "
+                                              "message would overwrite");
+        if (exc == NULL)
+            return NULL;
+        PyObject *count = PyLong_FromSize_t(published);
+        if (count == NULL || PyObject_SetAttrString(exc, "published", count) < 0) {
+            Py_XDECREF(count);
+            Py_DECREF(exc);
+            return NULL;
+        }
+        Py_DECREF(count);
+        PyErr_SetObject(st->Full, exc);
+        Py_DECREF(exc);
+        return NULL;
+    }
     if (rc == -EMSGSIZE)
         return PyErr_Format(st->MessageTooLarge, "message of %zu bytes exceeds slot_size %u of queue %R",
                             length, shmq_producer_slot_size(self->producer), self->name);
     return raise_code(st, rc, self->name);
 }
 
-static PyObject *Producer_publish(ProducerObject *self, PyObject *data)
+/* Lossless and full: waits for room without the GIL, in slices, checking
+ * for signals after each; returns 0 (room), SHMQ_FULL (the timeout ran
+ * out: timeout_ns 0 never waits) or PYTHON_ERROR. */
+static int wait_for_room(ProducerObject *self, int64_t timeout_ns)
 {
+    if (timeout_ns == 0)
+        return SHMQ_FULL;
+    int64_t deadline = timeout_ns > 0 ? monotonic_ns() + timeout_ns : INT64_MAX;
+    for (;;) {
+        int64_t slice = WAIT_SLICE_NS;
+        if (timeout_ns > 0) {
+            int64_t left = deadline - monotonic_ns();
+            if (left <= 0)
+                return SHMQ_FULL;
+            slice = left < slice ? left : slice;
+        }
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = shmq_producer_wait_room(self->producer, slice);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0)
+            return PYTHON_ERROR;
+        if (rc == 0)
+            return 0;
+        if (rc != -ETIMEDOUT && rc != -EINTR)
+            return rc;
+    }
+}
+
+/* publish(data, timeout=None): one message; on a lossless queue waits up
+ * to timeout for room. The common call, publish(data), takes the fast path. */
+static PyObject *Producer_publish(ProducerObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    static const char *const names[] = {"data", "timeout"};
+    PyObject *argv[2] = {NULL, NULL};
     if (self->producer == NULL)
         return closed_error("Producer");
+    if (nargs == 1 && kwnames == NULL)
+        argv[0] = args[0];
+    else if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0)
+        return NULL;
+    PyObject *data = argv[0];
     uint64_t sequence;
     size_t length;
     int rc;
+    Py_buffer view = {.obj = NULL};
+    const void *bytes;
     if (PyBytes_CheckExact(data)) {
         length = (size_t)PyBytes_GET_SIZE(data);
-        rc = shmq_producer_publish(self->producer, PyBytes_AS_STRING(data), length, &sequence);
+        bytes = PyBytes_AS_STRING(data);
     } else {
-        Py_buffer view;
         if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
             return NULL;
         length = (size_t)view.len;
-        rc = shmq_producer_publish(self->producer, view.buf, length, &sequence);
-        PyBuffer_Release(&view);
+        bytes = view.buf;
     }
+    rc = shmq_producer_publish(self->producer, bytes, length, &sequence);
+    if (rc == SHMQ_FULL) {
+        int64_t timeout_ns;
+        if (parse_timeout(argv[1] ? argv[1] : Py_None, &timeout_ns) < 0)
+            rc = PYTHON_ERROR;
+        while (rc == SHMQ_FULL) {
+            rc = wait_for_room(self, timeout_ns);
+            if (rc == 0)
+                rc = shmq_producer_publish(self->producer, bytes, length, &sequence);
+            else
+                break;
+        }
+    }
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    if (rc == PYTHON_ERROR)
+        return NULL;
     if (rc < 0)
-        return publish_error(self, rc, length);
+        return publish_error(self, rc, length, 0);
     return PyLong_FromUnsignedLongLong(sequence);
 }
 
-static PyObject *Producer_publish_many(ProducerObject *self, PyObject *messages)
+static PyObject *Producer_publish_many(ProducerObject *self, PyObject *const *args,
+                                       Py_ssize_t nargs, PyObject *kwnames)
 {
+    static const char *const names[] = {"messages", "timeout"};
+    PyObject *argv[2];
+    int64_t timeout_ns;
     if (self->producer == NULL)
         return closed_error("Producer");
+    if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0 ||
+        parse_timeout(argv[1] ? argv[1] : Py_None, &timeout_ns) < 0)
+        return NULL;
     /* A tuple, not PySequence_Fast's list: an item's __buffer__ could
      * mutate a list while we hold pointers into it. */
-    PyObject *seq = PySequence_Tuple(messages);
+    PyObject *seq = PySequence_Tuple(argv[0]);
     if (seq == NULL)
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(seq);
@@ -313,19 +415,32 @@ static PyObject *Producer_publish_many(ProducerObject *self, PyObject *messages)
         lengths[i] = (size_t)views[held].len;
         held++;
     }
-    uint64_t last = 0;
-    int rc = shmq_producer_publish_many(self->producer, pointers, lengths, (size_t)n, &last);
+    size_t done = 0;
+    int rc;
+    for (;;) {
+        size_t more = 0;
+        rc = shmq_producer_publish_many_wait(self->producer, pointers + done, lengths + done,
+                                             (size_t)n - done, &more, 0);
+        done += more;
+        if (rc != SHMQ_FULL)
+            break;
+        rc = wait_for_room(self, timeout_ns);
+        if (rc != 0)
+            break;
+    }
     if (rc == -EMSGSIZE) {
         size_t longest = 0;
         for (Py_ssize_t i = 0; i < n; i++)
             longest = lengths[i] > longest ? lengths[i] : longest;
-        publish_error(self, rc, longest);
-    } else if (rc < 0)
-        publish_error(self, rc, 0);
+        publish_error(self, rc, longest, 0);
+    } else if (rc == PYTHON_ERROR)
+        ;
+    else if (rc < 0)
+        publish_error(self, rc, 0, done);
     else if (n == 0)
         result = Py_NewRef(Py_None);
     else
-        result = PyLong_FromUnsignedLongLong(last);
+        result = PyLong_FromUnsignedLongLong(shmq_producer_next_sequence(self->producer) - 1);
 done:
     for (Py_ssize_t i = 0; i < held; i++)
         PyBuffer_Release(&views[i]);
@@ -374,6 +489,27 @@ static PyObject *Producer_repr(ProducerObject *self)
                                 (unsigned long long)shmq_producer_next_sequence(self->producer));
 }
 
+/* Producer.consumers: one dict per live consumer holding an entry. */
+static PyObject *consumer_list(ProducerObject *self)
+{
+    struct shmq_consumer_info info[SHMQ_CONSUMER_LIST_MAX];
+    int n = shmq_producer_consumers(self->producer, info, SHMQ_CONSUMER_LIST_MAX);
+    if (n < 0)
+        return raise_code(state_of_type(Py_TYPE(self)), n, self->name);
+    PyObject *list = PyList_New(0);
+    for (int i = 0; list != NULL && i < n; i++) {
+        PyObject *d = Py_BuildValue("{sIsIsOsKsKsK}", "index", info[i].index, "pid", info[i].pid,
+                                    "registered", info[i].registered ? Py_True : Py_False,
+                                    "position", (unsigned long long)info[i].position,
+                                    "lag", (unsigned long long)info[i].lag,
+                                    "lost", (unsigned long long)info[i].lost);
+        if (d == NULL || PyList_Append(list, d) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(d);
+    }
+    return list;
+}
+
 #define PRODUCER_GETTER(field, expr)                                             \
     static PyObject *Producer_get_##field(ProducerObject *self, void *closure) \
     {                                                                            \
@@ -387,6 +523,8 @@ PRODUCER_GETTER(capacity, PyLong_FromUnsignedLong(shmq_producer_capacity(self->p
 PRODUCER_GETTER(next_sequence,
                 PyLong_FromUnsignedLongLong(shmq_producer_next_sequence(self->producer)))
 PRODUCER_GETTER(wakeups, PyLong_FromUnsignedLongLong(shmq_producer_wakeups(self->producer)))
+PRODUCER_GETTER(lossless, PyBool_FromLong(shmq_producer_lossless(self->producer)))
+PRODUCER_GETTER(consumers, consumer_list(self))
 
 static PyObject *Producer_get_name(ProducerObject *self, void *closure)
 {
@@ -401,13 +539,18 @@ static PyObject *Producer_get_closed(ProducerObject *self, void *closure)
 }
 
 static PyMethodDef Producer_methods[] = {
-    {"publish", (PyCFunction)Producer_publish, METH_O,
-     "publish(data) -> int\n--\n\nPublish one message (any C-contiguous bytes-like object) and "
-     "return its sequence number. Raises MessageTooLarge if it exceeds slot_size."},
-    {"publish_many", (PyCFunction)Producer_publish_many, METH_O,
-     "publish_many(messages) -> int | None\n--\n\nPublish every message of an iterable in order "
-     "and return the last sequence number (None if empty). All sizes are checked first: on "
-     "MessageTooLarge nothing is published."},
+    {"publish", (PyCFunction)(void (*)(void))Producer_publish, METH_FASTCALL | METH_KEYWORDS,
+     "publish(data, timeout=None) -> int\n--\n\nPublish one message (any C-contiguous "
+     "bytes-like object) and return its sequence number. Raises MessageTooLarge if it exceeds "
+     "slot_size. On a lossless queue, waits up to timeout seconds (None: forever; 0: not at all) "
+     "for every registered consumer to have room, without the GIL, and raises Full when the "
+     "time runs out. Ctrl-C interrupts the wait."},
+    {"publish_many", (PyCFunction)(void (*)(void))Producer_publish_many,
+     METH_FASTCALL | METH_KEYWORDS,
+     "publish_many(messages, timeout=None) -> int | None\n--\n\nPublish every message of an "
+     "iterable in order and return the last sequence number (None if empty). All sizes are "
+     "checked first: on MessageTooLarge nothing is published. On a lossless queue, waits for "
+     "room as publish does; Full.published says how many went out before it stopped."},
     {"close", (PyCFunction)Producer_close, METH_NOARGS,
      "close() -> None\n--\n\nEnd the stream (consumers that have read everything stop "
      "iterating) and release the queue (idempotent). Unlinks it if unlink_on_close. In a "
@@ -424,6 +567,11 @@ static PyGetSetDef Producer_getset[] = {
     {"capacity", (getter)Producer_get_capacity, NULL, "Number of slots in the ring.", NULL},
     {"next_sequence", (getter)Producer_get_next_sequence, NULL,
      "Sequence number the next message will get.", NULL},
+    {"lossless", (getter)Producer_get_lossless, NULL,
+     "Whether registered consumers hold this producer back.", NULL},
+    {"consumers", (getter)Producer_get_consumers, NULL,
+     "The live consumers that hold an entry: dicts of index, pid (display only), registered, "
+     "position, lag and lost. The broadcast analogue of qsize().", NULL},
     {"wakeups", (getter)Producer_get_wakeups, NULL,
      "FUTEX_WAKE calls made so far to wake sleeping consumers (one per sleep episode).", NULL},
     {"closed", (getter)Producer_get_closed, NULL, "True after close().", NULL},
@@ -651,7 +799,6 @@ typedef int (*attempt_fn)(ConsumerObject *self, void *arg);
  * PYTHON_ERROR with a Python exception set (a signal handler raised, or the
  * handle was closed meanwhile).
  */
-#define PYTHON_ERROR INT32_MIN
 /* A PYTHON_ERROR (ValueError set) that iteration ends on quietly. */
 #define CLOSED_WHILE_WAITING (INT32_MIN + 1)
 static int poll_until(ConsumerObject *self, int64_t timeout_ns, attempt_fn attempt, void *arg,
@@ -1050,6 +1197,9 @@ CONSUMER_GETTER(position, PyLong_FromUnsignedLongLong(shmq_consumer_position(sel
 CONSUMER_GETTER(lost, PyLong_FromUnsignedLongLong(shmq_consumer_lost(self->consumer)))
 CONSUMER_GETTER(owner_uid, PyLong_FromUnsignedLong((unsigned long)shmq_consumer_owner_uid(self->consumer)))
 CONSUMER_GETTER(ended, PyBool_FromLong(shmq_consumer_ended(self->consumer)))
+CONSUMER_GETTER(lossless, PyBool_FromLong(shmq_consumer_lossless(self->consumer)))
+CONSUMER_GETTER(registered, PyBool_FromLong(shmq_consumer_registered(self->consumer)))
+CONSUMER_GETTER(backlog, PyLong_FromUnsignedLongLong(shmq_consumer_backlog(self->consumer)))
 CONSUMER_GETTER(producer_alive, bool_or_error(self, shmq_consumer_producer_alive(self->consumer)))
 CONSUMER_GETTER(unlinked, bool_or_error(self, shmq_consumer_unlinked(self->consumer)))
 
@@ -1104,6 +1254,11 @@ static PyGetSetDef Consumer_getset[] = {
     {"lost", (getter)Consumer_get_lost, NULL,
      "Messages this consumer lost to overrun, cumulative.", NULL},
     {"owner_uid", (getter)Consumer_get_owner_uid, NULL, "uid that owns the queue's segment.", NULL},
+    {"lossless", (getter)Consumer_get_lossless, NULL, "Whether the queue is lossless.", NULL},
+    {"registered", (getter)Consumer_get_registered, NULL,
+     "Whether this consumer holds a lossless producer back (it never loses a message).", NULL},
+    {"backlog", (getter)Consumer_get_backlog, NULL,
+     "Messages published that this consumer has not read yet.", NULL},
     {"producer_alive", (getter)Consumer_get_producer_alive, NULL,
      "Whether a live producer holds the queue (asks the kernel about its lock; no pids).", NULL},
     {"ended", (getter)Consumer_get_ended, NULL,
@@ -1178,7 +1333,7 @@ static PyObject *shmq_exists_py(PyObject *module, PyObject *name)
     const char *cname = queue_name(st, name);
     if (cname == NULL)
         return NULL;
-    int rc = shmq_region_exists(cname);
+    int rc = shmq_exists(cname);
     if (rc < 0)
         return raise_code(st, rc, name);
     return PyBool_FromLong(rc);
@@ -1238,8 +1393,16 @@ static int module_exec(PyObject *module)
                                     "stamps that keep the reader lapping); it was skipped and "
                                     "counted in lost.",
                                     PyTuple_Pack(1, st->ShmqError));
+    st->Full = new_exception(module, "shmq.Full",
+                             "A lossless queue had no room before the timeout ran out; "
+                             ".published says how many messages of a batch went out.",
+                             PyTuple_Pack(1, st->ShmqError));
+    st->TooManyConsumers = new_exception(module, "shmq.TooManyConsumers",
+                                         "Every consumer entry of the lossless queue is taken "
+                                         "(max_consumers).",
+                                         PyTuple_Pack(1, st->ShmqError));
     if (!st->QueueNotFound || !st->IncompatibleQueue || !st->MessageTooLarge || !st->ProducerBusy ||
-        !st->CorruptSlot)
+        !st->CorruptSlot || !st->Full || !st->TooManyConsumers)
         return -1;
     if (PyModule_AddIntConstant(module, "SLOT_SIZE_MAX", SHMQ_SLOT_SIZE_MAX) < 0 ||
         PyModule_AddIntConstant(module, "CAPACITY_MAX", SHMQ_CAPACITY_MAX) < 0 ||
@@ -1261,6 +1424,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->MessageTooLarge);
     Py_VISIT(st->ProducerBusy);
     Py_VISIT(st->CorruptSlot);
+    Py_VISIT(st->Full);
+    Py_VISIT(st->TooManyConsumers);
     return 0;
 }
 
@@ -1275,6 +1440,8 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->MessageTooLarge);
     Py_CLEAR(st->ProducerBusy);
     Py_CLEAR(st->CorruptSlot);
+    Py_CLEAR(st->Full);
+    Py_CLEAR(st->TooManyConsumers);
     return 0;
 }
 
