@@ -1,5 +1,6 @@
 /*
  * consumer NAME [--count N] [--timeout SECONDS] [--from earliest|latest] [--spin N]
+ *               [--no-register]
  *
  * Attaches to queue NAME (waiting up to --timeout for it to appear), verifies
  * every byte of every message (pattern.h), and stops after --count messages
@@ -9,6 +10,9 @@
  * Before sleeping it polls --spin times (default 20000, a few tens of
  * microseconds): a consumer that sleeps whenever it catches up makes the
  * producer pay a wake-up syscall for nearly every message.
+ * On a lossless queue the consumer registers, so the producer waits for it
+ * and it loses nothing; with --no-register it takes no consumer entry and
+ * reads as a lossy observer, counting what it loses.
  * Exit status: 0 when --count was reached (or none was given), 3 when the
  * timeout ended it first, 1 on error (one line on stderr).
  */
@@ -29,16 +33,17 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: consumer NAME [--count N] [--timeout SECONDS] [--from earliest|latest] [--spin N]\n");
+    fprintf(stderr, "usage: consumer NAME [--count N] [--timeout SECONDS] [--from earliest|latest] [--spin N] "
+                    "[--no-register]\n");
     exit(2);
 }
 
-static int open_when_ready(struct shmq_consumer **c, const char *name, enum shmq_start start,
-                           double timeout)
+static int open_when_ready(struct shmq_consumer **c, const char *name,
+                           const struct shmq_consumer_options *options, double timeout)
 {
     double give_up = cli_now() + timeout;
     for (;;) {
-        int rc = shmq_consumer_open(c, name, start);
+        int rc = shmq_consumer_open_with(c, name, options);
         /* A queue that is missing, or still being created, may appear soon. */
         if ((rc != -ENOENT && rc != -ENODATA) || cli_now() >= give_up || stop)
             return rc;
@@ -53,11 +58,13 @@ int main(int argc, char **argv)
     double timeout = 10;
     uint64_t spin = 20000;
     enum shmq_start start = SHMQ_START_LATEST;
+    int no_register = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--count")) count = cli_u64("consumer", a, v), i++;
         else if (!strcmp(a, "--timeout")) timeout = cli_double("consumer", a, v), i++;
         else if (!strcmp(a, "--spin")) spin = cli_u64("consumer", a, v), i++;
+        else if (!strcmp(a, "--no-register")) no_register = 1;
         else if (!strcmp(a, "--from")) {
             if (v && !strcmp(v, "earliest")) start = SHMQ_START_EARLIEST;
             else if (v && !strcmp(v, "latest")) start = SHMQ_START_LATEST;
@@ -73,7 +80,8 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
 
     struct shmq_consumer *c;
-    int rc = open_when_ready(&c, name, start, timeout);
+    struct shmq_consumer_options options = {.start = start, .no_entry = no_register};
+    int rc = open_when_ready(&c, name, &options, timeout);
     if (rc < 0) {
         fprintf(stderr, "consumer: %s: %s\n", name, shmq_strerror(rc));
         return 1;

@@ -1,13 +1,19 @@
 /*
  * producer NAME [--count N] [--size BYTES] [--rate MSGS_PER_SEC]
- *               [--slot-size B] [--capacity N]
+ *               [--slot-size B] [--capacity N] [--lossless]
  *
  * Creates queue NAME (or attaches to it and continues its sequence) and
  * publishes self-checking messages (pattern.h): --count of them, or until
  * SIGINT/SIGTERM. --rate 0 (the default) means as fast as possible.
+ * With --lossless the queue is created (or must already be) lossless; on a
+ * lossless queue, whether created here or found, each message waits for as long as it takes until every live registered
+ * consumer has room for it; SIGINT/SIGTERM still stop a waiting producer
+ * within 50 ms (it waits in 50 ms slices, since a signal that arrives while
+ * it spins rather than sleeps would not interrupt a wait without end).
  * Ends with one line: published=N seconds=S rate=R/s
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +29,7 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 static void usage(void)
 {
     fprintf(stderr, "usage: producer NAME [--count N] [--size BYTES] [--rate MSGS_PER_SEC] "
-                    "[--slot-size B] [--capacity N]\n");
+                    "[--slot-size B] [--capacity N] [--lossless]\n");
     exit(2);
 }
 
@@ -40,6 +46,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--rate")) rate = cli_double("producer", a, v), i++;
         else if (!strcmp(a, "--slot-size")) config.slot_size = (uint32_t)cli_u64("producer", a, v), i++;
         else if (!strcmp(a, "--capacity")) config.capacity = (uint32_t)cli_u64("producer", a, v), i++;
+        else if (!strcmp(a, "--lossless")) config.delivery = SHMQ_LOSSLESS;
         else if (a[0] == '-' || name) usage();
         else name = a;
     }
@@ -64,8 +71,11 @@ int main(int argc, char **argv)
         shmq_producer_close(p);
         return 2;
     }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    /* No SA_RESTART: a signal ends a lossless producer's sleep at once. */
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int lossless = shmq_producer_lossless(p);
 
     unsigned char *msg = malloc(size);
     double start = cli_now();
@@ -77,7 +87,16 @@ int main(int argc, char **argv)
                 ;
         }
         shmq_pattern_fill(msg, size, sent);
-        rc = shmq_producer_publish(p, msg, size, NULL);
+        if (lossless) {
+            /* Waits without end, in slices so that `stop` is looked at. */
+            do
+                rc = shmq_producer_publish_wait(p, msg, size, NULL, 50 * 1000 * 1000);
+            while ((rc == -ETIMEDOUT || rc == -EINTR) && !stop);
+            if (rc == -ETIMEDOUT || rc == -EINTR)
+                break; /* stopped while waiting: the message was not published */
+        } else {
+            rc = shmq_producer_publish(p, msg, size, NULL);
+        }
         if (rc < 0) {
             fprintf(stderr, "producer: publish: %s\n", shmq_strerror(rc));
             break;
@@ -89,5 +108,5 @@ int main(int argc, char **argv)
            seconds > 0 ? (double)sent / seconds : 0.0);
     free(msg);
     shmq_producer_close(p);
-    return rc < 0 ? 1 : 0;
+    return rc < 0 && !stop ? 1 : 0;
 }
