@@ -682,20 +682,27 @@ def _say(args, text):
         print(f"shmq bridge {args.side}: {text}", file=sys.stderr, flush=True)
 
 
-def _serve(bridge, args):
-    def on_signal(signum, frame):
-        bridge.stop()
+class _Signals:
+    """SIGINT and SIGTERM stop the bridge being served, or interrupt its set-up."""
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def __init__(self):
+        self.bridge = None
+
+    def __call__(self, signum, frame):
+        if self.bridge is None:
+            raise KeyboardInterrupt
+        self.bridge.stop()
+
+
+def _serve(bridge, signals):
+    signals.bridge = bridge
     try:
         bridge.run()
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         bridge.close()
 
 
-def _start(args):
+def _start(args, signals):
     if args.side == "out":
         if args.start in ("latest", "earliest"):
             start = args.start
@@ -710,7 +717,7 @@ def _start(args):
                            wait=None if args.wait < 0 else args.wait)
         _say(args, f"{args.name} -> {args.key}")
         try:
-            _serve(bridge, args)
+            _serve(bridge, signals)
         finally:
             c = bridge.counters()
             _say(args, f"forwarded {c['forwarded']} messages in {c['samples']} samples, "
@@ -720,7 +727,7 @@ def _start(args):
                       slot_size=args.slot_size, capacity=args.capacity, config=args.zenoh_config)
     _say(args, f"{args.key} -> {args.to}")
     try:
-        _serve(bridge, args)
+        _serve(bridge, signals)
     finally:
         c = bridge.counters()
         _say(args, f"received {c['received']} messages in {c['samples']} samples, "
@@ -731,8 +738,10 @@ def _start(args):
 def main(argv=None) -> int:
     """`shmq bridge out|in ...`; returns the exit code. Errors are one line on stderr."""
     args = _parser().parse_args(argv)
+    signals = _Signals()
+    old = {s: signal.signal(s, signals) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _start(args)
+        return _start(args, signals)
     except KeyboardInterrupt:
         return EXIT_OK
     except BridgeError as e:
@@ -744,6 +753,9 @@ def main(argv=None) -> int:
     except Exception as e:
         print(f"shmq bridge {args.side}: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":
