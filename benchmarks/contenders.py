@@ -220,6 +220,75 @@ class ShmqPythonBulk(ShmqPythonBatch):
                 return got
 
 
+class ShmqLossless(ShmqPython):
+    """shmq from Python on a lossless queue: one publish() and one poll() per
+    message, and publish() waits for the slowest registered consumer. Every
+    message must arrive: a consumer that misses one fails the run."""
+    name = "shmq-py-lossless"
+    pingpong_modes = ("full",)
+
+    def setup(self, size, consumers, capacity=None):
+        name = _unique("shmql")
+        shmq.Producer(name, slot_size=max(size, 8), capacity=capacity or self.capacity,
+                      lossless=True, max_consumers=max(consumers, 2)).close()
+        return name
+
+    def attach_consumer(self, state, index):
+        c = shmq.Consumer(state)
+        if not c.registered:
+            raise RuntimeError("lossless consumer did not register")
+        return c
+
+    def consume(self, c, index, size, board):
+        got = self.consume_loop(c, board)
+        if got != board.sent() or c.lost:
+            raise RuntimeError(f"lossless: received {got} of {board.sent()}, lost {c.lost}")
+        return got, c.lost
+
+    # Ping-pong on two full rings of capacity 2, so that each hop is a
+    # producer asleep in a blocked publish() woken by its consumer's read:
+    #   client: poll(pong) [wakes the echo], publish(ping) [waits for the echo]
+    #   echo:   publish(pong) [waits for the client], poll(ping) [wakes the client]
+    # Both rings hold two unread messages between hops, so polls always find one.
+    def pingpong_setup(self):
+        return self.setup(64, 1, capacity=2), self.setup(64, 1, capacity=2)
+
+    @staticmethod
+    def _take(poll):
+        m = poll()
+        return m if m is not None else poll(None)
+
+    def pingpong_echo(self, states, mode, iterations):
+        ping, pong = states
+        with shmq.Consumer(ping) as c, shmq.Producer(pong) as p:
+            yield  # both consumers are registered once the barrier opens
+            publish, poll, take = p.publish, c.poll, self._take
+            m = bytes(64)
+            publish(m)
+            publish(m)
+            for _ in range(iterations):
+                publish(m)
+                m = take(poll)
+
+    def pingpong_client(self, states, mode, iterations):
+        ping, pong = states
+        with shmq.Producer(ping) as p, shmq.Consumer(pong) as c:
+            yield
+            publish, poll, take = p.publish, c.poll, self._take
+            msg = bytes(64)
+            publish(msg)
+            publish(msg)
+            clock = time.perf_counter_ns
+            rtts = []
+            append = rtts.append
+            for _ in range(iterations):
+                t0 = clock()
+                take(poll)
+                publish(msg)
+                append(clock() - t0)
+            yield rtts
+
+
 # ---------------------------------------------------- multiprocessing peers
 
 class MpQueue(Contender):
@@ -652,3 +721,5 @@ class Iceoryx2(Contender):
 
 PYTHON_CONTENDERS = [ShmqPython(), ShmqPythonBatch(), ShmqPythonBulk(), MpQueue(), MpPipe(),
                      FasterFifo(), FasterFifoMany(), Zmq(), Iceoryx2(), PosixIpc()]
+# Run only in the "lossless" shape, beside the lossless peers and lossy shmq.
+LOSSLESS_CONTENDERS = [ShmqLossless()]

@@ -4,7 +4,9 @@ Run it from a checkout with `python benchmarks/run.py` (see --help there).
 
 Shapes (after the LMAX Disruptor's perf tests): 1P->1C throughput, 1P->3C
 multicast (every consumer gets every message), and ping-pong latency over two
-channels, spinning and blocking. Contenders run interleaved (A B C, A B C, ...)
+channels, spinning and blocking. The "lossless" shape repeats 1P->1C, 1P->3C
+and a blocking ping-pong at 64 B for shmq's lossless mode, next to lossy shmq
+and the lossless peers. Contenders run interleaved (A B C, A B C, ...)
 for several rounds; we report medians with min and max, and compare by ratios
 within the run, because this machine's virtual cores drift within minutes.
 """
@@ -30,6 +32,11 @@ import shmq
 ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = [8, 64, 256, 1024, 4096]
+
+# The lossless shape: who runs in it (those installed), all at 64 B.
+LOSSLESS_THROUGHPUT = ["shmq-py-lossless", "shmq-py", "mp.Queue", "faster-fifo"]
+LOSSLESS_PINGPONG = ["shmq-py-lossless:full", "posix_ipc-mq:block", "shmq-py:block"]
+PINGPONG_SHAPES = ("pingpong", "lossless-pingpong")
 
 
 # --------------------------------------------------------------- plumbing
@@ -317,16 +324,23 @@ def main(argv=None, prog="python benchmarks/run.py") -> int:
     parser.add_argument("--seconds", type=float, help="publishing time per throughput run")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 8,64,4096")
     parser.add_argument("--only", help="comma-separated contender names to run")
-    parser.add_argument("--shapes", default="1p1c,1p3c,pingpong", help="which shapes (default all)")
+    parser.add_argument("--shapes", default="1p1c,1p3c,pingpong,lossless",
+                        help="which of 1p1c,1p3c,pingpong,lossless (default all)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"),
                         help="folder for results.json, results.md, PNGs (default benchmarks/results)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the RSS check (10^8 messages, 10^7 with --quick)")
     parser.add_argument("--docs", nargs="?", const=str(ROOT / "docs" / "benchmarks.md"), metavar="PAGE",
                         help="also write this Markdown page with the plots beside it (default docs/benchmarks.md)")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="only re-render tables, plots and --docs from a saved results.json")
+    parser.add_argument("--merge", metavar="RESULTS_JSON", action="append", default=[],
+                        help="with --render: take the shapes this other run measured from it "
+                             "(e.g. a run of --shapes lossless), keeping the rest")
     args = parser.parse_args(argv)
     if args.render:
-        return render(json.loads(Path(args.render).read_text()), Path(args.out), args.docs)
+        result = json.loads(Path(args.render).read_text())
+        for other in args.merge:
+            result = merge(result, json.loads(Path(other).read_text()))
+        return render(result, Path(args.out), args.docs)
 
     sizes = args.sizes or ([64] if args.quick else SIZES)
     seconds = args.seconds or (0.2 if args.quick else 0.5)
@@ -336,7 +350,10 @@ def main(argv=None, prog="python benchmarks/run.py") -> int:
 
     notes = []
     contenders = []
-    for c in _contenders.PYTHON_CONTENDERS:
+    wanted = list(_contenders.PYTHON_CONTENDERS)
+    if "lossless" in shapes:
+        wanted += _contenders.LOSSLESS_CONTENDERS
+    for c in wanted:
         if only and c.name not in only:
             continue
         ok, why = c.available()
@@ -345,7 +362,7 @@ def main(argv=None, prog="python benchmarks/run.py") -> int:
         else:
             notes.append(f"{c.name} skipped: {why}")
     cbench = None
-    if not only or only & {"shmq-c", "c-ref-ring"}:
+    if (not only or only & {"shmq-c", "c-ref-ring"}) and shapes & {"1p1c", "pingpong"}:
         scratch = tempfile.mkdtemp(prefix="shmq-cbench-")
         atexit.register(shutil.rmtree, scratch, True)
         cbench, why = _find_cbench(scratch)
@@ -355,28 +372,36 @@ def main(argv=None, prog="python benchmarks/run.py") -> int:
     if only:
         c_names = [n for n in c_names if n in only]
 
+    lossless_only = {c.name for c in _contenders.LOSSLESS_CONTENDERS}
+    general = [c for c in contenders if c.name not in lossless_only]
     plan = []
     for r in range(args.rounds):
         for size in sizes:
             if "1p1c" in shapes:
-                plan += [("1p1c", c.name, size, r) for c in contenders] + [("1p1c", n, size, r) for n in c_names]
+                plan += [("1p1c", c.name, size, r) for c in general] + [("1p1c", n, size, r) for n in c_names]
             if "1p3c" in shapes:
-                plan += [("1p3c", c.name, size, r) for c in contenders if c.name != "shmq-py-batch"]
+                plan += [("1p3c", c.name, size, r) for c in general if c.name != "shmq-py-batch"]
         if "pingpong" in shapes:
-            plan += [("pingpong", f"{c.name}:{m}", 64, r) for c in contenders for m in c.pingpong_modes]
+            plan += [("pingpong", f"{c.name}:{m}", 64, r) for c in general for m in c.pingpong_modes]
             if cbench and not only or (only and "shmq-c" in only):
                 plan += [("pingpong", f"shmq-c:{m}", 64, r) for m in ("spin", "block")] if cbench else []
             if cbench and (not only or "c-ref-ring" in only):
                 plan += [("pingpong", "c-ref-cacheline:spin", 64, r)]
+        if "lossless" in shapes:
+            have = {c.name for c in contenders}
+            for n in (1, 3):
+                plan += [(f"lossless-1p{n}c", who, 64, r) for who in LOSSLESS_THROUGHPUT if who in have]
+            plan += [("lossless-pingpong", who, 64, r) for who in LOSSLESS_PINGPONG if who.split(":")[0] in have]
 
     by_name = {c.name: c for c in contenders}
+    loadavg_start = _loadavg()
     others_files = set(Path("/dev/shm").glob("iox2_*"))
     samples = []
     progress = Progress(len(plan))
     for shape, who, size, r in plan:
         sample = {"shape": shape, "contender": who, "size": size, "round": r}
         try:
-            if shape == "pingpong":
+            if shape in PINGPONG_SHAPES:
                 name, mode = who.split(":")
                 if name == "shmq-c":
                     res = _cbench(cbench, "pingpong", f"shmq-{mode}", pp_iterations)
@@ -391,7 +416,7 @@ def main(argv=None, prog="python benchmarks/run.py") -> int:
                               sent=res["sent"], lost=res["lost"], consumers=[res],
                               placement="producer on CPU 0, consumer on CPU 1")
             else:
-                res = run_throughput(by_name[who], size, seconds, 3 if shape == "1p3c" else 1)
+                res = run_throughput(by_name[who], size, seconds, 3 if shape.endswith("1p3c") else 1)
                 sample.update(res)
             if "delivered_rate" in sample:
                 sample["mb_per_s"] = sample["delivered_rate"] * size / 1e6
@@ -407,8 +432,11 @@ def main(argv=None, prog="python benchmarks/run.py") -> int:
         except OSError:
             pass
     report = aggregate(samples, sizes)
-    result = {"machine": _machine(), "versions": _versions(contenders, notes), "notes": notes,
-              "settings": {"sizes": sizes, "rounds": args.rounds, "seconds": seconds,
+    machine = _machine()
+    machine["loadavg_end"] = _loadavg()
+    machine["loadavg_start"] = loadavg_start
+    result = {"machine": machine, "versions": _versions(contenders, notes), "notes": notes,
+              "settings": {"sizes": sizes, "rounds": args.rounds, "seconds": seconds, "shapes": sorted(shapes),
                            "pingpong_iterations": pp_iterations, "quick": args.quick},
               "segment_check": segment_check(), "samples": samples, "summary": report,
               "command": " ".join([prog] + list(argv if argv is not None else sys.argv[1:]))}
@@ -421,12 +449,13 @@ def main(argv=None, prog="python benchmarks/run.py") -> int:
 def render(result, out, docs=None):
     """Writes results.json, results.md and the plots into `out` (and the docs page)."""
     for sample in result["samples"]:  # placement wording of older results
-        if sample["shape"] == "pingpong" and "producer" in sample.get("placement", ""):
+        if sample["shape"] in PINGPONG_SHAPES and "producer" in sample.get("placement", ""):
             sample["placement"] = sample["placement"].replace("producer", "client").replace("consumers", "echo")
         elif sample["shape"] == "1p1c" and "consumers" in sample.get("placement", ""):
             sample["placement"] = sample["placement"].replace("consumers", "consumer")
     result["summary"] = aggregate(result["samples"], result["settings"]["sizes"])
     result["goals"] = goals(result["summary"])
+    result["lossless_goals"] = lossless_goals(result["summary"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     table = markdown(result)
@@ -439,28 +468,50 @@ def render(result, out, docs=None):
     return 0
 
 
+def merge(result, other):
+    """`result` with the shapes `other` measured taken from `other`: its samples
+    replace theirs, and the run they came from is kept beside (result["runs"])."""
+    shapes = {s["shape"] for s in other["samples"]}
+    merged = dict(result)
+    merged["samples"] = [s for s in result["samples"] if s["shape"] not in shapes] + other["samples"]
+    runs = {k: v for k, v in result.get("runs", {}).items() if k not in shapes}
+    for shape in shapes:
+        runs[shape] = {k: other[k] for k in ("machine", "settings", "command", "notes") if k in other}
+    merged["runs"] = runs
+    merged["versions"] = {**result["versions"], **other["versions"]}
+    return merged
+
+
+def _loadavg():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
 def aggregate(samples, sizes):
     report = {"1p1c": {}, "1p3c": {}, "pingpong": {}}
     keys = {(s["shape"], s["contender"], s["size"]) for s in samples}
     for shape, who, size in sorted(keys):
+        report.setdefault(shape, {})
         group = [s for s in samples if (s["shape"], s["contender"], s["size"]) == (shape, who, size)]
         errors = [s["error"] for s in group if "error" in s]
         good = [s for s in group if "error" not in s]
-        if shape == "pingpong":
+        if shape in PINGPONG_SHAPES:
             entry = {k: _summary([s[k] for s in good]) for k in ("p50_us", "p99_us", "p999_us", "max_us")}
             entry["cdf_us"] = good[len(good) // 2]["cdf_us"] if good and "cdf_us" in good[0] else None
-            report["pingpong"][who] = entry
+            report[shape][who] = entry
         else:
             entry = {"delivered_rate": _summary([s["delivered_rate"] for s in good]),
                      "publish_rate": _summary([s["publish_rate"] for s in good]),
                      "lost": sum(s.get("lost", 0) for s in good),
                      "sent": sum(s.get("sent", 0) for s in good)}
-            if shape == "1p3c":
+            if shape.endswith("1p3c"):
                 entry["per_consumer_rate"] = [
                     _summary([s["consumers"][i]["delivered_rate"] for s in good]) for i in range(3)]
             report[shape].setdefault(who, {})[str(size)] = entry
         if errors:
-            (report[shape][who] if shape == "pingpong" else report[shape][who][str(size)])["errors"] = errors
+            (report[shape][who] if shape in PINGPONG_SHAPES else report[shape][who][str(size)])["errors"] = errors
     return report
 
 
@@ -510,7 +561,7 @@ def memory_check(total):
 
 def _median(report, shape, who, size="64", key="delivered_rate"):
     try:
-        if shape == "pingpong":
+        if shape in PINGPONG_SHAPES:
             return report["pingpong"][who][key]["median"]
         return report[shape][who][size][key]["median"]
     except (KeyError, TypeError):
@@ -545,6 +596,94 @@ def goals(report):
     out.append({"goal": "5. blocking round trip no slower than posix_ipc (ratio <= 1)", "value": r,
                 "met": r is not None and r <= 1})
     return out
+
+
+def lossless_goals(report):
+    """The lossless mode's goals, from the lossless shape's 1P->1C rows (one run)."""
+    out = []
+    rate = _median(report, "lossless-1p1c", "shmq-py-lossless")
+    entry = report.get("lossless-1p1c", {}).get("shmq-py-lossless", {}).get("64", {})
+    for peer, need, what in (("shmq-py", 0.8, "the lossy rate (shmq-py, same run)"),
+                             ("mp.Queue", 30, "mp.Queue"), ("faster-fifo", 10, "faster-fifo put/get")):
+        base = _median(report, "lossless-1p1c", peer)
+        r = rate / base if rate and base else None
+        out.append({"goal": f"lossless 1P->1C >= {need:g}x {what}", "value": r,
+                    "met": r is not None and r >= need})
+    delivered = bool(entry) and not entry.get("errors") and entry.get("lost", 1) == 0 and entry.get("sent", 0) > 0
+    out.append({"goal": "lossless: every message delivered (count checked by each consumer, lost == 0)",
+                "value": None, "met": delivered})
+    return out
+
+
+def _lossless_section(result):
+    rep = result["summary"]
+    if not any(rep.get(k) for k in ("lossless-1p1c", "lossless-1p3c", "lossless-pingpong")):
+        return []
+    lines = ["### Lossless mode\n"]
+    run = result.get("runs", {}).get("lossless-1p1c")
+    m, s = (run["machine"], run["settings"]) if run else (result["machine"], result["settings"])
+    load = ""
+    if m.get("loadavg_start"):
+        load = (f" Load average (1 min) {m['loadavg_start'][0]:.1f} at the start and "
+                f"{m['loadavg_end'][0]:.1f} at the end: the machine was shared with other work, "
+                "so absolute rates are lower than on an idle one; the ratios come from interleaved rounds.")
+    lines.append(("From a separate run, " if run else "From this run, ")
+                 + f"`{run['command'] if run else result.get('command', '')}`: {m['cpu']}, {m['cpus_usable']} usable CPUs, "
+                 f"{m['date']}; {s['rounds']} interleaved rounds of {s['seconds']} s, "
+                 f"{s['pingpong_iterations']} round trips; medians (min-max).{load}\n")
+    lines.append("`shmq-py-lossless` is `Producer(name, lossless=True)` with one `publish(msg)` "
+                 "(waiting for room) and one `poll()` per message. Every lossless consumer checks "
+                 "that it received every message the producer sent, or the run fails; lossy "
+                 "`shmq-py` counts what it lost instead, and its rate is what its consumer received. "
+                 "mp.Queue and faster-fifo (`put`/`get`) are lossless peers; with three consumers "
+                 "they get one queue per consumer, and the producer puts each message into all three.\n")
+    lines.append("| contender | 1P -> 1C, 64 B | 1P -> 3C, 64 B (slowest consumer) | lost (all runs) of due |")
+    lines.append("|---|---|---|---|")
+    for who in LOSSLESS_THROUGHPUT:
+        cells, lost, due = [], 0, 0
+        for shape, n in (("lossless-1p1c", 1), ("lossless-1p3c", 3)):
+            e = rep.get(shape, {}).get(who, {}).get("64")
+            d = e and e.get("delivered_rate")
+            if not d:
+                cells.append("error" if e and e.get("errors") else "-")
+                continue
+            cells.append(f"{_fmt_rate(d['median'])} ({_fmt_rate(d['min'])}-{_fmt_rate(d['max'])})")
+            lost += e.get("lost", 0)
+            due += e.get("sent", 0) * n
+        if any(c != "-" for c in cells):
+            lines.append(f"| {who} | " + " | ".join(cells) + f" | {lost:,} of {due:,} |")
+    lines.append("")
+    pp = rep.get("lossless-pingpong", {})
+    if pp:
+        lines.append("Blocking round trip, 64 B (microseconds). `shmq-py-lossless:full` ping-pongs over two "
+                     "lossless rings of capacity 2 kept full, so each hop is a producer asleep in a "
+                     "blocked `publish()` that its consumer's read wakes; `posix_ipc-mq:block` is a "
+                     "blocking `send`/`receive` ping-pong over two POSIX message queues, and "
+                     "`shmq-py:block` the lossy ping-pong where the consumer sleeps in `poll(None)`.\n")
+        lines.append("| contender:mode | p50 | p99 | p99.9 | max |")
+        lines.append("|---|---|---|---|---|")
+        for who in LOSSLESS_PINGPONG:
+            e = pp.get(who)
+            if not e:
+                continue
+            if not e.get("p50_us"):
+                lines.append(f"| {who} | error | | | |")
+                continue
+            lines.append(f"| {who} | " + " | ".join(
+                f"{e[k]['median']:.2f} ({e[k]['min']:.2f}-{e[k]['max']:.2f})"
+                for k in ("p50_us", "p99_us", "p999_us", "max_us")) + " |")
+        lines.append("")
+    lines.append("| goal (lossless, 64 B) | measured | met |")
+    lines.append("|---|---|---|")
+    for g in result.get("lossless_goals", []):
+        v = g["value"]
+        lines.append(f"| {g['goal']} | {'-' if v is None else f'{v:.2f}x'} | {'yes' if g['met'] else 'no'} |")
+    a = _median(rep, "lossless-pingpong", "shmq-py-lossless:full", key="p50_us")
+    b = _median(rep, "lossless-pingpong", "posix_ipc-mq:block", key="p50_us")
+    if a and b:
+        lines.append(f"| (no goal) blocked-producer round trip vs posix_ipc, p50 ratio | {a / b:.2f}x | - |")
+    lines.append("")
+    return lines
 
 
 def markdown(result):
@@ -616,6 +755,7 @@ def markdown(result):
     if result["notes"]:
         lines.append("Notes: " + "; ".join(result["notes"]))
         lines.append("")
+    lines += _lossless_section(result)
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()))
     return "\n".join(lines) + "\n"
 
@@ -652,6 +792,9 @@ def plot(result, out):
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    path = _plot_lossless(result, out, plt)
+    if path:
+        written.append(path)
     pp = result["summary"]["pingpong"]
     if pp:
         fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -674,6 +817,48 @@ def plot(result, out):
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _plot_lossless(result, out, plt):
+    """Bars with min-max whiskers: the lossless shape's rates and round trips."""
+    rep = result["summary"]
+    panels = [(shape, title) for shape, title in (
+        ("lossless-1p1c", "1P -> 1C, 64 B"), ("lossless-1p3c", "1P -> 3C, 64 B (slowest consumer)"))
+        if rep.get(shape)]
+    pp = rep.get("lossless-pingpong", {})
+    if not panels and not pp:
+        return None
+    fig, axes = plt.subplots(1, len(panels) + bool(pp), figsize=(4.2 * (len(panels) + bool(pp)), 4.6),
+                             squeeze=False)
+    axes = list(axes[0])
+    for ax, (shape, title) in zip(axes, panels):
+        who = [w for w in LOSSLESS_THROUGHPUT if rep[shape].get(w, {}).get("64", {}).get("delivered_rate")]
+        d = [rep[shape][w]["64"]["delivered_rate"] for w in who]
+        ax.bar(range(len(who)), [x["median"] for x in d],
+               yerr=[[x["median"] - x["min"] for x in d], [x["max"] - x["median"] for x in d]],
+               color=["tab:red" if w == "shmq-py-lossless" else "tab:gray" for w in who], capsize=4)
+        ax.set_xticks(range(len(who)), who, rotation=25, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("messages delivered per second (median)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    if pp:
+        ax = axes[-1]
+        who = [w for w in LOSSLESS_PINGPONG if pp.get(w, {}).get("p50_us")]
+        d = [pp[w]["p50_us"] for w in who]
+        ax.bar(range(len(who)), [x["median"] for x in d],
+               yerr=[[x["median"] - x["min"] for x in d], [x["max"] - x["median"] for x in d]],
+               color=["tab:red" if w.startswith("shmq-py-lossless") else "tab:gray" for w in who], capsize=4)
+        ax.set_xticks(range(len(who)), who, rotation=25, ha="right", fontsize=8)
+        ax.set_ylabel("round trip p50 (microseconds)")
+        ax.set_title("Blocking round trip, 64 B", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("Lossless mode (whiskers: min-max over rounds)", fontsize=11)
+    fig.tight_layout()
+    path = out / "lossless.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_docs(result, table, plots, page):
