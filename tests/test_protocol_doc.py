@@ -16,7 +16,11 @@ LAYOUT = ROOT / "csrc" / "shmq_layout.h"
 STRUCTS = ["shmq_identity", "shmq_control", "shmq_slot", "shmq_consumers_header",
            "shmq_wake_page", "shmq_consumer_entry"]
 CONSTANTS = ["SHMQ_MAGIC", "SHMQ_CONSUMERS_MAGIC", "SHMQ_LAYOUT_VERSION", "SHMQ_LINE",
-             "SHMQ_SLOT_HEADER", "SHMQ_STREAM_ENDED"]
+             "SHMQ_SLOT_HEADER", "SHMQ_STREAM_ENDED", "SHMQ_FLAG_LOSSLESS", "SHMQ_ENTRY_REGISTERED",
+             "SHMQ_CONSUMER_ENTRIES_MAX"]
+# Tuning constants of the C files (#define NAME value) that the doc states.
+SOURCE_CONSTANTS = {"MAX_RESYNCS": "consumer.c", "WAIT_SLICE_NS": "backpressure.c",
+                    "SPIN_LOOKS": "backpressure.c"}
 
 
 def table_rows(section_text):
@@ -142,6 +146,59 @@ def test_every_documented_constant_matches_the_header(c_layout):
     documented = doc_constants()
     for const in CONSTANTS:
         assert documented.get(const) == constants[const], const
+
+
+def test_every_documented_tuning_constant_matches_its_source():
+    documented = doc_constants()
+    for const, source in SOURCE_CONSTANTS.items():
+        m = re.search(r"^#define %s (.+)$" % const, (ROOT / "csrc" / source).read_text(), re.M)
+        assert m, f"{const} is no longer defined in csrc/{source}"
+        value = eval(re.sub(r"(\d+)LL", r"\1", m.group(1)), {})  # e.g. (10LL * 1000 * 1000)
+        assert documented.get(const) == value, const
+
+
+def _u(data, table, field, base=0):
+    offset, size = table[field]
+    return struct.unpack_from({4: "=I", 8: "=Q"}[size], data, base + offset)[0]
+
+
+def test_a_lossless_ring_has_the_documented_flag_entry_state_and_wake_line(name):
+    tables = doc_struct_tables()
+    consts = doc_constants()
+    ident, control = tables["shmq_identity"], tables["shmq_control"]
+    entry, wake = tables["shmq_consumer_entry"], tables["shmq_wake_page"]
+    page = os.sysconf("SC_PAGESIZE")
+    ring_path = Path(f"/dev/shm/shmq-{name}")
+    cons_path = Path(f"/dev/shm/shmq-{name}.consumers")
+    with shmq.Producer(name, slot_size=16, capacity=4, lossless=True, max_consumers=2) as producer:
+        ring = ring_path.read_bytes()
+        assert _u(ring, ident, "flags") == consts["SHMQ_FLAG_LOSSLESS"]
+        with shmq.Consumer(name) as consumer:
+            assert consumer.registered
+            for i in range(3):
+                producer.publish(b"m%d" % i)
+            assert consumer.poll() == b"m0"
+            cons = cons_path.read_bytes()
+            state = _u(cons, entry, "state", 2 * page)
+            assert state & consts["SHMQ_ENTRY_REGISTERED"]
+            assert state >> 1 >= 1, "a registered entry carries a claim counter"
+            assert _u(cons, entry, "position", 2 * page) == 1
+            assert _u(Path(ring_path).read_bytes(), control, "head") == 3
+            # Nobody waits: the producer's wake line is at rest.
+            assert _u(cons, wake, "producer_waiting", page) == 0
+            # Position 1: sequences up to 4 fit; 5 would rewrite unread 1.
+            producer.publish(b"m3")
+            producer.publish(b"m4")
+            with pytest.raises(shmq.Full):
+                producer.publish(b"m5", timeout=0)
+            with pytest.raises(shmq.Full):
+                producer.publish(b"m5", timeout=0.05)
+            cons = cons_path.read_bytes()
+            # It slept: it raised the flag, asked for a quarter ring (one slot).
+            assert _u(cons, wake, "producer_wake_at", page) == 5 - 4 + 1
+        cons = cons_path.read_bytes()
+        assert _u(cons, entry, "state", 2 * page) == 0, "close frees the entry"
+        producer.publish(b"m5", timeout=0)  # nobody registered: room again
 
 
 def test_a_real_ring_has_the_documented_bytes(name):
