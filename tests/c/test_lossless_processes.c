@@ -243,6 +243,18 @@ static void reclaimed_entry_of_a_killed_consumer_is_waited_for(void)
     uint64_t got;
     CHECK_RC(shmq_consumer_poll(c, &got, 8, NULL), 0);
     CHECK(shmq_consumer_lost(c) == 0);
+    /* Closed cleanly, then claimed once more: waited for again too. */
+    shmq_consumer_close(c);
+    CHECK_RC(shmq_producer_publish(p, &v, 8, NULL), 0);
+    v++;
+    CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
+    CHECK(shmq_consumer_entry(c) == 0 && shmq_consumer_registered(c) == 1);
+    fitted = 0;
+    while (fitted <= 16 && shmq_producer_publish(p, &v, 8, NULL) == 0)
+        v++, fitted++;
+    if (fitted != 16)
+        fprintf(stderr, "entry claimed after a clean close: %d messages fitted, not 16\n", fitted);
+    CHECK(fitted == 16);
     shmq_consumer_close(c);
     shmq_producer_close(p);
 }
