@@ -88,7 +88,7 @@ SHM_DIR = "/dev/shm"
 
 DEFAULT_BATCH = 256
 DEFAULT_BATCH_BYTES = 64 * 1024
-DEFAULT_LINGER_US = 1000
+DEFAULT_LINGER_US = 0
 # A poll that waits for the first message of a sample returns at least this
 # often, so close() and the end of a queue are noticed.
 _IDLE_SLICE = 0.1
