@@ -164,12 +164,13 @@ void shmq_backpressure_register(struct shmq_consumer *c, enum shmq_start start)
         provisional = c->position;
     /* Relaxed: published by the seq_cst store of state just below. */
     shmq_store_relaxed(&e->position, provisional);
-    /* Relaxed: our own entry; the lock we hold keeps anyone else out. */
-    uint32_t claims = shmq_load_relaxed(&e->state) >> 1;
+    /* Relaxed: our own entry; the lock we hold keeps anyone else out. Its
+     * claim counter is new since the open (consumer.c). */
+    uint32_t state = shmq_load_relaxed(&e->state);
     /* Seq_cst store and fence: the consumer half of the registering
      * handshake (see top); the caller's load of head (bind) comes after the
      * fence, so it sees the head of any look that missed this store. */
-    shmq_store_seq_cst(&e->state, ((claims + 1) << 1) | SHMQ_ENTRY_REGISTERED);
+    shmq_store_seq_cst(&e->state, state | SHMQ_ENTRY_REGISTERED);
     shmq_fence_seq_cst();
     c->registered = 1;
 }

@@ -163,7 +163,12 @@ int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
             /* Relaxed: display only, as for position in bind. */
             shmq_store_relaxed(&entry->pid, (uint32_t)getpid());
             shmq_store_relaxed(&entry->lost, 0);
-            shmq_store_relaxed(&entry->state, 1);
+            /* A new claim counter, not registered (yet): a lossless producer
+             * that gave up on the entry's previous holder, dead, tells this
+             * claim from that one by it. Relaxed: published by the
+             * registration's seq_cst store, if any; otherwise display only. */
+            uint32_t claims = shmq_load_relaxed(&entry->state) >> 1;
+            shmq_store_relaxed(&entry->state, (claims + 1) << 1);
         }
     }
     shmq_consumer_bind(c, base, &c->geometry, options->start, c->consumers.wake);
@@ -307,6 +312,8 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
     size_t ignored;
     if (length == NULL)
         length = &ignored;
+    if (c->peeked)
+        return -EINPROGRESS;
     for (int attempt = 0; attempt < MAX_RESYNCS; attempt++) {
         switch (copy_slot(c, d, length)) {
         case COPY_OK:
@@ -492,6 +499,69 @@ int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size,
     }
 }
 
+/*
+ * IN-PLACE READS. peek does step 1 of the reader's protocol (the acquire load
+ * of the stamp) and hands out the payload in the read-only mapping without
+ * copying; the caller's loads are step 2; release does steps 3 and 4 (the
+ * acquire fence and the re-check) and only then moves past the message. For
+ * a registered consumer of a lossless queue the producer cannot rewrite the
+ * slot meanwhile, since our position has not moved. For anyone else it can:
+ * release then reports SHMQ_OVERWRITTEN and counts the message lost, and
+ * whatever the caller computed from it must be discarded (a seqlock's
+ * validation step, as in Agrona's copy-free receive).
+ */
+int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *length)
+{
+    if (data == NULL || length == NULL)
+        return -EINVAL;
+    if (c->peeked)
+        return -EINPROGRESS;
+    for (int attempt = 0; attempt < MAX_RESYNCS; attempt++) {
+        struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, c->position);
+        /* Acquire: pairs with the release store of the final stamp (write_slot,
+         * shmq_producer_commit): seeing it means seeing the whole payload. */
+        uint64_t stamp = shmq_load_acquire(&slot->stamp);
+        if (stamp != c->position) {
+            if ((int64_t)(stamp - c->position) < 0)
+                return SHMQ_EMPTY;
+            resync_after_overrun(c);
+            continue;
+        }
+        /* Relaxed: covered by the acquire above, re-validated at release. */
+        uint32_t len = shmq_load_relaxed(&slot->length);
+        if (len > c->geometry.slot_size) {
+            if (!stamp_unchanged(slot, c->position)) {
+                resync_after_overrun(c);
+                continue;
+            }
+            c->position++;
+            c->lost++;
+            return SHMQ_CORRUPT;
+        }
+        *data = (const void *)slot->payload;
+        *length = len;
+        c->peeked = 1;
+        return 0;
+    }
+    return SHMQ_CORRUPT;
+}
+
+int shmq_consumer_release(struct shmq_consumer *c)
+{
+    if (!c->peeked)
+        return -EINVAL;
+    c->peeked = 0;
+    int intact = stamp_unchanged(shmq_slot_at(c->slots, &c->geometry, c->position), c->position);
+    c->position++;
+    if (!intact) {
+        c->lost++;
+        /* Relaxed: our own entry, a snapshot for readers (see bind). */
+        shmq_store_relaxed(&c->entry->lost, c->lost);
+    }
+    publish_position(c);
+    return intact ? 0 : SHMQ_OVERWRITTEN;
+}
+
 void shmq_consumer_set_spin(struct shmq_consumer *c, uint32_t iterations)
 {
     c->spin = iterations > SHMQ_SPIN_MAX ? SHMQ_SPIN_MAX : iterations;
@@ -538,11 +608,9 @@ void shmq_consumer_close(struct shmq_consumer *c)
     if (c == NULL)
         return;
     shmq_fork_untrack(&c->fork_link);
+    /* The claim counter stays in the entry: see open. */
     if (c->registered)
         shmq_backpressure_unregister(c);
-    if (c->entry_index >= 0)
-        /* Relaxed: display only; the lock, dropped below, is what frees it. */
-        shmq_store_relaxed(&c->entry->state, 0);
     shmq_consumers_close(&c->consumers);
     shmq_region_close(c->region);
     free(c);

@@ -13,6 +13,9 @@ const char *shmq_strerror(int code)
     case -EUCLEAN: return "a slot of the ring is corrupt (impossible length or sequence stamps)";
     case -EPERM: return "the queue belongs to another user, or its mode is wider than requested";
     case -EUSERS: return "every consumer entry of the queue is taken";
+    case -ENOBUFS: return "no room in the lossless queue: a registered consumer has not read what the next message would overwrite";
+    case -ESTALE: return "the message was overwritten while it was read in place; it counts as lost";
+    case -EINPROGRESS: return "a loan or an in-place read is open on this handle; finish it first";
     case -ETIMEDOUT: return "timed out waiting for a message";
     case -EINTR: return "interrupted by a signal";
     case -EMSGSIZE: return "message larger than the slot size, or buffer too small";
@@ -28,6 +31,7 @@ const char *shmq_strerror(int code)
     case -EMEDIUMTYPE: return "queue exists with a different slot size or capacity";
     case -ECHILD: return "producer handle inherited across fork(); open a new producer in the child";
     case -ENOSPC: return "no space left in /dev/shm for the queue";
+    case -EFBIG: return "ring larger than SHMQ_SEGMENT_MAX (1 TiB)";
     case -EACCES: return "permission denied";
     case -ENOMEM: return "out of memory";
     default: return code < 0 ? strerror(-code) : "unknown code";

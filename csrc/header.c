@@ -62,8 +62,8 @@ int shmq_geometry_plan(struct shmq_geometry *g, const struct shmq_config *config
     g->slots_offset = g->page_size;
     /* Both factors are bounded above (2^30 * ~2^26), so this cannot overflow. */
     g->total_size = g->slots_offset + (uint64_t)capacity * g->slot_stride;
-    if (g->total_size > (uint64_t)SIZE_MAX)
-        return -EINVAL;
+    if (g->total_size > SHMQ_SEGMENT_MAX || g->total_size > (uint64_t)SIZE_MAX)
+        return -EFBIG;
     return 0;
 }
 
@@ -158,7 +158,7 @@ int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry 
         return -EBADMSG;
     if (g->total_size != g->slots_offset + (uint64_t)g->capacity * g->slot_stride)
         return -EBADMSG;
-    if (g->total_size != mapped_size)
+    if (g->total_size != mapped_size || g->total_size > SHMQ_SEGMENT_MAX)
         return -EBADMSG;
     return 0;
 }

@@ -325,6 +325,8 @@ int shmq_producer_publish(struct shmq_producer *p, const void *data, size_t leng
         return -EINVAL;
     if (p->forked)
         return -ECHILD;
+    if (p->claimed)
+        return -EINPROGRESS;
     if (!has_room(p))
         return SHMQ_FULL;
     uint64_t s = p->next;
@@ -374,7 +376,7 @@ static int check_batch(const struct shmq_producer *p, const void *const *message
         if (messages[i] == NULL && lengths[i] != 0)
             return -EINVAL;
     }
-    return p->forked ? -ECHILD : 0;
+    return p->forked ? -ECHILD : p->claimed ? -EINPROGRESS : 0;
 }
 
 /* Publishes from messages[*done] on while there is room; returns 0 when all
@@ -433,6 +435,76 @@ int shmq_producer_publish_many_wait(struct shmq_producer *p, const void *const *
         if (rc < 0)
             return rc;
     }
+}
+
+/*
+ * LOANS. claim does step 1 of the protocol (the "in progress" mark and its
+ * release fence) and hands out the payload area; the caller's stores into it
+ * are step 2; commit does steps 3 to 5. Until commit, readers of sequence
+ * next see "not yet"; lapped readers of the slot's old message see it
+ * overwritten, as with any publish. The caller writes with plain stores, so
+ * a lapped reader's copy races with them: the reader's re-check of the stamp
+ * (whose "in progress" value was stored before the fence) discards whatever
+ * it read. An abandoned or crashed loan leaves the mark, which reads as "not
+ * yet", and the next publish takes the same sequence.
+ */
+int shmq_producer_claim(struct shmq_producer *p, size_t size, void **data)
+{
+    if (size > p->geometry.slot_size)
+        return -EMSGSIZE;
+    if (data == NULL)
+        return -EINVAL;
+    if (p->forked)
+        return -ECHILD;
+    if (p->claimed)
+        return -EINPROGRESS;
+    if (!has_room(p))
+        return SHMQ_FULL;
+    struct shmq_slot *slot = shmq_slot_at(p->slots, &p->geometry, p->next);
+    /* Relaxed store + release fence: as in write_slot. */
+    shmq_store_relaxed(&slot->stamp, p->next - 1);
+    shmq_fence_release();
+    p->claimed = 1;
+    p->claim_size = (uint32_t)size;
+    *data = (void *)slot->payload;
+    return 0;
+}
+
+int shmq_producer_claim_wait(struct shmq_producer *p, size_t size, void **data, int64_t timeout_ns)
+{
+    int64_t deadline = deadline_after(timeout_ns);
+    for (;;) {
+        int rc = shmq_producer_claim(p, size, data);
+        if (rc != SHMQ_FULL || timeout_ns == 0)
+            return rc;
+        rc = shmq_backpressure_wait(p, deadline);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+int shmq_producer_commit(struct shmq_producer *p, uint64_t *sequence)
+{
+    if (!p->claimed)
+        return -EINVAL;
+    struct shmq_slot *slot = shmq_slot_at(p->slots, &p->geometry, p->next);
+    /* Relaxed: published by the release store of the stamp just below. */
+    shmq_store_relaxed(&slot->length, p->claim_size);
+    /* Release: as in write_slot; a reader that sees the stamp sees every
+     * store the caller made into the loan. */
+    shmq_store_release(&slot->stamp, p->next);
+    p->claimed = 0;
+    if (sequence)
+        *sequence = p->next;
+    p->next++;
+    finish_publish(p);
+    return 0;
+}
+
+void shmq_producer_abort(struct shmq_producer *p)
+{
+    /* The slot keeps its "in progress" mark, which reads as "not yet". */
+    p->claimed = 0;
 }
 
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *p) { return p->next; }

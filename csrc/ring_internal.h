@@ -58,6 +58,8 @@ struct shmq_producer {
     uint32_t *dead_state; /* per entry: the state it had when found dead, or 0 */
     int64_t next_probe_ns; /* when to ask the kernel about laggards again */
     int forked; /* set in a child after fork(): the handle is dead there */
+    int claimed; /* a slot is loaned out (shmq_producer_claim) */
+    uint32_t claim_size;
     unsigned flags;
     char name[SHMQ_NAME_MAX + 1];
     struct shmq_fork_link fork_link;
@@ -72,6 +74,7 @@ struct shmq_consumer {
     struct shmq_consumer_entry private_entry;
     int entry_index; /* -1: none */
     int registered; /* lossless, and the producer waits for us */
+    int peeked; /* the message at position is lent out (shmq_consumer_peek) */
     struct shmq_geometry geometry;
     uint64_t position;
     uint64_t lost;

@@ -46,6 +46,10 @@
  *     -ENOBUFS          lossless queue full: a registered consumer has not
  *                       read what the next message would overwrite (SHMQ_FULL)
  *     -EUSERS           lossless queue: every consumer entry is taken
+ *     -ESTALE           an in-place read was overwritten while it was lent
+ *                       out (SHMQ_OVERWRITTEN); it counts as lost
+ *     -EINPROGRESS      a loan (producer) or an in-place read (consumer) is
+ *                       open: finish it first
  *     -ENOENT           no queue of that name
  *     -EEXIST           the queue exists (exclusive create)
  *     -EINVAL           bad argument or name
@@ -88,10 +92,16 @@ extern "C" {
 #define SHMQ_ENDED (-32)   /* -EPIPE: the stream ended and everything was read */
 #define SHMQ_CORRUPT (-117) /* -EUCLEAN: a corrupt slot */
 #define SHMQ_FULL (-105)    /* -ENOBUFS: lossless, and no room until a consumer reads */
+#define SHMQ_OVERWRITTEN (-116) /* -ESTALE: an in-place read was overwritten meanwhile */
 
 /* Largest message and ring a queue may be created with. */
 #define SHMQ_SLOT_SIZE_MAX (64u * 1024u * 1024u)
 #define SHMQ_CAPACITY_MAX (1u << 30)
+/* Largest ring segment, slots and control page together: 1 TiB. Creation
+ * also needs that much free space in /dev/shm (a tmpfs, by default half of
+ * the RAM), reserved up front: a ring that does not fit is -ENOSPC at
+ * creation, never SIGBUS later. */
+#define SHMQ_SEGMENT_MAX (UINT64_C(1) << 40)
 #define SHMQ_DEFAULT_SLOT_SIZE 1024u
 #define SHMQ_DEFAULT_CAPACITY 8192u
 /* Entries in the consumer-state segment, by default and at most. */
@@ -154,7 +164,7 @@ struct shmq_config {
  * The producer lock is released by the kernel when the process dies, so a
  * crashed producer never blocks a new one.
  * Returns 0 and sets *out; or -EBUSY, -ENOENT (no SHMQ_CREATE), -EEXIST,
- * -EPERM, -EMEDIUMTYPE, -EINVAL, -ENAMETOOLONG, -EPROTO, -ENODATA,
+ * -EPERM, -EMEDIUMTYPE, -EINVAL, -EFBIG, -ENAMETOOLONG, -EPROTO, -ENODATA,
  * -EPROTONOSUPPORT, -EBADMSG, -ENOSPC, -EACCES, -ENOMEM, -EMFILE. */
 int shmq_producer_open(struct shmq_producer **out, const char *name,
                        const struct shmq_config *config, unsigned flags);
@@ -202,6 +212,22 @@ int shmq_producer_publish_many(struct shmq_producer *producer, const void *const
 int shmq_producer_publish_many_wait(struct shmq_producer *producer, const void *const *messages,
                                     const size_t *lengths, size_t count, size_t *published,
                                     int64_t timeout_ns);
+
+/* ZERO-COPY WRITES. Lends out the payload area of the next slot: *data gets
+ * room for `size` bytes (0..slot_size), 16-byte aligned, to write in place;
+ * then shmq_producer_commit publishes it (its sequence through *sequence, may
+ * be NULL), or shmq_producer_abort abandons it: nothing is published, and the
+ * next publish takes the same sequence. Readers never see a loan before its
+ * commit, nor one abandoned or left by a producer that died meanwhile. While
+ * a loan is open, the other publish calls and claim return -EINPROGRESS.
+ * claim returns 0, -EMSGSIZE, -EINVAL, -ECHILD, -EINPROGRESS, or SHMQ_FULL
+ * (lossless; claim_wait waits for room as publish_wait does, and may also
+ * return -ETIMEDOUT or -EINTR). commit returns 0, or -EINVAL with no loan. */
+int shmq_producer_claim(struct shmq_producer *producer, size_t size, void **data);
+int shmq_producer_claim_wait(struct shmq_producer *producer, size_t size, void **data,
+                             int64_t timeout_ns);
+int shmq_producer_commit(struct shmq_producer *producer, uint64_t *sequence);
+void shmq_producer_abort(struct shmq_producer *producer);
 
 /* Sequence number the next message will get. */
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *producer);
@@ -343,6 +369,19 @@ int shmq_consumer_poll_wait(struct shmq_consumer *consumer, void *buf, size_t bu
  * consumed), or SHMQ_CORRUPT as shmq_consumer_poll. */
 int shmq_consumer_poll_many(struct shmq_consumer *consumer, void *buf, size_t buf_size,
                             size_t *lengths, size_t max_messages);
+
+/* ZERO-COPY READS. Lends out the next message in place: *data points into
+ * the read-only mapping, *length is its size. Nothing is copied and the
+ * consumer does not move on until shmq_consumer_release. On a lossless queue,
+ * for a registered consumer, the producer cannot overwrite the message
+ * meanwhile. Otherwise it can: release then returns SHMQ_OVERWRITTEN, the
+ * message counts as lost, and anything computed from it must be discarded.
+ * Between peek and release the poll calls return -EINPROGRESS.
+ * peek returns 0, SHMQ_EMPTY, SHMQ_CORRUPT, -EINVAL or -EINPROGRESS (use
+ * shmq_consumer_wait to block); release returns 0, SHMQ_OVERWRITTEN or
+ * -EINVAL (nothing peeked). */
+int shmq_consumer_peek(struct shmq_consumer *consumer, const void **data, size_t *length);
+int shmq_consumer_release(struct shmq_consumer *consumer);
 
 /* Spin iterations before a blocking poll goes to sleep (default 0: sleep at
  * once), at most SHMQ_SPIN_MAX (larger values are clamped). Spinning trades

@@ -42,6 +42,9 @@ typedef struct {
     PyObject *CorruptSlot;
     PyObject *Full;
     PyObject *TooManyConsumers;
+    PyObject *Overwritten;
+    PyTypeObject *lease_type;
+    PyObject *release_name; /* "release", interned */
 } module_state;
 
 static inline module_state *state_of_module(PyObject *module)
@@ -79,6 +82,12 @@ static PyObject *raise_code(module_state *st, int code, PyObject *name)
         break;
     case -EUSERS:
         kind = st->TooManyConsumers;
+        break;
+    case -EINPROGRESS:
+        kind = PyExc_RuntimeError;
+        break;
+    case -EFBIG:
+        kind = PyExc_ValueError;
         break;
     case -EPERM:
         PyErr_Format(PyExc_PermissionError, "%s: %R", why, name ? name : Py_None);
@@ -187,6 +196,10 @@ static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
                       const char *const *names, int required, PyObject **out, int count);
 static int parse_timeout(PyObject *timeout, int64_t *ns);
 static int64_t monotonic_ns(void);
+static PyObject *Producer_loan(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames);
+static PyObject *Consumer_view(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames);
 /* A poll or publish result meaning "a Python exception is set". */
 #define PYTHON_ERROR INT32_MIN
 
@@ -196,6 +209,8 @@ typedef struct {
     PyObject_HEAD
     struct shmq_producer *producer;
     PyObject *name;
+    int lent;             /* a loan() is open */
+    Py_ssize_t exports;   /* buffers of loans still exported */
 } ProducerObject;
 
 static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -451,8 +466,21 @@ done:
     return result;
 }
 
+/* close() refuses while memory of the segment is lent out, as mmap.close()
+ * does with live exports: unmapping it would pull it from under the user. */
+static int lent_out(int lent, Py_ssize_t exports, const char *what)
+{
+    if (!lent && exports == 0)
+        return 0;
+    PyErr_Format(PyExc_BufferError, "cannot close the %s: %s", what,
+                 lent ? "a loan or view is open" : "a buffer from a loan or view is still exported");
+    return -1;
+}
+
 static PyObject *Producer_close(ProducerObject *self, PyObject *Py_UNUSED(ignored))
 {
+    if (lent_out(self->lent, self->exports, "Producer") < 0)
+        return NULL;
     Producer_close_handle(self);
     Py_RETURN_NONE;
 }
@@ -466,6 +494,8 @@ static PyObject *Producer_exit(ProducerObject *self, PyObject *const *args, Py_s
 {
     (void)args;
     (void)nargs;
+    if (lent_out(self->lent, self->exports, "Producer") < 0)
+        return NULL;
     Producer_close_handle(self);
     Py_RETURN_NONE;
 }
@@ -524,6 +554,10 @@ PRODUCER_GETTER(next_sequence,
                 PyLong_FromUnsignedLongLong(shmq_producer_next_sequence(self->producer)))
 PRODUCER_GETTER(wakeups, PyLong_FromUnsignedLongLong(shmq_producer_wakeups(self->producer)))
 PRODUCER_GETTER(lossless, PyBool_FromLong(shmq_producer_lossless(self->producer)))
+PRODUCER_GETTER(last_sequence, shmq_producer_next_sequence(self->producer) == 0
+                                   ? Py_NewRef(Py_None)
+                                   : PyLong_FromUnsignedLongLong(
+                                         shmq_producer_next_sequence(self->producer) - 1))
 PRODUCER_GETTER(consumers, consumer_list(self))
 
 static PyObject *Producer_get_name(ProducerObject *self, void *closure)
@@ -558,6 +592,12 @@ static PyMethodDef Producer_methods[] = {
     {"__enter__", return_self, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Producer_exit, METH_FASTCALL, NULL},
     {"__reduce__", (PyCFunction)Producer_reduce, METH_NOARGS, NULL},
+    {"loan", (PyCFunction)(void (*)(void))Producer_loan, METH_FASTCALL | METH_KEYWORDS,
+     "loan(size, timeout=None) -> Lease\n--\n\nLend out the next slot for writing in place: "
+     "`with producer.loan(size) as buf:` gives a writable memoryview of exactly size bytes; "
+     "leaving the block publishes it (its sequence is then last_sequence), leaving it by an "
+     "exception abandons it (nothing is published; the next publish takes its sequence). "
+     "Raises MessageTooLarge over slot_size; on a lossless queue waits for room like publish."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -569,6 +609,8 @@ static PyGetSetDef Producer_getset[] = {
      "Sequence number the next message will get.", NULL},
     {"lossless", (getter)Producer_get_lossless, NULL,
      "Whether registered consumers hold this producer back.", NULL},
+    {"last_sequence", (getter)Producer_get_last_sequence, NULL,
+     "Sequence number of the last message published (None before the first).", NULL},
     {"consumers", (getter)Producer_get_consumers, NULL,
      "The live consumers that hold an entry: dicts of index, pid (display only), registered, "
      "position, lag and lost. The broadcast analogue of qsize().", NULL},
@@ -617,6 +659,8 @@ typedef struct {
     int busy;          /* a blocking call has released the GIL with this handle */
     pid_t busy_pid;    /* ... in this process (a forked child never finishes it) */
     int close_pending; /* close() was called while busy */
+    int lent;          /* a view() is open */
+    Py_ssize_t exports; /* buffers of views still exported */
 } ConsumerObject;
 
 static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -737,6 +781,11 @@ static int consumer_usable(ConsumerObject *self)
     }
     if (self->consumer == NULL || self->close_pending) {
         closed_error("Consumer");
+        return 0;
+    }
+    if (self->lent) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Consumer has a view open: leave its with-block first");
         return 0;
     }
     if (self->busy) {
@@ -1150,6 +1199,8 @@ static PyObject *Consumer_wait(ConsumerObject *self, PyObject *const *args, Py_s
 
 static PyObject *Consumer_close(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
 {
+    if (lent_out(self->lent, self->exports, "Consumer") < 0)
+        return NULL;
     if (self->consumer != NULL)
         Consumer_close_handle(self);
     Py_RETURN_NONE;
@@ -1159,6 +1210,8 @@ static PyObject *Consumer_exit(ConsumerObject *self, PyObject *const *args, Py_s
 {
     (void)args;
     (void)nargs;
+    if (lent_out(self->lent, self->exports, "Consumer") < 0)
+        return NULL;
     if (self->consumer != NULL)
         Consumer_close_handle(self);
     Py_RETURN_NONE;
@@ -1240,6 +1293,13 @@ static PyMethodDef Consumer_methods[] = {
     {"close", (PyCFunction)Consumer_close, METH_NOARGS,
      "close() -> None\n--\n\nDetach from the queue (idempotent). Never unlinks it."},
     {"__reduce__", (PyCFunction)Consumer_reduce, METH_NOARGS, NULL},
+    {"view", (PyCFunction)(void (*)(void))Consumer_view, METH_FASTCALL | METH_KEYWORDS,
+     "view(timeout=0) -> Lease\n--\n\nRead the next message in place: `with consumer.view() as "
+     "msg:` gives a read-only memoryview into the slot (None if no message came within "
+     "timeout); the consumer moves past it when the block ends. On a lossless queue a "
+     "registered consumer's view cannot be overwritten. Otherwise the exit re-checks the slot "
+     "and raises Overwritten if the producer rewrote it meanwhile: discard what the block "
+     "computed (the message counts as lost)."},
     {"__enter__", return_self, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Consumer_exit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
@@ -1302,6 +1362,282 @@ static PyType_Spec Consumer_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_BASETYPE,
     .slots = Consumer_slots,
 };
+
+/* ---------------------------------------------------------------- Lease */
+
+/*
+ * A loan (Producer.loan) or a view (Consumer.view): a context manager whose
+ * __enter__ hands out a memoryview of slot memory in place, and whose
+ * __exit__ releases that memoryview, then commits or abandons the loan, or
+ * moves the consumer past the viewed message, where a lossy view can learn
+ * that the producer overwrote it meanwhile (Overwritten). The owner counts
+ * what is lent out, so that close() cannot unmap it.
+ */
+enum { LEASE_LOAN, LEASE_VIEW };
+enum { LEASE_READY, LEASE_ENTERED, LEASE_DONE };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* the ProducerObject or ConsumerObject */
+    int kind;
+    int state;
+    void *data;      /* NULL: a view that found no message */
+    Py_ssize_t size;
+    PyObject *view;  /* the memoryview __enter__ handed out */
+    Py_ssize_t exports;
+} LeaseObject;
+
+static Py_ssize_t *owner_exports(LeaseObject *self)
+{
+    return self->kind == LEASE_LOAN ? &((ProducerObject *)self->owner)->exports
+                                    : &((ConsumerObject *)self->owner)->exports;
+}
+
+static PyObject *new_lease(module_state *st, PyObject *owner, int kind, void *data, size_t size)
+{
+    LeaseObject *self = PyObject_New(LeaseObject, st->lease_type);
+    if (self == NULL)
+        return NULL;
+    self->owner = Py_NewRef(owner);
+    self->kind = kind;
+    self->state = LEASE_READY;
+    self->data = data;
+    self->size = (Py_ssize_t)size;
+    self->view = NULL;
+    self->exports = 0;
+    if (data != NULL) {
+        if (kind == LEASE_LOAN)
+            ((ProducerObject *)owner)->lent = 1;
+        else
+            ((ConsumerObject *)owner)->lent = 1;
+    }
+    return (PyObject *)self;
+}
+
+static int Lease_getbuffer(LeaseObject *self, Py_buffer *view, int flags)
+{
+    if (self->state != LEASE_ENTERED || self->data == NULL) {
+        PyErr_SetString(PyExc_BufferError, "the loan or view is not open");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size,
+                          self->kind == LEASE_VIEW, flags) < 0)
+        return -1;
+    self->exports++;
+    (*owner_exports(self))++;
+    return 0;
+}
+
+static void Lease_releasebuffer(LeaseObject *self, Py_buffer *view)
+{
+    (void)view;
+    self->exports--;
+    (*owner_exports(self))--;
+}
+
+/* Ends the lease once: commit (a loan left normally), abort, or release (a
+ * view). Returns 0, or -1 with an exception set. */
+static int Lease_finish(LeaseObject *self, int failed)
+{
+    if (self->state == LEASE_DONE || self->data == NULL) {
+        self->state = LEASE_DONE;
+        return 0;
+    }
+    int still_exported = 0;
+    if (self->view != NULL) {
+        PyObject *r = PyObject_CallMethodNoArgs(self->view, state_of_type(Py_TYPE(self))->release_name);
+        if (r == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_BufferError))
+                return -1;
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+        Py_CLEAR(self->view);
+    }
+    still_exported = self->exports > 0;
+    self->state = LEASE_DONE;
+    if (self->kind == LEASE_LOAN) {
+        ProducerObject *producer = (ProducerObject *)self->owner;
+        producer->lent = 0;
+        if (producer->producer == NULL)
+            return 0;
+        if (failed || still_exported) {
+            shmq_producer_abort(producer->producer);
+            if (still_exported && !failed)
+                PyErr_SetString(PyExc_BufferError,
+                                "the loan's buffer is still exported (a memoryview or array made "
+                                "from it is alive), so nothing was published");
+            return still_exported && !failed ? -1 : 0;
+        }
+        uint64_t sequence;
+        shmq_producer_commit(producer->producer, &sequence);
+        return 0;
+    }
+    ConsumerObject *consumer = (ConsumerObject *)self->owner;
+    consumer->lent = 0;
+    if (consumer->consumer == NULL)
+        return 0;
+    int rc = shmq_consumer_release(consumer->consumer);
+    if (failed)
+        return 0;
+    if (rc == SHMQ_OVERWRITTEN) {
+        module_state *st = state_of_type(Py_TYPE(consumer));
+        PyErr_SetString(st->Overwritten, "the producer overwrote the message during the view: "
+                        "discard what was computed from it (it counts as lost)");
+        return -1;
+    }
+    if (still_exported) {
+        PyErr_SetString(PyExc_BufferError, "a buffer made from the view outlived its with-block; "
+                        "the slot it points into will be reused");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Lease_enter(LeaseObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->state != LEASE_READY) {
+        PyErr_SetString(PyExc_RuntimeError, "a loan or view can be entered once");
+        return NULL;
+    }
+    self->state = LEASE_ENTERED;
+    if (self->data == NULL)
+        Py_RETURN_NONE;
+    self->view = PyMemoryView_FromObject((PyObject *)self);
+    return Py_XNewRef(self->view);
+}
+
+static PyObject *Lease_exit(LeaseObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int failed = nargs > 0 && args[0] != Py_None;
+    if (Lease_finish(self, failed) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static void Lease_dealloc(LeaseObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    /* Never entered or never left: abandon the loan, move past the view. */
+    PyObject *type_, *value, *traceback;
+    PyErr_Fetch(&type_, &value, &traceback);
+    if (Lease_finish(self, 1) < 0)
+        PyErr_WriteUnraisable((PyObject *)self);
+    PyErr_Restore(type_, value, traceback);
+    Py_XDECREF(self->view);
+    Py_XDECREF(self->owner);
+    PyObject_Free(self);
+    Py_DECREF(type);
+}
+
+static PyObject *Lease_repr(LeaseObject *self)
+{
+    static const char *const states[] = {"ready", "open", "done"};
+    return PyUnicode_FromFormat("<shmq.%s %zd bytes %s>", self->kind == LEASE_LOAN ? "Loan" : "View",
+                                self->size, states[self->state]);
+}
+
+static PyMethodDef Lease_methods[] = {
+    {"__enter__", (PyCFunction)Lease_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Lease_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Lease_slots[] = {
+    {Py_tp_dealloc, Lease_dealloc},
+    {Py_tp_repr, Lease_repr},
+    {Py_tp_methods, Lease_methods},
+    {Py_bf_getbuffer, Lease_getbuffer},
+    {Py_bf_releasebuffer, Lease_releasebuffer},
+    {Py_tp_doc, (void *)"A loan (Producer.loan) or a view (Consumer.view): use it in a with-block."},
+    {0, NULL},
+};
+
+static PyType_Spec Lease_spec = {
+    .name = "shmq.Lease",
+    .basicsize = sizeof(LeaseObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Lease_slots,
+};
+
+static PyObject *Producer_loan(PyObject *producer, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    ProducerObject *self = (ProducerObject *)producer;
+    static const char *const names[] = {"size", "timeout"};
+    PyObject *argv[2];
+    int64_t timeout_ns;
+    if (self->producer == NULL)
+        return closed_error("Producer");
+    if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0 ||
+        parse_timeout(argv[1] ? argv[1] : Py_None, &timeout_ns) < 0)
+        return NULL;
+    Py_ssize_t size = PyNumber_AsSsize_t(argv[0], PyExc_OverflowError);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if (size < 0) {
+        PyErr_Format(PyExc_ValueError, "loan size must be non-negative, not %zd", size);
+        return NULL;
+    }
+    if (self->lent) {
+        PyErr_SetString(PyExc_RuntimeError, "a loan is already open on this Producer");
+        return NULL;
+    }
+    void *data;
+    int rc = shmq_producer_claim(self->producer, (size_t)size, &data);
+    while (rc == SHMQ_FULL) {
+        rc = wait_for_room(self, timeout_ns);
+        if (rc != 0)
+            break;
+        rc = shmq_producer_claim(self->producer, (size_t)size, &data);
+    }
+    if (rc == PYTHON_ERROR)
+        return NULL;
+    if (rc < 0)
+        return publish_error(self, rc, (size_t)size, 0);
+    PyObject *lease = new_lease(state_of_type(Py_TYPE(self)), (PyObject *)self, LEASE_LOAN, data,
+                                (size_t)size);
+    if (lease == NULL)
+        shmq_producer_abort(self->producer);
+    return lease;
+}
+
+struct peeked {
+    const void *data;
+    size_t length;
+};
+
+static int attempt_peek(ConsumerObject *self, void *arg)
+{
+    struct peeked *pk = arg;
+    return shmq_consumer_peek(self->consumer, &pk->data, &pk->length);
+}
+
+static PyObject *Consumer_view(PyObject *consumer, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    ConsumerObject *self = (ConsumerObject *)consumer;
+    static const char *const names[] = {"timeout"};
+    PyObject *timeout = NULL;
+    int64_t timeout_ns;
+    if (!consumer_usable(self))
+        return NULL;
+    if ((nargs || kwnames) && parse_args(args, nargs, kwnames, names, 0, &timeout, 1) < 0)
+        return NULL;
+    if (parse_timeout(timeout, &timeout_ns) < 0)
+        return NULL;
+    struct peeked pk = {NULL, 0};
+    int rc = poll_until(self, timeout_ns, attempt_peek, &pk, SHMQ_WAIT_PAST_END);
+    module_state *st = state_of_type(Py_TYPE(self));
+    if (rc == SHMQ_EMPTY || rc == SHMQ_ENDED)
+        return new_lease(st, (PyObject *)self, LEASE_VIEW, NULL, 0);
+    if (rc != 0)
+        return poll_error(self, rc, 0, 0);
+    PyObject *lease = new_lease(st, (PyObject *)self, LEASE_VIEW, (void *)pk.data, pk.length);
+    if (lease == NULL)
+        shmq_consumer_release(self->consumer);
+    return lease;
+}
 
 /* --------------------------------------------------------------- module */
 
@@ -1393,6 +1729,16 @@ static int module_exec(PyObject *module)
                                     "stamps that keep the reader lapping); it was skipped and "
                                     "counted in lost.",
                                     PyTuple_Pack(1, st->ShmqError));
+    st->release_name = PyUnicode_InternFromString("release");
+    if (st->release_name == NULL)
+        return -1;
+    st->lease_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Lease_spec, NULL);
+    if (st->lease_type == NULL || PyModule_AddType(module, st->lease_type) < 0)
+        return -1;
+    st->Overwritten = new_exception(module, "shmq.Overwritten",
+                                    "The producer overwrote a message while it was read in place "
+                                    "(Consumer.view): discard what was computed from it.",
+                                    PyTuple_Pack(1, st->ShmqError));
     st->Full = new_exception(module, "shmq.Full",
                              "A lossless queue had no room before the timeout ran out; "
                              ".published says how many messages of a batch went out.",
@@ -1402,7 +1748,7 @@ static int module_exec(PyObject *module)
                                          "(max_consumers).",
                                          PyTuple_Pack(1, st->ShmqError));
     if (!st->QueueNotFound || !st->IncompatibleQueue || !st->MessageTooLarge || !st->ProducerBusy ||
-        !st->CorruptSlot || !st->Full || !st->TooManyConsumers)
+        !st->CorruptSlot || !st->Full || !st->TooManyConsumers || !st->Overwritten)
         return -1;
     if (PyModule_AddIntConstant(module, "SLOT_SIZE_MAX", SHMQ_SLOT_SIZE_MAX) < 0 ||
         PyModule_AddIntConstant(module, "CAPACITY_MAX", SHMQ_CAPACITY_MAX) < 0 ||
@@ -1426,6 +1772,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->CorruptSlot);
     Py_VISIT(st->Full);
     Py_VISIT(st->TooManyConsumers);
+    Py_VISIT(st->Overwritten);
+    Py_VISIT(st->lease_type);
     return 0;
 }
 
@@ -1442,6 +1790,9 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->CorruptSlot);
     Py_CLEAR(st->Full);
     Py_CLEAR(st->TooManyConsumers);
+    Py_CLEAR(st->Overwritten);
+    Py_CLEAR(st->lease_type);
+    Py_CLEAR(st->release_name);
     return 0;
 }
 
