@@ -28,13 +28,15 @@ def _count(text):
 def _parser():
     parser = argparse.ArgumentParser(prog="shmq", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{ls,stat,tail,rm,demo,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{ls,stat,tail,rm,demo,bench,bridge}")
 
     def listing(name, **kw):
         p = sub.add_parser(name, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
         p.add_argument("--json", action="store_true", help="one JSON list of objects, for scripts")
         return p
 
+    sub.add_parser("bridge", help="carry a queue to other hosts over Zenoh: bridge out|in "
+                                  "(pip install shmq[bridge]; see docs/bridge.md)")
     listing("ls", help="list the queues in /dev/shm: owner, size, geometry, head, producer, consumers")
     listing("list")  # hidden alias of ls: no help= keeps it out of the listing
 
@@ -110,6 +112,11 @@ def _run(args, parser):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bridge"]:  # its own parser, in shmq/bridge.py
+        from . import bridge
+
+        return bridge.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -56,6 +56,10 @@ def _user(uid):
         return str(uid)
 
 
+# A bridge's status file (shmq/bridge.py) sits beside the queue it feeds.
+BRIDGE_SUFFIX = ".bridge"
+
+
 def queue_names():
     """Names of the files shmq-NAME in /dev/shm, NAME.consumers excluded, sorted."""
     try:
@@ -63,7 +67,8 @@ def queue_names():
     except FileNotFoundError:
         return []
     return [f[len(shmq.NAME_PREFIX):] for f in files
-            if f.startswith(shmq.NAME_PREFIX) and not f.endswith(STATE_SUFFIX)]
+            if f.startswith(shmq.NAME_PREFIX) and not f.endswith(STATE_SUFFIX)
+            and not f.endswith(BRIDGE_SUFFIX)]
 
 
 def _orphan_state_names():

@@ -19,7 +19,7 @@ def name():
     queue = f"pytest-{os.getpid()}-{next(_counter)}"
     yield queue
     try:
-        shmq.unlink(queue)
+        shmq.unlink(queue, force=True)  # even if a test left its producer open
     except shmq.QueueNotFound:
         pass
 
@@ -37,7 +37,7 @@ def names():
     yield make
     for queue in made:
         try:
-            shmq.unlink(queue)
+            shmq.unlink(queue, force=True)
         except shmq.QueueNotFound:
             pass
 
