@@ -197,7 +197,13 @@ def test_a_lossless_ring_has_the_documented_flag_entry_state_and_wake_line(name)
             # It slept: it raised the flag, asked for a quarter ring (one slot).
             assert _u(cons, wake, "producer_wake_at", page) == 5 - 4 + 1
         cons = cons_path.read_bytes()
-        assert _u(cons, entry, "state", 2 * page) == 0, "close frees the entry"
+        closed = _u(cons, entry, "state", 2 * page)
+        assert not closed & consts["SHMQ_ENTRY_REGISTERED"], "close unregisters"
+        assert closed >> 1 == state >> 1, "the claim counter survives close"
+        with shmq.Consumer(name):
+            again = _u(cons_path.read_bytes(), entry, "state", 2 * page)
+            assert again >> 1 != state >> 1, "a new claim, a new counter"
+            assert again & consts["SHMQ_ENTRY_REGISTERED"]
         producer.publish(b"m5", timeout=0)  # nobody registered: room again
 
 
