@@ -124,7 +124,7 @@ clean:
 build/cbench: benchmarks/cbench.c build/libshmq.a $(CORE_HDR)
 	$(CC) $(WARN) -O2 -g -Icsrc $< build/libshmq.a $(LDLIBS) -o $@
 
-bench: build/cbench
-	python3 -m shmq bench
+bench:
+	python3 benchmarks/run.py
 
 .PHONY: bench

@@ -1,7 +1,29 @@
 from types import TracebackType
-from typing import AsyncIterator, Dict, Iterable, Iterator, List, Literal, Optional, Type, Union, final
+from typing import Any, AsyncIterator, Generic, Protocol, TypeVar, Dict, Iterable, Iterator, List, Literal, Optional, Type, Union, final
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Self
+
+__all__ = [
+    "Producer",
+    "Consumer",
+    "unlink",
+    "exists",
+    "ShmqError",
+    "QueueNotFound",
+    "IncompatibleQueue",
+    "MessageTooLarge",
+    "ProducerBusy",
+    "CorruptSlot",
+    "Full",
+    "TooManyConsumers",
+    "Overwritten",
+    "Lease",
+    "SLOT_SIZE_MAX",
+    "CAPACITY_MAX",
+    "NAME_MAX",
+    "NAME_PREFIX",
+    "SPIN_MAX",
+]
 
 __version__: str
 SLOT_SIZE_MAX: int
@@ -19,15 +41,25 @@ class CorruptSlot(ShmqError): ...
 class TooManyConsumers(ShmqError): ...
 class Overwritten(ShmqError): ...
 
+class _ArrayInterface(Protocol):
+    # numpy arrays: numpy's stubs declare __buffer__ only for Python >= 3.12 (PEP 688)
+    @property
+    def __array_interface__(self) -> Dict[str, Any]: ...
+
+_BufferLike = Union[Buffer, _ArrayInterface]
+
+_V = TypeVar("_V", memoryview, Optional[memoryview])
+
 @final
-class Lease:
+class Lease(Generic[_V]):
     """A loan (Producer.loan) or a view (Consumer.view); use it in a with-block."""
-    def __enter__(self) -> memoryview: ...
+    def __enter__(self) -> _V: ...
     def __exit__(
         self,
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
+        /,
     ) -> None: ...
     def __buffer__(self, flags: int) -> memoryview: ...
 
@@ -37,8 +69,8 @@ class Full(ShmqError):
 @final
 class Producer:
     """The single producer of a queue; creates it or continues its sequence."""
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         slot_size: Optional[int] = None,
         capacity: Optional[int] = None,
@@ -47,7 +79,7 @@ class Producer:
         unlink_on_close: bool = False,
         max_consumers: Optional[int] = None,
         lossless: Optional[bool] = None,
-    ) -> None: ...
+    ) -> "Producer": ...
     @property
     def name(self) -> str: ...
     @property
@@ -66,10 +98,10 @@ class Producer:
     def consumers(self) -> List[Dict[str, Union[int, bool]]]: ...
     @property
     def closed(self) -> bool: ...
-    def publish(self, data: Buffer, timeout: Optional[float] = None) -> int: ...
-    def loan(self, size: int, timeout: Optional[float] = None) -> Lease: ...
+    def publish(self, data: _BufferLike, timeout: Optional[float] = None) -> int: ...
+    def loan(self, size: int, timeout: Optional[float] = None) -> Lease[memoryview]: ...
     def publish_many(
-        self, messages: Iterable[Buffer], timeout: Optional[float] = None
+        self, messages: Iterable[_BufferLike], timeout: Optional[float] = None
     ) -> Optional[int]: ...
     def close(self) -> None: ...
     def __enter__(self) -> "Producer": ...
@@ -78,19 +110,20 @@ class Producer:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
+        /,
     ) -> None: ...
 
 class Consumer:
     """A reader of a queue; every consumer sees every message."""
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         start: Union[Literal["latest", "earliest"], int] = "latest",
         *,
         spin: int = 0,
         owner: Optional[int] = None,
         register: bool = True,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def name(self) -> str: ...
     @property
@@ -119,14 +152,14 @@ class Consumer:
     def closed(self) -> bool: ...
     def poll(self, timeout: Optional[float] = 0) -> Optional[bytes]: ...
     def wait(self, timeout: Optional[float] = None) -> bool: ...
-    def view(self, timeout: Optional[float] = 0) -> Lease: ...
+    def view(self, timeout: Optional[float] = 0) -> Lease[Optional[memoryview]]: ...
     async def poll_async(self, timeout: Optional[float] = None) -> Optional[bytes]: ...
     def __aiter__(self) -> AsyncIterator[bytes]: ...
     async def __anext__(self) -> bytes: ...
     def poll_many(self, max_messages: int, timeout: Optional[float] = 0) -> List[bytes]: ...
-    def poll_into(self, buffer: Buffer, timeout: Optional[float] = 0) -> Optional[int]: ...
+    def poll_into(self, buffer: _BufferLike, timeout: Optional[float] = 0) -> Optional[int]: ...
     def poll_many_into(
-        self, buffer: Buffer, max_messages: Optional[int] = 1024, timeout: Optional[float] = 0
+        self, buffer: _BufferLike, max_messages: Optional[int] = 1024, timeout: Optional[float] = 0
     ) -> List[int]: ...
     def close(self) -> None: ...
     def __iter__(self) -> Iterator[bytes]: ...
@@ -137,7 +170,8 @@ class Consumer:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
+        /,
     ) -> None: ...
 
 def unlink(name: str, *, force: bool = False) -> None: ...
-def exists(name: str) -> bool: ...
+def exists(name: str, /) -> bool: ...

@@ -10,7 +10,7 @@ as in use by that thread.
 import asyncio
 from typing import Optional
 
-from . import _shmq
+from . import _shmq  # type: ignore[attr-defined]
 
 # Longest single wait in the executor: bounds how long a cancelled
 # poll_async keeps a thread (and the consumer) busy.

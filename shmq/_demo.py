@@ -107,7 +107,7 @@ def run(seconds: float = 4.0, size: int = 64, capacity: int = 4096) -> int:
     if size < 8:
         print("demo: --size must be at least 8", file=sys.stderr)
         return 2
-    processes = []
+    processes: list = []
     try:
         return _run(seconds, size, capacity, processes)
     except KeyboardInterrupt:

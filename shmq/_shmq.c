@@ -574,26 +574,26 @@ static PyObject *Producer_get_closed(ProducerObject *self, void *closure)
 
 static PyMethodDef Producer_methods[] = {
     {"publish", (PyCFunction)(void (*)(void))Producer_publish, METH_FASTCALL | METH_KEYWORDS,
-     "publish(data, timeout=None) -> int\n--\n\nPublish one message (any C-contiguous "
+     "publish($self, /, data, timeout=None)\n--\n\nPublish one message (any C-contiguous "
      "bytes-like object) and return its sequence number. Raises MessageTooLarge if it exceeds "
      "slot_size. On a lossless queue, waits up to timeout seconds (None: forever; 0: not at all) "
      "for every registered consumer to have room, without the GIL, and raises Full when the "
      "time runs out. Ctrl-C interrupts the wait."},
     {"publish_many", (PyCFunction)(void (*)(void))Producer_publish_many,
      METH_FASTCALL | METH_KEYWORDS,
-     "publish_many(messages, timeout=None) -> int | None\n--\n\nPublish every message of an "
+     "publish_many($self, /, messages, timeout=None)\n--\n\nPublish every message of an "
      "iterable in order and return the last sequence number (None if empty). All sizes are "
      "checked first: on MessageTooLarge nothing is published. On a lossless queue, waits for "
      "room as publish does; Full.published says how many went out before it stopped."},
     {"close", (PyCFunction)Producer_close, METH_NOARGS,
-     "close() -> None\n--\n\nEnd the stream (consumers that have read everything stop "
+     "close($self, /)\n--\n\nEnd the stream (consumers that have read everything stop "
      "iterating) and release the queue (idempotent). Unlinks it if unlink_on_close. In a "
      "child after fork() it only releases the child's copy."},
-    {"__enter__", return_self, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Producer_exit, METH_FASTCALL, NULL},
+    {"__enter__", return_self, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
+    {"__exit__", (PyCFunction)(void (*)(void))Producer_exit, METH_FASTCALL, "__exit__($self, exc_type, exc, tb, /)\n--\n\n"},
     {"__reduce__", (PyCFunction)Producer_reduce, METH_NOARGS, NULL},
     {"loan", (PyCFunction)(void (*)(void))Producer_loan, METH_FASTCALL | METH_KEYWORDS,
-     "loan(size, timeout=None) -> Lease\n--\n\nLend out the next slot for writing in place: "
+     "loan($self, /, size, timeout=None)\n--\n\nLend out the next slot for writing in place: "
      "`with producer.loan(size) as buf:` gives a writable memoryview of exactly size bytes; "
      "leaving the block publishes it (its sequence is then last_sequence), leaving it by an "
      "exception abandons it (nothing is published; the next publish takes its sequence). "
@@ -622,7 +622,7 @@ static PyGetSetDef Producer_getset[] = {
 
 PyDoc_STRVAR(Producer_doc,
 "Producer(name, slot_size=None, capacity=None, *, mode=0o600, unlink_on_close=False,\n"
-"         max_consumers=None)\n"
+"         max_consumers=None, lossless=None)\n"
 "--\n\n"
 "The single producer of queue `name`.\n\n"
 "Creates the queue if it does not exist (slot_size bytes per message, default\n"
@@ -1270,38 +1270,38 @@ static PyObject *Consumer_get_closed(ConsumerObject *self, void *closure)
 
 static PyMethodDef Consumer_methods[] = {
     {"poll", (PyCFunction)(void (*)(void))Consumer_poll, METH_FASTCALL | METH_KEYWORDS,
-     "poll(timeout=0) -> bytes | None\n--\n\nReturn the next message, or None if none arrives "
+     "poll($self, /, timeout=0)\n--\n\nReturn the next message, or None if none arrives "
      "within timeout seconds (0: don't wait; None: wait forever), or at once if the producer "
      "closed the stream and everything was read. Releases the GIL while waiting; Ctrl-C "
      "interrupts it. Raises CorruptSlot for a damaged slot (counted in lost)."},
     {"poll_many", (PyCFunction)(void (*)(void))Consumer_poll_many, METH_FASTCALL | METH_KEYWORDS,
-     "poll_many(max_messages, timeout=0) -> list[bytes]\n--\n\nWait up to timeout for the first "
+     "poll_many($self, /, max_messages, timeout=0)\n--\n\nWait up to timeout for the first "
      "message, then return it with every message already available, up to max_messages."},
     {"poll_into", (PyCFunction)(void (*)(void))Consumer_poll_into, METH_FASTCALL | METH_KEYWORDS,
-     "poll_into(buffer, timeout=0) -> int | None\n--\n\nCopy the next message into a writable "
+     "poll_into($self, /, buffer, timeout=0)\n--\n\nCopy the next message into a writable "
      "buffer and return its length, or None on timeout. Raises MessageTooLarge (and keeps the "
      "message) if the buffer is too small."},
     {"poll_many_into", (PyCFunction)(void (*)(void))Consumer_poll_many_into,
      METH_FASTCALL | METH_KEYWORDS,
-     "poll_many_into(buffer, max_messages=1024, timeout=0) -> list[int]\n--\n\nCopy as many "
+     "poll_many_into($self, /, buffer, max_messages=1024, timeout=0)\n--\n\nCopy as many "
      "whole messages as fit (up to max_messages) back to back into a writable buffer and return "
      "their lengths; waits up to timeout for the first one."},
     {"wait", (PyCFunction)(void (*)(void))Consumer_wait, METH_FASTCALL | METH_KEYWORDS,
-     "wait(timeout=None) -> bool\n--\n\nWait up to timeout seconds (None: forever) until a "
+     "wait($self, /, timeout=None)\n--\n\nWait up to timeout seconds (None: forever) until a "
      "poll has something to return, without consuming it. False on timeout, or at once when "
      "the producer closed the stream and everything was read. Releases the GIL."},
     {"close", (PyCFunction)Consumer_close, METH_NOARGS,
-     "close() -> None\n--\n\nDetach from the queue (idempotent). Never unlinks it."},
+     "close($self, /)\n--\n\nDetach from the queue (idempotent). Never unlinks it."},
     {"__reduce__", (PyCFunction)Consumer_reduce, METH_NOARGS, NULL},
     {"view", (PyCFunction)(void (*)(void))Consumer_view, METH_FASTCALL | METH_KEYWORDS,
-     "view(timeout=0) -> Lease\n--\n\nRead the next message in place: `with consumer.view() as "
+     "view($self, /, timeout=0)\n--\n\nRead the next message in place: `with consumer.view() as "
      "msg:` gives a read-only memoryview into the slot (None if no message came within "
      "timeout); the consumer moves past it when the block ends. On a lossless queue a "
      "registered consumer's view cannot be overwritten. Otherwise the exit re-checks the slot "
      "and raises Overwritten if the producer rewrote it meanwhile: discard what the block "
      "computed (the message counts as lost)."},
-    {"__enter__", return_self, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Consumer_exit, METH_FASTCALL, NULL},
+    {"__enter__", return_self, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
+    {"__exit__", (PyCFunction)(void (*)(void))Consumer_exit, METH_FASTCALL, "__exit__($self, exc_type, exc, tb, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1538,8 +1538,8 @@ static PyObject *Lease_repr(LeaseObject *self)
 }
 
 static PyMethodDef Lease_methods[] = {
-    {"__enter__", (PyCFunction)Lease_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Lease_exit, METH_FASTCALL, NULL},
+    {"__enter__", (PyCFunction)Lease_enter, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
+    {"__exit__", (PyCFunction)(void (*)(void))Lease_exit, METH_FASTCALL, "__exit__($self, exc_type, exc, tb, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1677,10 +1677,10 @@ static PyObject *shmq_exists_py(PyObject *module, PyObject *name)
 
 static PyMethodDef module_methods[] = {
     {"unlink", (PyCFunction)(void (*)(void))shmq_unlink_py, METH_VARARGS | METH_KEYWORDS,
-     "unlink(name, *, force=False) -> None\n--\n\nRemove queue `name` from /dev/shm; open "
+     "unlink($module, /, name, *, force=False)\n--\n\nRemove queue `name` from /dev/shm; open "
      "handles keep working. Raises ProducerBusy while a live producer holds it (unless force), "
      "QueueNotFound if there is none."},
-    {"exists", shmq_exists_py, METH_O, "exists(name) -> bool\n--\n\nWhether queue `name` exists."},
+    {"exists", shmq_exists_py, METH_O, "exists($module, name, /)\n--\n\nWhether queue `name` exists."},
     {NULL, NULL, 0, NULL},
 };
 
