@@ -56,6 +56,7 @@ static void producer_in_child(struct shmq_fork_link *link)
      * publishing through one handle would corrupt the ring) nor keep the
      * parent's producer lock alive. */
     p->forked = 1;
+    p->refusal = -ECHILD;
     if (p->region != NULL)
         shmq_region_drop_lock(p->region);
 }
@@ -297,15 +298,20 @@ static void finish_publish(struct shmq_producer *p)
 /* Lossless: whether p->next fits, looking at the consumers only when it
  * reaches the limit of the last look, and asking the kernel about the ones
  * holding it back at most once per wait slice. */
-static int has_room(struct shmq_producer *p)
+static __attribute__((noinline)) int look_for_room(struct shmq_producer *p)
 {
-    if (!p->geometry.lossless || (int64_t)(p->next - p->limit) < 0)
-        return 1;
     int64_t now = shmq_now_ns();
     int probe = now >= p->next_probe_ns;
     if (probe)
         p->next_probe_ns = now + 10 * 1000 * 1000;
     return shmq_backpressure_has_room(p, probe);
+}
+
+static inline int has_room(struct shmq_producer *p)
+{
+    if (!p->geometry.lossless || (int64_t)(p->next - p->limit) < 0)
+        return 1;
+    return look_for_room(p);
 }
 
 static int64_t deadline_after(int64_t timeout_ns)
@@ -323,10 +329,9 @@ int shmq_producer_publish(struct shmq_producer *p, const void *data, size_t leng
         return -EMSGSIZE;
     if (data == NULL && length != 0)
         return -EINVAL;
-    if (p->forked)
-        return -ECHILD;
-    if (p->claimed)
-        return -EINPROGRESS;
+    /* One check for both reasons to refuse (fork, open loan): the hot path. */
+    if (p->refusal)
+        return p->refusal;
     if (!has_room(p))
         return SHMQ_FULL;
     uint64_t s = p->next;
@@ -376,7 +381,7 @@ static int check_batch(const struct shmq_producer *p, const void *const *message
         if (messages[i] == NULL && lengths[i] != 0)
             return -EINVAL;
     }
-    return p->forked ? -ECHILD : p->claimed ? -EINPROGRESS : 0;
+    return p->refusal;
 }
 
 /* Publishes from messages[*done] on while there is room; returns 0 when all
@@ -465,6 +470,7 @@ int shmq_producer_claim(struct shmq_producer *p, size_t size, void **data)
     shmq_store_relaxed(&slot->stamp, p->next - 1);
     shmq_fence_release();
     p->claimed = 1;
+    p->refusal = -EINPROGRESS;
     p->claim_size = (uint32_t)size;
     *data = (void *)slot->payload;
     return 0;
@@ -487,6 +493,8 @@ int shmq_producer_commit(struct shmq_producer *p, uint64_t *sequence)
 {
     if (!p->claimed)
         return -EINVAL;
+    if (p->forked)
+        return -ECHILD;
     struct shmq_slot *slot = shmq_slot_at(p->slots, &p->geometry, p->next);
     /* Relaxed: published by the release store of the stamp just below. */
     shmq_store_relaxed(&slot->length, p->claim_size);
@@ -494,6 +502,7 @@ int shmq_producer_commit(struct shmq_producer *p, uint64_t *sequence)
      * store the caller made into the loan. */
     shmq_store_release(&slot->stamp, p->next);
     p->claimed = 0;
+    p->refusal = 0;
     if (sequence)
         *sequence = p->next;
     p->next++;
@@ -505,6 +514,7 @@ void shmq_producer_abort(struct shmq_producer *p)
 {
     /* The slot keeps its "in progress" mark, which reads as "not yet". */
     p->claimed = 0;
+    p->refusal = p->forked ? -ECHILD : 0;
 }
 
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *p) { return p->next; }

@@ -59,6 +59,7 @@ struct shmq_producer {
     int64_t next_probe_ns; /* when to ask the kernel about laggards again */
     int forked; /* set in a child after fork(): the handle is dead there */
     int claimed; /* a slot is loaned out (shmq_producer_claim) */
+    int refusal; /* what publishing returns now: -ECHILD, -EINPROGRESS or 0 */
     uint32_t claim_size;
     unsigned flags;
     char name[SHMQ_NAME_MAX + 1];

@@ -341,6 +341,32 @@ static int wait_for_room(ProducerObject *self, int64_t timeout_ns)
 
 /* publish(data, timeout=None): one message; on a lossless queue waits up
  * to timeout for room. The common call, publish(data), takes the fast path. */
+/* The rest of publish() once the first attempt is made: wait for room on a
+ * full lossless queue, and turn the result into a sequence or an error. */
+static PyObject *publish_finish(ProducerObject *self, int rc, const void *bytes, size_t length,
+                                uint64_t sequence, PyObject *timeout)
+{
+    if (rc == SHMQ_FULL) {
+        int64_t timeout_ns;
+        if (parse_timeout(timeout ? timeout : Py_None, &timeout_ns) < 0)
+            return NULL;
+        while (rc == SHMQ_FULL) {
+            rc = wait_for_room(self, timeout_ns);
+            if (rc != 0)
+                break;
+            rc = shmq_producer_publish(self->producer, bytes, length, &sequence);
+        }
+    }
+    if (rc == PYTHON_ERROR)
+        return NULL;
+    if (rc < 0)
+        return publish_error(self, rc, length, 0);
+    return PyLong_FromUnsignedLongLong(sequence);
+}
+
+/* publish(data, timeout=None): one message; on a lossless queue waits up
+ * to timeout for room. publish(bytes) is the hot path: no parsing, no
+ * buffer export. */
 static PyObject *Producer_publish(ProducerObject *self, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames)
 {
@@ -352,41 +378,22 @@ static PyObject *Producer_publish(ProducerObject *self, PyObject *const *args, P
         argv[0] = args[0];
     else if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0)
         return NULL;
-    PyObject *data = argv[0];
-    uint64_t sequence;
-    size_t length;
-    int rc;
-    Py_buffer view = {.obj = NULL};
-    const void *bytes;
-    if (PyBytes_CheckExact(data)) {
-        length = (size_t)PyBytes_GET_SIZE(data);
-        bytes = PyBytes_AS_STRING(data);
-    } else {
-        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
-            return NULL;
-        length = (size_t)view.len;
-        bytes = view.buf;
+    uint64_t sequence = 0;
+    if (PyBytes_CheckExact(argv[0])) {
+        size_t length = (size_t)PyBytes_GET_SIZE(argv[0]);
+        const char *bytes = PyBytes_AS_STRING(argv[0]);
+        int rc = shmq_producer_publish(self->producer, bytes, length, &sequence);
+        if (rc == 0)
+            return PyLong_FromUnsignedLongLong(sequence);
+        return publish_finish(self, rc, bytes, length, sequence, argv[1]);
     }
-    rc = shmq_producer_publish(self->producer, bytes, length, &sequence);
-    if (rc == SHMQ_FULL) {
-        int64_t timeout_ns;
-        if (parse_timeout(argv[1] ? argv[1] : Py_None, &timeout_ns) < 0)
-            rc = PYTHON_ERROR;
-        while (rc == SHMQ_FULL) {
-            rc = wait_for_room(self, timeout_ns);
-            if (rc == 0)
-                rc = shmq_producer_publish(self->producer, bytes, length, &sequence);
-            else
-                break;
-        }
-    }
-    if (view.obj != NULL)
-        PyBuffer_Release(&view);
-    if (rc == PYTHON_ERROR)
+    Py_buffer view;
+    if (PyObject_GetBuffer(argv[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (rc < 0)
-        return publish_error(self, rc, length, 0);
-    return PyLong_FromUnsignedLongLong(sequence);
+    int rc = shmq_producer_publish(self->producer, view.buf, (size_t)view.len, &sequence);
+    PyObject *result = publish_finish(self, rc, view.buf, (size_t)view.len, sequence, argv[1]);
+    PyBuffer_Release(&view);
+    return result;
 }
 
 static PyObject *Producer_publish_many(ProducerObject *self, PyObject *const *args,
@@ -767,7 +774,7 @@ static void Consumer_dealloc(ConsumerObject *self)
 }
 
 /* Checks the handle is open and not in use by a thread that released the GIL. */
-static int consumer_usable(ConsumerObject *self)
+static int consumer_usable_slow(ConsumerObject *self)
 {
     /* A thread that was waiting when another thread called fork() does not
      * exist in the child: the mark it left there is stale. */
@@ -794,6 +801,14 @@ static int consumer_usable(ConsumerObject *self)
         return 0;
     }
     return 1;
+}
+
+/* The usual answer, yes, in one test; the rest only when something is set. */
+static inline int consumer_usable(ConsumerObject *self)
+{
+    if (self->consumer != NULL && (self->busy | self->lent | self->close_pending) == 0)
+        return 1;
+    return consumer_usable_slow(self);
 }
 
 /* timeout: None -> wait forever (-1); a number of seconds >= 0. */
@@ -1006,9 +1021,19 @@ static PyObject *Consumer_poll(ConsumerObject *self, PyObject *const *args, Py_s
     int64_t timeout_ns;
     if (!consumer_usable(self))
         return NULL;
-    if ((nargs || kwnames) && parse_args(args, nargs, kwnames, names, 0, &timeout, 1) < 0)
+    if (nargs == 0 && kwnames == NULL) {
+        /* poll(): the hot path, one attempt and no waiting machinery. */
+        struct new_bytes nb = {NULL};
+        int rc = attempt_bytes(self, &nb);
+        if (rc == 0)
+            return nb.msg;
+        if (rc == SHMQ_EMPTY)
+            Py_RETURN_NONE;
+        return poll_error(self, rc, 0, 0);
+    }
+    if (parse_args(args, nargs, kwnames, names, 0, &timeout, 1) < 0)
         return NULL;
-    if (parse_timeout(nargs || kwnames ? timeout : NULL, &timeout_ns) < 0)
+    if (parse_timeout(timeout, &timeout_ns) < 0)
         return NULL;
     int ended;
     return poll_bytes(self, timeout_ns, 0, &ended);
