@@ -30,7 +30,8 @@
  * the futex word, raises the wake flag, checks the ring once more, and only
  * then sleeps on the futex word with the value it read, for at most
  * SLEEP_SLICE_NS. The producer stores the stamp, fences, and reads the flag;
- * if it is raised it clears it, bumps the futex word and wakes everyone. The
+ * if it is raised it clears it, bumps the futex word and wakes one sleeper,
+ * which passes the wake on to the others (relay_wake). The
  * flag store, the fence and both loads are sequentially consistent, so
  * either the consumer's last check sees the message, or the producer sees
  * the flag and its bump makes the futex wait return at once. Wake-ups are
@@ -365,7 +366,8 @@ int shmq_consumer_poll_many(struct shmq_consumer *c, void *buf, size_t buf_size,
     unsigned char *out = buf;
     size_t used = 0, n = 0;
     while (n < max_messages) {
-        int rc = shmq_consumer_poll(c, out + used, buf_size - used, &lengths[n]);
+        /* No arithmetic on a NULL buffer (size 0: only empty messages fit). */
+        int rc = shmq_consumer_poll(c, out ? out + used : NULL, buf_size - used, &lengths[n]);
         if (rc == SHMQ_EMPTY || (rc == -EMSGSIZE && n > 0))
             break;
         if (rc < 0)
@@ -399,6 +401,30 @@ static struct timespec timespec_of(int64_t ns)
     return ts;
 }
 
+/* The producer wakes one sleeper per bump of futex_word; whoever wakes to
+ * find the word moved past the value it slept on passes the wake on to
+ * everyone still asleep, once per bump: the consumer that moves relay_word
+ * to the new value does it. A relay killed before it relays strands the
+ * others for at most one slice. A consumer without the wake page cannot
+ * claim the relay and always passes the wake on (it may be the one the
+ * producer woke). */
+static void relay_wake(struct shmq_consumer *c, uint32_t slept_on)
+{
+    /* Seq_cst: as the load of the word before sleeping. */
+    uint32_t now = shmq_load_seq_cst(&c->control->futex_word);
+    if (now == slept_on)
+        return;
+    struct shmq_wake_page *wake = c->consumers.wake;
+    if (wake != NULL) {
+        /* Relaxed: only which consumer relays depends on it; the wake
+         * itself is the syscall's. */
+        uint32_t relayed = shmq_load_relaxed(&wake->relay_word);
+        if (relayed == now || !shmq_cas_relaxed(&wake->relay_word, &relayed, now))
+            return;
+    }
+    shmq_futex_wake_all(&c->control->futex_word);
+}
+
 /* One round of the sleep protocol, at most one slice long; returns 0 (woken,
  * or the slice ended: re-check), -ETIMEDOUT (the deadline passed) or -EINTR.
  * deadline_ns < 0: none. */
@@ -424,6 +450,7 @@ static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns, u
         return 0;
     struct timespec until = timespec_of(slice_end);
     int rc = shmq_futex_wait(&c->control->futex_word, word, &until);
+    relay_wake(c, word);
     if (rc == -ETIMEDOUT && !last_slice)
         return 0;
     return rc;

@@ -262,12 +262,15 @@ static void write_slot(struct shmq_producer *p, uint64_t sequence, const void *d
     shmq_store_release(&slot->stamp, sequence);
 }
 
+/* Wakes one sleeper, which passes the wake on to the others (consumer.c,
+ * relay_wake): waking all of them here would make the producer walk every
+ * sleeper inside its syscall and hand them its CPU, once per wake. */
 static void wake_sleepers(struct shmq_producer *p)
 {
     /* Seq_cst RMW: a sleeper that reads the new value (its seq_cst load of
      * futex_word) also sees every stamp stored before. */
     shmq_fetch_add_seq_cst(&p->control->futex_word, 1);
-    shmq_futex_wake_all(&p->control->futex_word);
+    shmq_futex_wake_one(&p->control->futex_word);
     p->wakeups++;
 }
 

@@ -46,7 +46,9 @@
  *   header:  magic u64 | version u32 | entry_count u32 | page_size u32 |
  *            reserved u32 | ring_instance u64 | total_size u64
  *   wake:    line 0: wake_flag u32: set by a consumer about to sleep,
- *                    cleared by the producer when it wakes sleepers
+ *                    cleared by the producer when it wakes a sleeper |
+ *                    relay_word u32: the last futex_word value whose wake
+ *                    a woken consumer passed on to the other sleepers
  *            line 1: producer_waiting u32 | producer_futex u32 |
  *                    producer_wake_at u64: a lossless producer waiting for
  *                    room raises producer_waiting and sleeps on
@@ -137,7 +139,8 @@ struct shmq_consumers_header {
 
 struct shmq_wake_page {
     _Atomic uint32_t wake_flag;
-    unsigned char pad0[SHMQ_LINE - 4];
+    _Atomic uint32_t relay_word;
+    unsigned char pad0[SHMQ_LINE - 8];
     _Atomic uint32_t producer_waiting;
     _Atomic uint32_t producer_futex;
     _Atomic uint64_t producer_wake_at;
@@ -169,6 +172,7 @@ _Static_assert(offsetof(struct shmq_slot, payload) == SHMQ_SLOT_HEADER, "layout"
 _Static_assert(offsetof(struct shmq_consumers_header, entry_count) == 12, "layout");
 _Static_assert(offsetof(struct shmq_consumers_header, ring_instance) == 24, "layout");
 _Static_assert(offsetof(struct shmq_consumers_header, total_size) == 32, "layout");
+_Static_assert(offsetof(struct shmq_wake_page, relay_word) == 4, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_waiting) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_futex) == SHMQ_LINE + 4, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_wake_at) == SHMQ_LINE + 8, "layout");
