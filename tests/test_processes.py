@@ -167,7 +167,7 @@ def test_ctrl_c_interrupts_a_blocking_poll_promptly(name):
     proc.communicate(timeout=10)
     assert line == "interrupted"
     assert proc.returncode == 0
-    assert elapsed < 0.2, f"KeyboardInterrupt took {elapsed * 1000:.0f} ms"
+    assert elapsed < 0.5, f"KeyboardInterrupt took {elapsed * 1000:.0f} ms"
 
 
 def _count_for(seconds):
