@@ -5,6 +5,9 @@
 #
 #   c            the C tests under ASan + UBSan (make test)
 #   tsan         the threaded stress test under ThreadSanitizer (make tsan)
+#   fuzz         the libFuzzer target over attach, header validation and slot
+#                reading, for SHMQ_FUZZ_SECONDS (60); installs clang and its
+#                fuzzer runtime with apt-get when missing
 #   pytest       pytest against the release build of the extension
 #   pytest_asan  pytest again, against an ASan + UBSan build of the extension
 #                (SHMQ_SKIP_ASAN_PYTEST=1 leaves it out)
@@ -16,7 +19,7 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup-venv.sh"
 
-SUITES=(c tsan pytest pytest_asan)
+SUITES=(c tsan fuzz pytest pytest_asan)
 
 suite_c() {
     make -s all
@@ -25,6 +28,30 @@ suite_c() {
 
 suite_tsan() {
     make -s tsan
+}
+
+suite_fuzz() {
+    local rc=0
+    sh tests/fuzz/run.sh "${SHMQ_FUZZ_SECONDS:-60}" || rc=$?
+    if [ "$rc" = 77 ]; then
+        echo "skipped (no clang with libFuzzer on this machine)"
+        return 0
+    fi
+    return "$rc"
+}
+
+# clang and the runtime libFuzzer links (Debian: libclang-rt-N-dev, N its
+# major version), when the fuzz suite is to run and they are missing.
+fuzz_tools() {
+    local probe major
+    probe=$(mktemp -d)
+    printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' > "$probe/p.c"
+    if ! clang -fsanitize=fuzzer,address,undefined "$probe/p.c" -o "$probe/p" >/dev/null 2>&1; then
+        command -v clang >/dev/null || _shmq_apt_install clang
+        major=$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)
+        [ -n "$major" ] && _shmq_apt_install "libclang-rt-$major-dev"
+    fi
+    rm -rf "$probe"
 }
 
 suite_pytest() {
@@ -60,6 +87,7 @@ done
 shmq_setup_venv test,bridge
 # Tools only the tests use: pkg-config for the installed-library test.
 command -v pkg-config >/dev/null || _shmq_apt_install pkgconf
+case " ${chosen[*]} " in *" fuzz "*) fuzz_tools ;; esac
 cd "$SHMQ_ROOT"
 start=$SECONDS
 n=0
