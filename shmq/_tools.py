@@ -60,6 +60,13 @@ def _user(uid):
 BRIDGE_SUFFIX = ".bridge"
 
 
+def _remove_bridge_status(name):
+    """A removed queue's bridge status file goes with it."""
+    from . import bridge
+
+    bridge.remove_status(name)
+
+
 def queue_names():
     """Names of the files shmq-NAME in /dev/shm, NAME.consumers excluded, sorted."""
     try:
@@ -163,6 +170,13 @@ def describe(name, entries=False):
                 consumers=len(live), consumer_entries=count)
     if entries:
         info["entries"] = [dict(e, lag=max(info["head"] - e["position"], 0)) for e in live]
+        from . import bridge  # its status file needs no zenoh
+
+        feed = bridge.status(name)
+        if feed:
+            info["bridge"] = {k: feed.get(k) for k in ("key", "pid", "received", "source_lost",
+                                                       "transit_lost", "too_large", "resets",
+                                                       "updated")}
     return info
 
 
@@ -253,6 +267,11 @@ def _print_stat(info, out):
         ("rate", f"{info['rate']:,.0f} msgs/s over {info['interval']:.1f} s"),
         ("consumers", f"{info['consumers']} live of {info['consumer_entries']} entries"),
     ]
+    feed = info.get("bridge")
+    if feed:
+        lines.append(("bridge", f"in from {feed['key']} (pid {feed['pid']}): received "
+                                f"{feed['received']}, source lost {feed['source_lost']}, "
+                                f"transit lost {feed['transit_lost']}"))
     for key, value in lines:
         _emit(f"{key:<10} {value}", out)
     if info["entries"]:
@@ -310,6 +329,7 @@ def unlink_queues(names, force=False, stale=False, out=sys.stdout, err=sys.stder
     for name in names:
         try:
             shmq.unlink(name, force=force)
+            _remove_bridge_status(name)
             _emit(f"removed {name}", out)
         except shmq.QueueNotFound:
             _emit(f"shmq rm: no queue {name!r}", err)
@@ -338,6 +358,7 @@ def _remove_stale(out, err) -> int:
             continue  # not ours to judge, or in use
         try:
             shmq.unlink(name)  # refuses if a producer took it meanwhile
+            _remove_bridge_status(name)
             _emit(f"removed {name}", out)
         except shmq.QueueNotFound:
             pass
