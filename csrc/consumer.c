@@ -276,7 +276,12 @@ static inline void publish_position(struct shmq_consumer *c)
         shmq_store_relaxed(&c->entry->position, c->position);
 }
 
-static void resync_after_overrun(struct shmq_consumer *c)
+/* Moves a lapped reader forward; returns 0, or -1 without moving it when
+ * the jump would take the reader 2^62 or more past `origin`, where this call
+ * started: no producer publishes that many messages (146 years at a billion
+ * a second) during one lap of a reader, so head is garbage, and following it
+ * would make the position ambiguous in wrap-safe arithmetic. */
+static int resync_after_overrun(struct shmq_consumer *c, uint64_t origin)
 {
     /* The producer is at least as far as head, and at least as far as the
      * stamp that lapped us: head can lag it (a producer that died before
@@ -293,11 +298,14 @@ static void resync_after_overrun(struct shmq_consumer *c)
     /* A stale head could point at or before us; never move backwards. */
     if ((int64_t)(target - c->position) <= 0)
         target = c->position + 1;
+    if (target - origin >= (UINT64_C(1) << 62))
+        return -1;
     c->lost += target - c->position;
     c->position = target;
     /* Relaxed: our own entry, a snapshot for readers (see bind). */
     shmq_store_relaxed(&c->entry->lost, c->lost);
     publish_position(c);
+    return 0;
 }
 
 static int stream_ended(const struct shmq_consumer *c)
@@ -315,6 +323,7 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
         length = &ignored;
     if (c->peeked)
         return -EINPROGRESS;
+    uint64_t origin = c->position;
     for (int attempt = 0; attempt < MAX_RESYNCS; attempt++) {
         switch (copy_slot(c, d, length)) {
         case COPY_OK:
@@ -332,7 +341,8 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
             c->lost++;
             return -EUCLEAN;
         case COPY_OVERRUN:
-            resync_after_overrun(c);
+            if (resync_after_overrun(c, origin) < 0)
+                return -EUCLEAN;
             break;
         }
     }
@@ -543,6 +553,7 @@ int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *lengt
         return -EINVAL;
     if (c->peeked)
         return -EINPROGRESS;
+    uint64_t origin = c->position;
     for (int attempt = 0; attempt < MAX_RESYNCS; attempt++) {
         struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, c->position);
         /* Acquire: pairs with the release store of the final stamp (write_slot,
@@ -551,14 +562,16 @@ int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *lengt
         if (stamp != c->position) {
             if ((int64_t)(stamp - c->position) < 0)
                 return SHMQ_EMPTY;
-            resync_after_overrun(c);
+            if (resync_after_overrun(c, origin) < 0)
+                return SHMQ_CORRUPT;
             continue;
         }
         /* Relaxed: covered by the acquire above, re-validated at release. */
         uint32_t len = shmq_load_relaxed(&slot->length);
         if (len > c->geometry.slot_size) {
             if (!stamp_unchanged(slot, c->position)) {
-                resync_after_overrun(c);
+                if (resync_after_overrun(c, origin) < 0)
+                    return SHMQ_CORRUPT;
                 continue;
             }
             c->position++;
