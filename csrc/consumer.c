@@ -514,9 +514,14 @@ static int64_t deadline_after(int64_t timeout_ns)
     return timeout_ns > INT64_MAX - now ? -1 : now + timeout_ns;
 }
 
-int shmq_consumer_wait(struct shmq_consumer *c, int64_t timeout_ns, unsigned flags)
+int shmq_consumer_wait_flags(struct shmq_consumer *c, int64_t timeout_ns, unsigned flags)
 {
     return wait_until(c, deadline_after(timeout_ns), flags);
+}
+
+int shmq_consumer_wait(struct shmq_consumer *c, int64_t timeout_ns)
+{
+    return wait_until(c, deadline_after(timeout_ns), 0);
 }
 
 int shmq_consumer_poll_wait(struct shmq_consumer *c, void *buf, size_t buf_size, size_t *length,

@@ -492,7 +492,7 @@ int shmq_producer_claim_wait(struct shmq_producer *p, size_t size, void **data, 
     }
 }
 
-int shmq_producer_commit(struct shmq_producer *p, uint64_t *sequence)
+int shmq_producer_commit(struct shmq_producer *p)
 {
     if (!p->claimed)
         return -EINVAL;
@@ -506,8 +506,6 @@ int shmq_producer_commit(struct shmq_producer *p, uint64_t *sequence)
     shmq_store_release(&slot->stamp, p->next);
     p->claimed = 0;
     p->refusal = 0;
-    if (sequence)
-        *sequence = p->next;
     p->next++;
     finish_publish(p);
     return 0;

@@ -215,8 +215,8 @@ int shmq_producer_publish_many_wait(struct shmq_producer *producer, const void *
 
 /* ZERO-COPY WRITES. Lends out the payload area of the next slot: *data gets
  * room for `size` bytes (0..slot_size), 16-byte aligned, to write in place;
- * then shmq_producer_commit publishes it (its sequence through *sequence, may
- * be NULL), or shmq_producer_abort abandons it: nothing is published, and the
+ * then shmq_producer_commit publishes it (its sequence is then
+ * shmq_producer_next_sequence() - 1), or shmq_producer_abort abandons it: nothing is published, and the
  * next publish takes the same sequence. Readers never see a loan before its
  * commit, nor one abandoned or left by a producer that died meanwhile. While
  * a loan is open, the other publish calls and claim return -EINPROGRESS.
@@ -226,7 +226,7 @@ int shmq_producer_publish_many_wait(struct shmq_producer *producer, const void *
 int shmq_producer_claim(struct shmq_producer *producer, size_t size, void **data);
 int shmq_producer_claim_wait(struct shmq_producer *producer, size_t size, void **data,
                              int64_t timeout_ns);
-int shmq_producer_commit(struct shmq_producer *producer, uint64_t *sequence);
+int shmq_producer_commit(struct shmq_producer *producer);
 void shmq_producer_abort(struct shmq_producer *producer);
 
 /* Sequence number the next message will get. */
@@ -336,9 +336,6 @@ int shmq_consumer_poll_alloc(struct shmq_consumer *consumer,
                              void *(*alloc)(void *context, size_t length), void *context,
                              size_t *length);
 
-/* Flags for shmq_consumer_wait. */
-#define SHMQ_WAIT_PAST_END 1u /* keep waiting on an ended stream (for a producer
-                                 to reopen it) instead of returning SHMQ_ENDED */
 
 /* Waits up to timeout_ns nanoseconds (CLOCK_MONOTONIC; negative: forever)
  * until a poll has something to report (a message, or an overrun to count),
@@ -347,9 +344,15 @@ int shmq_consumer_poll_alloc(struct shmq_consumer *consumer,
  * it looks at the ring again. Meant for callers that must poll in another
  * context than they wait in (with a lock held, say).
  * Returns 0; SHMQ_ENDED when the producer closed the stream and everything
- * was read (unless flags has SHMQ_WAIT_PAST_END); -ETIMEDOUT; or -EINTR if a
- * signal arrived while it slept. */
-int shmq_consumer_wait(struct shmq_consumer *consumer, int64_t timeout_ns, unsigned flags);
+ * was read; -ETIMEDOUT; or -EINTR if a signal arrived while it slept. */
+int shmq_consumer_wait(struct shmq_consumer *consumer, int64_t timeout_ns);
+
+/* Flags for shmq_consumer_wait_flags. */
+#define SHMQ_WAIT_PAST_END 1u /* keep waiting on an ended stream (for a producer
+                                 to reopen it) instead of returning SHMQ_ENDED */
+
+/* shmq_consumer_wait with flags: 0 is shmq_consumer_wait. */
+int shmq_consumer_wait_flags(struct shmq_consumer *consumer, int64_t timeout_ns, unsigned flags);
 
 /* Like shmq_consumer_poll, but waits up to timeout_ns nanoseconds
  * (CLOCK_MONOTONIC) for a message: 0 does not wait, a negative value waits

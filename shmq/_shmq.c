@@ -884,7 +884,7 @@ static int poll_until(ConsumerObject *self, int64_t timeout_ns, attempt_fn attem
         }
         int waited;
         Py_BEGIN_ALLOW_THREADS
-        waited = shmq_consumer_wait(self->consumer, slice, wait_flags);
+        waited = shmq_consumer_wait_flags(self->consumer, slice, wait_flags);
         Py_END_ALLOW_THREADS
         /* Signals are checked after every slice, whatever the wait said. */
         if (PyErr_CheckSignals() < 0) {
@@ -1199,7 +1199,7 @@ static PyObject *Consumer_reduce(ConsumerObject *self, PyObject *Py_UNUSED(ignor
 static int attempt_nothing(ConsumerObject *self, void *arg)
 {
     (void)arg;
-    return shmq_consumer_wait(self->consumer, 0, SHMQ_WAIT_PAST_END) == 0 ? 0 : SHMQ_EMPTY;
+    return shmq_consumer_wait_flags(self->consumer, 0, SHMQ_WAIT_PAST_END) == 0 ? 0 : SHMQ_EMPTY;
 }
 
 static PyObject *Consumer_wait(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -1494,8 +1494,7 @@ static int Lease_finish(LeaseObject *self, int failed)
                                 "from it is alive), so nothing was published");
             return still_exported && !failed ? -1 : 0;
         }
-        uint64_t sequence;
-        shmq_producer_commit(producer->producer, &sequence);
+        shmq_producer_commit(producer->producer);
         return 0;
     }
     ConsumerObject *consumer = (ConsumerObject *)self->owner;

@@ -147,11 +147,7 @@ static int run_consumer(const char *name, int which, int result_fd)
         case 0: {
             int64_t timeout = (int64_t)((r >> 16) % 30) * 1000000;
             uint64_t t0 = now_ns();
-#ifdef SHMQ_WAIT_PAST_END
-            int rc = shmq_consumer_wait(c, timeout, (r >> 24) % 2 ? SHMQ_WAIT_PAST_END : 0);
-#else
-            int rc = shmq_consumer_wait(c, timeout);
-#endif
+            int rc = shmq_consumer_wait_flags(c, timeout, (r >> 24) % 2 ? SHMQ_WAIT_PAST_END : 0);
             check_time(&t, t0, timeout);
             if (!RC_IN(rc, 0, SHMQ_ENDED, -ETIMEDOUT, -EINTR))
                 bad_rc(&t, "shmq_consumer_wait", rc);

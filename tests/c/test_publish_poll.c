@@ -171,16 +171,16 @@ static void wait_reports_readiness_without_consuming(void)
     struct shmq_producer *p = make_producer(name, 8, 4, 0);
     struct shmq_consumer *c;
     CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
-    CHECK_RC(shmq_consumer_wait(c, 0, 0), -ETIMEDOUT);
-    CHECK_RC(shmq_consumer_wait(c, 2000000, 0), -ETIMEDOUT);
+    CHECK_RC(shmq_consumer_wait(c, 0), -ETIMEDOUT);
+    CHECK_RC(shmq_consumer_wait(c, 2000000), -ETIMEDOUT);
     CHECK_RC(shmq_producer_publish(p, "a", 1, NULL), 0);
-    CHECK_RC(shmq_consumer_wait(c, -1, 0), 0);
-    CHECK_RC(shmq_consumer_wait(c, 0, 0), 0);
+    CHECK_RC(shmq_consumer_wait(c, -1), 0);
+    CHECK_RC(shmq_consumer_wait(c, 0), 0);
     CHECK(shmq_consumer_position(c) == 0);
     /* An overrun to report also counts as something to read. */
     for (int i = 0; i < 8; i++)
         CHECK_RC(shmq_producer_publish(p, "b", 1, NULL), 0);
-    CHECK_RC(shmq_consumer_wait(c, 0, 0), 0);
+    CHECK_RC(shmq_consumer_wait(c, 0), 0);
     char buf[8];
     CHECK_RC(shmq_consumer_poll(c, buf, sizeof(buf), NULL), 0);
     CHECK(shmq_consumer_lost(c) > 0);

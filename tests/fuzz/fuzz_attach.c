@@ -825,11 +825,11 @@ static void op_claim(struct session *s, uint8_t arg)
     if (arg & 2) {
         shmq_producer_abort(p);
         EXPECT(shmq_producer_next_sequence(p) == next, "abort moved the sequence");
-        EXPECT(shmq_producer_commit(p, NULL) == -EINVAL, "commit after abort succeeded");
+        EXPECT(shmq_producer_commit(p) == -EINVAL, "commit after abort succeeded");
         return;
     }
-    uint64_t sequence = UINT64_MAX;
-    rc = shmq_producer_commit(p, &sequence);
+    rc = shmq_producer_commit(p);
+    uint64_t sequence = shmq_producer_next_sequence(p) - 1;
     EXPECT(rc == 0 && sequence == next && shmq_producer_next_sequence(p) == next + 1,
            "commit returned %d, sequence %llu, expected %llu", rc, (unsigned long long)sequence,
            (unsigned long long)next);
@@ -859,7 +859,7 @@ static void op_misc(struct session *s, uint8_t arg)
 static void op_wait(struct session *s, uint8_t arg)
 {
     unsigned flags = (arg & 1) ? SHMQ_WAIT_PAST_END : 0;
-    int rc = shmq_consumer_wait(s->consumer, 0, flags);
+    int rc = shmq_consumer_wait_flags(s->consumer, 0, flags);
     EXPECT(rc == 0 || rc == -ETIMEDOUT || (rc == SHMQ_ENDED && !(flags & SHMQ_WAIT_PAST_END)),
            "wait(0, %u) returned %d (%s)", flags, rc, shmq_strerror(rc));
     check_progress(s->consumer, &s->tally, "wait");
