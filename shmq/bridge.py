@@ -104,7 +104,7 @@ class BridgeError(shmq.ShmqError, ValueError):
 
 def _zenoh():
     try:
-        import zenoh
+        import zenoh  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         raise BridgeError("the bridge needs eclipse-zenoh: pip install 'shmq[bridge]'") from None
     return zenoh
