@@ -175,7 +175,7 @@ void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
     /* Release: pairs with the consumers' acquire loads of head, as in
      * finish_publish. */
     shmq_store_release(&p->control->head, p->next);
-    p->limit = p->next; /* lossless: look at the consumers before publishing */
+    p->limit = p->next; /* look (lossless: at the consumers) before publishing */
     /* Release: pairs with the consumers' acquire load of stream_state; a new
      * producer reopens the stream its predecessor may have ended. */
     shmq_store_release(&p->control->stream_state, 0);
@@ -303,6 +303,10 @@ static void finish_publish(struct shmq_producer *p)
  * holding it back at most once per wait slice. */
 static __attribute__((noinline)) int look_for_room(struct shmq_producer *p)
 {
+    if (!p->geometry.lossless) {
+        p->limit = p->next + (UINT64_C(1) << 62);
+        return 1;
+    }
     int64_t now = shmq_now_ns();
     int probe = now >= p->next_probe_ns;
     if (probe)
@@ -310,9 +314,11 @@ static __attribute__((noinline)) int look_for_room(struct shmq_producer *p)
     return shmq_backpressure_has_room(p, probe);
 }
 
+/* One compare on the hot path: a lossy producer keeps its limit half the
+ * sequence space ahead (look_for_room moves it on), so it never fails. */
 static inline int has_room(struct shmq_producer *p)
 {
-    if (!p->geometry.lossless || (int64_t)(p->next - p->limit) < 0)
+    if ((int64_t)(p->next - p->limit) < 0)
         return 1;
     return look_for_room(p);
 }
