@@ -43,7 +43,7 @@ ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH
 
 
 def capacity_for(size):
-    return max(8, (16 << 20) // size)  # 16 MiB of ring, at least 8 slots
+    return max(2, (16 << 20) // size)  # the same 16 MiB of ring at every size (4 MiB: 4 slots)
 
 
 # ------------------------------------------------------------------ roles
