@@ -9,7 +9,6 @@ import fcntl
 import gc
 import json
 import os
-import queue
 import signal
 import struct
 import subprocess
@@ -48,82 +47,6 @@ def queue_name(name):
     assert not os.path.exists(ring_path(name)) and not os.path.exists(state_path(name))
 
 
-class Child:
-    """A Python process running `code` with the working tree's shmq; its
-    stdout lines are read by a thread, so no read can hang the test."""
-
-    def __init__(self, code, *args):
-        self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=ENV)
-        self.pid = self.proc.pid
-        self.lines = queue.Queue()
-        self.stderr = []
-        self._readers = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put),
-                                          daemon=True),
-                         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append),
-                                          daemon=True)]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _pump(stream, sink):
-        for line in stream:
-            sink(line.rstrip("\n"))
-
-    def line(self, timeout=30):
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"child {self.pid} said nothing for {timeout} s; stderr: {self.errors()}")
-
-    def expect(self, word, timeout=30):
-        got = self.line(timeout)
-        assert got.split()[0:1] == [word], f"expected {word!r}, got {got!r}; stderr: {self.errors()}"
-        return got
-
-    def errors(self):
-        return "\n".join(self.stderr)
-
-    def tell(self, text):
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def wait(self, timeout=30):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"child {self.pid} did not exit within {timeout} s")
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        return self.proc.wait(timeout=30)
-
-    def reap(self):
-        self.kill()
-        for reader in self._readers:
-            reader.join(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                stream.close()
-            except OSError:  # a broken pipe to a dead child
-                pass
-
-
-@pytest.fixture
-def children():
-    """Starts Child processes; all are killed and reaped after the test."""
-    made = []
-
-    def start(code, *args):
-        child = Child(code, *args)
-        made.append(child)
-        return child
-
-    yield start
-    for child in made:
-        child.reap()
 
 
 def within(seconds, fn, *args):
