@@ -28,6 +28,19 @@ def name():
 
 
 @pytest.fixture
+def queue_name(name):
+    """A fresh queue name; both segments are removed after the test, even while
+    a producer it started still holds them, and the test fails if any is left."""
+    yield name
+    try:
+        shmq.unlink(name, force=True)
+    except shmq.QueueNotFound:
+        pass
+    ring = f"/dev/shm/{shmq.NAME_PREFIX}{name}"
+    assert not os.path.exists(ring) and not os.path.exists(ring + ".consumers")
+
+
+@pytest.fixture
 def names():
     """A factory of fresh queue names, all removed after the test."""
     made = []

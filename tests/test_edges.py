@@ -35,16 +35,6 @@ def ring_path(name):
     return f"/dev/shm/shmq-{name}"
 
 
-@pytest.fixture
-def queue_name(name):
-    """A fresh queue name; both segments are removed after the test, even while
-    a producer we started still holds them."""
-    yield name
-    try:
-        shmq.unlink(name, force=True)
-    except shmq.QueueNotFound:
-        pass
-    assert not os.path.exists(ring_path(name)) and not os.path.exists(ring_path(name) + ".consumers")
 
 
 def run_python(code, *args, timeout=60):
