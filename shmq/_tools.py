@@ -195,6 +195,32 @@ def _emit(line, out):
 
 # ---------------------------------------------------------------- ls
 
+def unlinked_but_open():
+    """Queues whose ring was unlinked while processes still map it: {name: [pids]},
+    from /proc/PID/maps (the processes we may read)."""
+    found = {}
+    prefix = f"{SHM_DIR}/{shmq.NAME_PREFIX}"
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+                for line in maps:
+                    path = line.rstrip("\n").split(None, 5)[-1]
+                    if not (path.startswith(prefix) and path.endswith(" (deleted)")):
+                        continue
+                    name = path[len(prefix):-len(" (deleted)")]
+                    if name.endswith(STATE_SUFFIX):
+                        continue
+                    if int(pid) not in found.setdefault(name, []):
+                        found[name].append(int(pid))
+        except OSError:
+            continue  # gone, or not ours to read
+    return found
+
+
 def list_queues(as_json=False, out=sys.stdout) -> int:
     rows = []
     for name in queue_names():
@@ -202,6 +228,8 @@ def list_queues(as_json=False, out=sys.stdout) -> int:
             rows.append(describe(name))
         except NoQueue:
             continue  # removed while we looked
+    for name, pids in sorted(unlinked_but_open().items()):
+        rows.append({"name": name, "unlinked": True, "open_by": sorted(pids)})
     if as_json:
         _emit(json.dumps(rows), out)
         return EXIT_OK
@@ -209,10 +237,15 @@ def list_queues(as_json=False, out=sys.stdout) -> int:
         _emit("no shmq queues in /dev/shm", out)
         return EXIT_OK
     width = max(4, *(len(r["name"]) for r in rows))
-    owner_w = max(5, *(len(r["owner"]) for r in rows))
+    owner_w = max(5, *(len(r.get("owner", "-")) for r in rows))
     _emit(f"{'NAME':<{width}} {'OWNER':<{owner_w}} {'BYTES':>12} {'SLOT':>8} {'SLOTS':>9} "
           f"{'HEAD':>14} {'PRODUCER':<8} {'CONSUMERS':>9}", out)
     for r in rows:
+        if r.get("unlinked"):
+            pids = ", ".join(map(str, r["open_by"]))
+            _emit(f"{r['name']:<{width}} {'-':<{owner_w}} {'-':>12} {'-':>8} {'-':>9} {'-':>14} "
+                  f"{'-':<8} {'-':>9}  unlinked, still open by pid {pids}", out)
+            continue
         lead = f"{r['name']:<{width}} {r['owner']:<{owner_w}} {r['size']:>12,}"
         if "invalid" in r:
             _emit(f"{lead} {'-':>8} {'-':>9} {'-':>14} {'-':<8} {'-':>9}  invalid: {r['invalid']}", out)

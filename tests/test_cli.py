@@ -87,6 +87,20 @@ def test_ls_shows_a_foreign_shmq_file_as_invalid_not_an_error(names):
     assert "invalid" in {r["name"]: r for r in json.loads(listing.stdout)}[foreign]
 
 
+def test_ls_shows_a_queue_unlinked_while_still_open_with_its_pids(names):
+    name = names()
+    with shmq.Producer(name, slot_size=16, capacity=8) as p, shmq.Consumer(name) as c:
+        shmq.unlink(name, force=True)
+        assert c.unlinked and not os.path.exists(f"/dev/shm/shmq-{name}")
+        table = _cli("ls")
+        listing = {r["name"]: r for r in json.loads(_cli("ls", "--json").stdout)}
+        p.publish(b"still works")
+        assert c.poll() == b"still works"
+    assert "unlinked, still open by pid" in " ".join(_row(table.stdout, name))
+    assert listing[name]["unlinked"] is True and os.getpid() in listing[name]["open_by"]
+    assert name not in {r["name"] for r in json.loads(_cli("ls", "--json").stdout)}
+
+
 def test_stat_json_shows_each_consumers_lag_and_a_positive_rate(names):
     name = names()
     publisher = _spawn(PUBLISHER, name)
