@@ -151,10 +151,27 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
     }
 }
 
+/* Clears the producer's waiting flag and, if this call is the one that
+ * cleared it, wakes the producer: one wake per wait, however many consumers
+ * see the flag at once. */
+static void wake_producer(struct shmq_wake_page *wake)
+{
+    /* Seq_cst: the consumer half of the waiting handshake (see top); only
+     * the exchange that finds the flag raised goes on to wake. */
+    if (!shmq_exchange_seq_cst(&wake->producer_waiting, 0))
+        return;
+    /* Seq_cst: pairs with the producer's seq_cst load of producer_futex
+     * before it raised the flag; the bump makes its wait on the old value
+     * return at once if it had not gone to sleep yet. */
+    shmq_fetch_add_seq_cst(&wake->producer_futex, 1);
+    shmq_futex_wake_one(&wake->producer_futex);
+}
+
 void shmq_backpressure_register(struct shmq_consumer *c, enum shmq_start start)
 {
     struct shmq_consumer_entry *e = c->entry;
-    /* The provisional position: never above the one bind will choose. */
+    /* The provisional position: never above the one bind will choose.
+     * Acquire: pairs with the release store of head in finish_publish. */
     uint64_t head = shmq_load_acquire(&c->control->head);
     uint64_t provisional = head;
     if (start == SHMQ_START_EARLIEST || start == SHMQ_START_AT)
@@ -184,22 +201,20 @@ void shmq_backpressure_release(struct shmq_consumer *c)
     /* Seq_cst: the other half of the same handshake. */
     if (shmq_load_seq_cst(&wake->producer_waiting) &&
         /* Relaxed: published by the producer's seq_cst store of the flag. */
-        (int64_t)(c->position - shmq_load_relaxed(&wake->producer_wake_at)) >= 0 &&
-        shmq_exchange_seq_cst(&wake->producer_waiting, 0)) {
-        shmq_fetch_add_seq_cst(&wake->producer_futex, 1);
-        shmq_futex_wake_one(&wake->producer_futex);
-    }
+        (int64_t)(c->position - shmq_load_relaxed(&wake->producer_wake_at)) >= 0)
+        wake_producer(wake);
 }
 
 void shmq_backpressure_unregister(struct shmq_consumer *c)
 {
     struct shmq_wake_page *wake = c->consumers.wake;
-    /* Seq_cst: as in release; the producer stops waiting for us. */
-    shmq_store_seq_cst(&c->entry->state, shmq_load_relaxed(&c->entry->state) & ~SHMQ_ENTRY_REGISTERED);
+    /* Relaxed load: our own entry, which only we write. Seq_cst store: as in
+     * release; the producer stops waiting for us. */
+    uint32_t state = shmq_load_relaxed(&c->entry->state);
+    shmq_store_seq_cst(&c->entry->state, state & ~SHMQ_ENTRY_REGISTERED);
     c->registered = 0;
-    /* Whoever we held back may go on: wake it whatever it asked for. */
-    if (shmq_load_seq_cst(&wake->producer_waiting) && shmq_exchange_seq_cst(&wake->producer_waiting, 0)) {
-        shmq_fetch_add_seq_cst(&wake->producer_futex, 1);
-        shmq_futex_wake_one(&wake->producer_futex);
-    }
+    /* Whoever we held back may go on: wake it whatever it asked for.
+     * Seq_cst: the other half of the waiting handshake. */
+    if (shmq_load_seq_cst(&wake->producer_waiting))
+        wake_producer(wake);
 }
