@@ -223,9 +223,31 @@ def _write_status(name, record):
     os.replace(tmp, path)
 
 
+class _Side:
+    """What both sides share: run() in a thread until stop() or close()."""
+
+    def stop(self):
+        """Ask run() to return soon (within about 0.1 s); safe in a signal handler."""
+        self._stop.set()
+
+    def close(self):
+        """Stop run() (waiting up to 5 s for it), then release everything. Idempotent."""
+        self._stop.set()
+        deadline = time.monotonic() + 5
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._finish()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # ---------------------------------------------------------------- out
 
-class Forwarder:
+class Forwarder(_Side):
     """Forward local queue `name` to Zenoh key expression `key`.
 
     Opens the Zenoh session at once (so a bad endpoint or key fails here);
@@ -276,10 +298,6 @@ class Forwarder:
         c = self._consumer
         return c.position if c is not None else None
 
-    def stop(self):
-        """Ask run() to return soon (within about 0.1 s); safe in a signal handler."""
-        self._stop.set()
-
     def _attach(self, start):
         deadline = None if self.wait is None else time.monotonic() + self.wait
         while True:
@@ -303,7 +321,7 @@ class Forwarder:
         finally:
             self._running = False
             if self._stop.is_set():
-                self._release()
+                self._finish()
         return self.forwarded
 
     def _forward(self):
@@ -380,7 +398,7 @@ class Forwarder:
             send()
             self.source_lost = self._lost_before + consumer.lost
 
-    def _release(self):
+    def _finish(self):
         with self._lock:
             pub, session = self._pub, self._session
             self._pub = self._session = None
@@ -392,23 +410,10 @@ class Forwarder:
         if session is not None:
             session.close()
 
-    def close(self):
-        """Stop run() (waiting up to 5 s for it) and release the session. Idempotent."""
-        self._stop.set()
-        deadline = time.monotonic() + 5
-        while self._running and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self._release()
-
     def counters(self):
         return {"forwarded": self.forwarded, "samples": self.samples,
                 "source_lost": self.source_lost, "attachments": self.attachments}
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def forward(name, key, **kwargs):
@@ -418,7 +423,7 @@ def forward(name, key, **kwargs):
 
 # ---------------------------------------------------------------- in
 
-class Receiver:
+class Receiver(_Side):
     """Republish what arrives on Zenoh key expression `key` into local queue `to`.
 
     The queue is created with slot_size and capacity when given (or continued
@@ -569,10 +574,6 @@ class Receiver:
         """The next source sequence expected, or None before the first sample."""
         return self._expected
 
-    def stop(self):
-        """Ask run() to return soon; safe in a signal handler."""
-        self._stop.set()
-
     def run(self):
         """Keep the status file fresh until close() or stop(); then close."""
         self._running = True
@@ -582,13 +583,13 @@ class Receiver:
                     self._save()
         finally:
             self._running = False
-            self._shutdown()
+            self._finish()
 
     def _close_producer(self):
         if self._producer is not None:
             self._producer.close()
 
-    def _shutdown(self):
+    def _finish(self):
         sub, session = getattr(self, "_sub", None), getattr(self, "_session", None)
         self._sub = self._session = None
         if sub is not None:
@@ -605,25 +606,12 @@ class Receiver:
         if session is not None:
             session.close()
 
-    def close(self):
-        """Stop receiving, write the status file a last time, close the producer. Idempotent."""
-        self._stop.set()
-        deadline = time.monotonic() + 5
-        while self._running and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self._shutdown()
-
     def counters(self):
         with self._lock:
             return {k: v for k, v in self._record().items()
                     if k in ("received", "samples", "source_lost", "transit_lost", "too_large",
                              "resets", "malformed", "expected")}
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def receive(key, to, **kwargs):
