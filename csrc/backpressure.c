@@ -113,6 +113,9 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
     struct shmq_wake_page *wake = p->consumers.wake;
     uint64_t capacity = p->geometry.capacity;
     for (;;) {
+        int interrupted = shmq_waiter_take_interrupt(&p->waiter);
+        if (interrupted < 0)
+            return interrupted;
         int64_t now = shmq_now_ns();
         int probe = now >= p->next_probe_ns;
         if (probe)
@@ -145,9 +148,12 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
             until = deadline_ns;
         struct timespec ts = {.tv_sec = (time_t)(until / 1000000000),
                               .tv_nsec = (long)(until % 1000000000)};
-        int rc = shmq_futex_wait(&wake->producer_futex, word, &ts);
-        if (rc == -EINTR)
-            return rc;
+        int rc = shmq_waiter_sleep(&p->waiter, &wake->producer_futex, word, &ts);
+        if (rc == -ETIMEDOUT || rc == -EINTR) {
+            rc = shmq_waiter_between(&p->waiter, rc == -EINTR);
+            if (rc < 0)
+                return rc;
+        }
     }
 }
 

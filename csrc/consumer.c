@@ -60,8 +60,15 @@ enum copy_result { COPY_OK, COPY_EMPTY, COPY_OVERRUN, COPY_TOO_SMALL, COPY_CORRU
 #define SLEEP_SLICE_NS (100LL * 1000 * 1000)
 #define UNWOKEN_SLICE_NS (1LL * 1000 * 1000)
 
+/* How often an open that waits for its queue looks again. */
+#define OPEN_RETRY_NS (10LL * 1000 * 1000)
+
 /* Spinning checks the clock and the end of stream this often. */
 #define SPIN_CHECK_EVERY 1024u
+
+static int64_t now_ns(void);
+static struct timespec timespec_of(int64_t ns);
+static int64_t deadline_after(int64_t timeout_ns);
 
 static uint64_t load_head(const struct shmq_consumer *c)
 {
@@ -112,18 +119,10 @@ static void consumer_in_child(struct shmq_fork_link *link)
     c->registered = 0;
 }
 
-int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
-                            const struct shmq_consumer_options *options)
+static int open_once(struct shmq_consumer **out, const char *name,
+                     const struct shmq_consumer_options *options)
 {
-    struct shmq_consumer_options defaults = {.start = SHMQ_START_LATEST};
-    if (options == NULL)
-        options = &defaults;
-    if (out == NULL || (options->start != SHMQ_START_LATEST &&
-                        options->start != SHMQ_START_EARLIEST && options->start != SHMQ_START_AT))
-        return -EINVAL;
-    int rc = shmq_queue_name_validate(name);
-    if (rc < 0)
-        return rc;
+    int rc;
     struct shmq_consumer *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return -ENOMEM;
@@ -190,6 +189,45 @@ fail_close:
 fail_free:
     free(c);
     return rc;
+}
+
+/* Whether an open that failed this way may succeed later: the queue does
+ * not exist yet, or its producer is still initialising it. */
+static int worth_waiting(int rc)
+{
+    return rc == -ENOENT || rc == -ENODATA;
+}
+
+int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
+                            const struct shmq_consumer_options *options)
+{
+    struct shmq_consumer_options defaults = {.start = SHMQ_START_LATEST};
+    if (options == NULL)
+        options = &defaults;
+    if (out == NULL || (options->start != SHMQ_START_LATEST &&
+                        options->start != SHMQ_START_EARLIEST && options->start != SHMQ_START_AT))
+        return -EINVAL;
+    int rc = shmq_queue_name_validate(name);
+    if (rc < 0)
+        return rc;
+    int64_t deadline = deadline_after(options->wait_ns);
+    for (;;) {
+        rc = open_once(out, name, options);
+        if (!worth_waiting(rc) || options->wait_ns == 0)
+            return rc;
+        int64_t now = now_ns();
+        if (deadline >= 0 && now >= deadline)
+            return rc;
+        /* Nothing to sleep on before the queue exists: look every 10 ms. */
+        int64_t until = now + OPEN_RETRY_NS;
+        if (deadline >= 0 && deadline < until)
+            until = deadline;
+        struct timespec ts = timespec_of(until);
+        int slept = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+        if (options->wait_check != NULL ? options->wait_check(options->wait_context) != 0
+                                        : slept == EINTR)
+            return -EINTR;
+    }
 }
 
 int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_start start)
@@ -436,8 +474,8 @@ static void relay_wake(struct shmq_consumer *c, uint32_t slept_on)
 }
 
 /* One round of the sleep protocol, at most one slice long; returns 0 (woken,
- * or the slice ended: re-check), -ETIMEDOUT (the deadline passed) or -EINTR.
- * deadline_ns < 0: none. */
+ * or the slice ended: re-check), -ETIMEDOUT (the deadline passed), -EINTR or
+ * SHMQ_INTERRUPTED (see WAITING in shmq.h). deadline_ns < 0: none. */
 static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns, unsigned flags)
 {
     struct shmq_wake_page *wake = c->consumers.wake;
@@ -459,10 +497,12 @@ static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns, u
         (!(flags & SHMQ_WAIT_PAST_END) && stream_ended(c)))
         return 0;
     struct timespec until = timespec_of(slice_end);
-    int rc = shmq_futex_wait(&c->control->futex_word, word, &until);
+    int rc = shmq_waiter_sleep(&c->waiter, &c->control->futex_word, word, &until);
     relay_wake(c, word);
-    if (rc == -ETIMEDOUT && !last_slice)
-        return 0;
+    if (rc == -ETIMEDOUT && last_slice)
+        return rc;
+    if (rc == -ETIMEDOUT || rc == -EINTR)
+        return shmq_waiter_between(&c->waiter, rc == -EINTR);
     return rc;
 }
 
@@ -476,7 +516,8 @@ static int ended_and_read(struct shmq_consumer *c)
 }
 
 /* Waits until a poll has something to report; returns 0, SHMQ_ENDED (unless
- * SHMQ_WAIT_PAST_END), -ETIMEDOUT or -EINTR. deadline_ns < 0: forever. */
+ * SHMQ_WAIT_PAST_END), -ETIMEDOUT, -EINTR or SHMQ_INTERRUPTED. deadline_ns
+ * < 0: forever. */
 static int wait_until(struct shmq_consumer *c, int64_t deadline_ns, unsigned flags)
 {
     int stop_at_end = !(flags & SHMQ_WAIT_PAST_END);
@@ -486,6 +527,9 @@ static int wait_until(struct shmq_consumer *c, int64_t deadline_ns, unsigned fla
             return 0;
         if (stop_at_end && ended_and_read(c))
             return SHMQ_ENDED;
+        int interrupted = shmq_waiter_take_interrupt(&c->waiter);
+        if (interrupted < 0)
+            return interrupted;
         if (deadline_ns >= 0 && now_ns() >= deadline_ns)
             return -ETIMEDOUT;
         for (uint32_t i = 1; i <= c->spin; i++) {
@@ -494,6 +538,9 @@ static int wait_until(struct shmq_consumer *c, int64_t deadline_ns, unsigned fla
                 return 0;
             if (i % SPIN_CHECK_EVERY == 0) {
                 if (stop_at_end && stream_ended(c))
+                    break;
+                /* Relaxed: a hint; the loop's top takes the interrupt. */
+                if (shmq_load_relaxed(&c->waiter.interrupt_word) != c->waiter.answered)
                     break;
                 if (deadline_ns >= 0 && now_ns() >= deadline_ns)
                     return -ETIMEDOUT;
@@ -605,6 +652,18 @@ int shmq_consumer_release(struct shmq_consumer *c)
     }
     publish_position(c);
     return intact ? 0 : SHMQ_OVERWRITTEN;
+}
+
+void shmq_consumer_interrupt(struct shmq_consumer *c)
+{
+    shmq_waiter_interrupt(&c->waiter, &c->control->futex_word);
+}
+
+void shmq_consumer_set_wait_check(struct shmq_consumer *c, int (*check)(void *context),
+                                  void *context)
+{
+    c->waiter.check = check;
+    c->waiter.context = context;
 }
 
 void shmq_consumer_set_spin(struct shmq_consumer *c, uint32_t iterations)

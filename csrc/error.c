@@ -18,6 +18,7 @@ const char *shmq_strerror(int code)
     case -EINPROGRESS: return "a loan or an in-place read is open on this handle; finish it first";
     case -ETIMEDOUT: return "timed out waiting for a message";
     case -EINTR: return "interrupted by a signal";
+    case -ECANCELED: return "the wait was interrupted (shmq_*_interrupt), for instance by a close from another thread";
     case -EMSGSIZE: return "message larger than the slot size, or buffer too small";
     case -EBUSY: return "another live producer holds this queue";
     case -ENOENT: return "no queue with that name";

@@ -162,3 +162,10 @@ int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry 
         return -EBADMSG;
     return 0;
 }
+
+int64_t shmq_queue_size(const struct shmq_config *config)
+{
+    struct shmq_geometry g;
+    int rc = shmq_geometry_plan(&g, config);
+    return rc < 0 ? rc : (int64_t)g.total_size;
+}

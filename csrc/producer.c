@@ -524,6 +524,18 @@ void shmq_producer_abort(struct shmq_producer *p)
     p->refusal = p->forked ? -ECHILD : 0;
 }
 
+void shmq_producer_interrupt(struct shmq_producer *p)
+{
+    shmq_waiter_interrupt(&p->waiter, p->consumers.wake ? &p->consumers.wake->producer_futex : NULL);
+}
+
+void shmq_producer_set_wait_check(struct shmq_producer *p, int (*check)(void *context),
+                                  void *context)
+{
+    p->waiter.check = check;
+    p->waiter.context = context;
+}
+
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *p) { return p->next; }
 uint32_t shmq_producer_slot_size(const struct shmq_producer *p) { return p->geometry.slot_size; }
 uint32_t shmq_producer_capacity(const struct shmq_producer *p) { return p->geometry.capacity; }

@@ -35,6 +35,16 @@ struct shmq_fork_link {
 void shmq_fork_track(struct shmq_fork_link *link);
 void shmq_fork_untrack(struct shmq_fork_link *link);
 
+/* What ends a handle's waits early (wait.c): shmq_*_interrupt bumps
+ * interrupt_word; a wait that sees it moved past `answered` returns
+ * SHMQ_INTERRUPTED and catches up. `check` runs between slices. */
+struct shmq_waiter {
+    _Atomic uint32_t interrupt_word;
+    uint32_t answered;
+    int (*check)(void *context);
+    void *context;
+};
+
 /* The consumer-state object as one side sees it (consumer_state.c). */
 struct shmq_consumer_state {
     struct shmq_region *region; /* NULL: none (see docs/consumer-state.md) */
@@ -64,6 +74,7 @@ struct shmq_producer {
     unsigned flags;
     char name[SHMQ_NAME_MAX + 1];
     struct shmq_fork_link fork_link;
+    struct shmq_waiter waiter;
 };
 
 struct shmq_consumer {
@@ -82,6 +93,7 @@ struct shmq_consumer {
     uint32_t spin;
     uid_t owner_uid;
     struct shmq_fork_link fork_link;
+    struct shmq_waiter waiter;
 };
 
 /* Point a handle at a mapped, validated ring. shmq_*_open use these; the
@@ -128,6 +140,20 @@ int64_t shmq_now_ns(void);
 int shmq_futex_wait(_Atomic uint32_t *word, uint32_t expected, const struct timespec *deadline);
 void shmq_futex_wake_all(_Atomic uint32_t *word);
 void shmq_futex_wake_one(_Atomic uint32_t *word);
+/* Bumps and wakes the interrupt word, and (where futex_waitv is missing)
+ * the shared word the handle may sleep on. Async-signal-safe. */
+void shmq_waiter_interrupt(struct shmq_waiter *waiter, _Atomic uint32_t *shared);
+/* SHMQ_INTERRUPTED (once per interrupt) or 0. */
+int shmq_waiter_take_interrupt(struct shmq_waiter *waiter);
+/* Sleeps while *shared == expected and no interrupt is pending, until the
+ * absolute CLOCK_MONOTONIC deadline: 0 (woken, or a word differed),
+ * -ETIMEDOUT or -EINTR. */
+int shmq_waiter_sleep(struct shmq_waiter *waiter, _Atomic uint32_t *shared, uint32_t expected,
+                      const struct timespec *deadline);
+/* Between two slices of a wait (signalled: a signal ended the last one):
+ * 0 to go on, SHMQ_INTERRUPTED, or -EINTR (the check said stop, or a signal
+ * arrived and there is no check). */
+int shmq_waiter_between(struct shmq_waiter *waiter, int signalled);
 
 static inline struct shmq_slot *shmq_slot_at(unsigned char *slots, const struct shmq_geometry *g,
                                              uint64_t sequence)

@@ -35,8 +35,11 @@
  *     -EAGAIN           nothing to read (SHMQ_EMPTY); not a failure
  *     -EPIPE            the producer closed the stream and everything has been
  *                       read (SHMQ_ENDED); not a failure
- *     -ETIMEDOUT        a blocking poll's timeout ran out
- *     -EINTR            a blocking poll was interrupted by a signal
+ *     -ETIMEDOUT        a blocking call's timeout ran out
+ *     -EINTR            a blocking call was interrupted by a signal, or its
+ *                       wait check asked it to stop (see WAITING)
+ *     -ECANCELED        shmq_producer_interrupt / shmq_consumer_interrupt
+ *                       ended the wait (SHMQ_INTERRUPTED)
  *     -EMSGSIZE         message larger than slot_size, or buffer too small
  *     -EBUSY            another live producer holds the queue
  *     -EPERM            the queue belongs to another user, or is open wider
@@ -93,6 +96,7 @@ extern "C" {
 #define SHMQ_CORRUPT (-117) /* -EUCLEAN: a corrupt slot */
 #define SHMQ_FULL (-105)    /* -ENOBUFS: lossless, and no room until a consumer reads */
 #define SHMQ_OVERWRITTEN (-116) /* -ESTALE: an in-place read was overwritten meanwhile */
+#define SHMQ_INTERRUPTED (-125) /* -ECANCELED: shmq_*_interrupt ended a wait */
 
 /* Largest message and ring a queue may be created with. */
 #define SHMQ_SLOT_SIZE_MAX (64u * 1024u * 1024u)
@@ -247,6 +251,7 @@ struct shmq_consumer_info {
     uint64_t position; /* next sequence it will read */
     uint64_t lag;      /* messages published that it has not read */
     uint64_t lost;     /* what it lost to overrun */
+    uid_t uid;         /* the user the consumer runs as (from the kernel) */
 };
 
 /* Fills out[0..max) with the live consumers that hold an entry (asking the
@@ -285,6 +290,13 @@ struct shmq_consumer_options {
      * queue such a consumer is a lossy observer: it never holds the producer
      * back, and counts what it loses to overrun. */
     int no_entry;
+    /* How long open waits for a queue that does not exist yet, or whose
+     * producer is still initialising it, in nanoseconds: 0 not at all,
+     * negative forever. It looks every 10 ms; wait_check (if set) is called
+     * between looks, and a non-zero return ends the open with -EINTR. */
+    int64_t wait_ns;
+    int (*wait_check)(void *context);
+    void *wait_context;
 };
 
 /* Opens a consumer on an existing queue. The ring is opened read-only and
@@ -420,6 +432,68 @@ int shmq_consumer_unlinked(const struct shmq_consumer *consumer);
 /* Frees the consumer's entry, unmaps. Accepts NULL. Never unlinks. */
 void shmq_consumer_close(struct shmq_consumer *consumer);
 
+/* ----------------------------------------------------------------- waiting */
+
+/*
+ * WAITING
+ *   Every blocking call (shmq_producer_publish_wait, _publish_many_wait,
+ *   _claim_wait, _wait_room; shmq_consumer_wait, _wait_flags, _poll_wait)
+ *   waits in the core, sleeping in slices of at most 100 ms, and ends early
+ *   in two ways besides its own condition and timeout:
+ *
+ *   - shmq_producer_interrupt / shmq_consumer_interrupt, from any thread or
+ *     from a signal handler, make the wait in progress on that handle (or,
+ *     if none is, the next one to start) return SHMQ_INTERRUPTED promptly.
+ *     They only set a flag and wake the sleeper: they never free anything.
+ *     To close a handle another thread waits on, interrupt it, let that
+ *     thread return, then close.
+ *   - A wait check, set per handle, is called by the waiting thread between
+ *     slices and whenever a signal interrupted its sleep; a non-zero return
+ *     ends the wait with -EINTR. Without one, a signal that interrupts the
+ *     sleep ends the wait with -EINTR (the old behaviour). A language
+ *     binding uses it to run its signal handlers (Ctrl-C) while waiting.
+ */
+
+/* Async-signal-safe; any thread. */
+void shmq_producer_interrupt(struct shmq_producer *producer);
+void shmq_consumer_interrupt(struct shmq_consumer *consumer);
+
+/* check NULL removes it. The handle's thread only, not during a wait. */
+void shmq_producer_set_wait_check(struct shmq_producer *producer, int (*check)(void *context),
+                                  void *context);
+void shmq_consumer_set_wait_check(struct shmq_consumer *consumer, int (*check)(void *context),
+                                  void *context);
+
+/* ------------------------------------------------------------- inspecting */
+
+/* A queue as shmq_inspect sees it. */
+struct shmq_queue_info {
+    uint32_t slot_size;
+    uint32_t capacity;
+    uint32_t max_consumers; /* consumer entries */
+    int lossless;           /* 1 lossless, 0 lossy */
+    uint64_t first_sequence;
+    uint64_t head;          /* the sequence the producer publishes next */
+    int producer_alive;     /* 1 if a live producer holds the queue, else 0 */
+    int ended;              /* 1 if the producer closed the stream (and none reopened it) */
+    uid_t owner_uid;        /* owner of the ring */
+    mode_t mode;            /* permission bits of the ring */
+    uint64_t ring_bytes;    /* size of the ring in /dev/shm */
+    uint64_t state_bytes;   /* memory of the consumer state: wake page and live entries */
+};
+
+/* Looks at queue `name` without taking anything and without writing: it
+ * validates the ring as an attaching consumer does, asks the kernel whether
+ * the producer and each consumer entry are alive, and copies each live
+ * entry (validated). Fills *info, and out[0..max) with live consumers
+ * (out may be NULL when max is 0).
+ * Returns how many consumers are live (possibly more than max; only max
+ * are stored), or -ENOENT, -EINVAL, -ENAMETOOLONG, -EACCES, -EPROTO (not a
+ * shmq ring: foreign, or not a regular file), -ENODATA, -EPROTONOSUPPORT,
+ * -EBADMSG, -ENOMEM, -EMFILE. Any thread; a few syscalls per entry. */
+int shmq_inspect(const char *name, struct shmq_queue_info *info, struct shmq_consumer_info *out,
+                 size_t max);
+
 /* ------------------------------------------------------------------ misc */
 
 /* Flags for shmq_unlink. */
@@ -436,6 +510,12 @@ int shmq_unlink(const char *name, unsigned flags);
 /* 1 if queue `name` exists (even one the caller may not open), 0 if not, or
  * -EINVAL / -ENAMETOOLONG for a bad name. */
 int shmq_exists(const char *name);
+
+/* Bytes a new queue with this geometry takes in /dev/shm (ring and control
+ * page; NULL: the defaults), or -EINVAL / -EFBIG for a geometry
+ * shmq_producer_open would refuse. For sizing a ring, and for telling a user
+ * how much room a failed creation (-ENOSPC) wanted. */
+int64_t shmq_queue_size(const struct shmq_config *config);
 
 /* A static sentence for any value these functions return. */
 const char *shmq_strerror(int code);
