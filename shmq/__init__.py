@@ -41,7 +41,8 @@ from ._shmq import (
 
 from ._aio import Consumer
 
-__version__ = "0.2.0"
+from importlib.metadata import version as _dist_version
+__version__ = _dist_version(__name__)  # written once, in pyproject.toml
 
 __all__ = [
     "Producer",
