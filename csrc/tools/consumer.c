@@ -2,11 +2,25 @@
  * consumer NAME [--count N] [--timeout SECONDS] [--from earliest|latest] [--spin N]
  *               [--no-register]
  *
- * Attaches to queue NAME (waiting up to --timeout for it to appear), verifies
- * every byte of every message (pattern.h), and stops after --count messages
- * have been received or lost, when no message arrives for --timeout seconds
- * (default 10), or on SIGINT/SIGTERM. Ends with exactly one line:
+ * Reads queue NAME, verifies every byte of every message (pattern.h), and
+ * stops after --count messages have been received or lost, when nothing
+ * arrives for --timeout seconds (default 10; "inf" waits forever), or on
+ * SIGINT/SIGTERM. Ends with exactly one line:
  *   received=N lost=M corrupt=K
+ *
+ * It can be started before its producer, and outlives producer runs:
+ * - A queue that does not exist yet is waited for (the wait counts against
+ *   --timeout) and read from its earliest message: all of it is newer than
+ *   this consumer, so nothing published before the open is missed.
+ * - When a producer closes the stream, it waits on for the next producer
+ *   run (SHMQ_WAIT_PAST_END) rather than exiting.
+ * - When the queue it reads was removed (shmq rm, shmq_unlink), it reads what
+ *   is left, then waits for a queue of that name to appear again and reads
+ *   that one from its earliest message; counts carry over.
+ * --from says where to start in a queue that exists at the start: latest
+ * (default), only what is published from then on; earliest, the oldest
+ * message still in the ring.
+ *
  * Before sleeping it polls --spin times (default 20000, a few tens of
  * microseconds): a consumer that sleeps whenever it catches up makes the
  * producer pay a wake-up syscall for nearly every message.
@@ -14,10 +28,12 @@
  * and it loses nothing; with --no-register it takes no consumer entry and
  * reads as a lossy observer, counting what it loses.
  * Exit status: 0 when --count was reached (or none was given), 3 when the
- * timeout ended it first, 1 on error (one line on stderr).
+ * timeout ended it first (or the queue never appeared), 1 on error (one line
+ * on stderr, and no counts).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,27 +44,86 @@
 #include "cli.h"
 #include "pattern.h"
 
+/* Longest sleep between two looks at whether the queue was removed. */
+#define UNLINK_CHECK_NS (100 * 1000 * 1000)
+
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) { (void)sig; stop = 1; }
+/* The wait check of every open and wait: SIGINT/SIGTERM end them at once. */
+static int stop_requested(void *context) { (void)context; return stop; }
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: consumer NAME [--count N] [--timeout SECONDS] [--from earliest|latest] [--spin N] "
-                    "[--no-register]\n");
+    fprintf(stderr, "usage: consumer NAME [--count N] [--timeout SECONDS|inf] [--from earliest|latest] "
+                    "[--spin N] [--no-register]\n");
     exit(2);
 }
 
-static int open_when_ready(struct shmq_consumer **c, const char *name,
-                           const struct shmq_consumer_options *options, double timeout)
+/* Nanoseconds until `deadline` (cli_now seconds; INFINITY: -1, forever), at least 0. */
+static int64_t ns_until(double deadline)
 {
-    double give_up = cli_now() + timeout;
-    for (;;) {
-        int rc = shmq_consumer_open_with(c, name, options);
-        /* A queue that is missing, or still being created, may appear soon. */
-        if ((rc != -ENOENT && rc != -ENODATA) || cli_now() >= give_up || stop)
-            return rc;
-        usleep(2000);
+    if (isinf(deadline))
+        return -1;
+    double left = deadline - cli_now();
+    if (left > 1e9) /* over 30 years: forever, and no overflow */
+        return -1;
+    return left > 0 ? (int64_t)(left * 1e9) : 0;
+}
+
+/* Reading state that outlives one handle: counts carry across reattaching. */
+struct reader {
+    const char *name;
+    struct shmq_consumer *c;
+    struct shmq_consumer_options options;
+    uint32_t spin;
+    unsigned char *buf;
+    size_t buf_size;
+    uint64_t lost_before; /* lost by the handles closed before c */
+};
+
+static uint64_t reader_lost(const struct reader *r)
+{
+    return r->lost_before + (r->c ? shmq_consumer_lost(r->c) : 0);
+}
+
+/* Opens r->c; a queue that is missing (or still being made) is waited for
+ * until `deadline`, and then read from its earliest message. Returns 0 or a
+ * negative errno (-ENOENT: it did not appear in time). */
+static int reader_open(struct reader *r, enum shmq_start start, double deadline)
+{
+    r->options.start = start;
+    r->options.wait_ns = 0;
+    int rc = shmq_consumer_open_with(&r->c, r->name, &r->options);
+    if (rc == -ENOENT || rc == -ENODATA) {
+        r->options.start = SHMQ_START_EARLIEST;
+        r->options.wait_ns = ns_until(deadline);
+        rc = r->options.wait_ns == 0 ? rc : shmq_consumer_open_with(&r->c, r->name, &r->options);
     }
+    if (rc < 0) {
+        r->c = NULL;
+        return rc;
+    }
+    shmq_consumer_set_spin(r->c, r->spin);
+    shmq_consumer_set_wait_check(r->c, stop_requested, NULL);
+    size_t need = shmq_consumer_slot_size(r->c);
+    if (need > r->buf_size) {
+        unsigned char *buf = realloc(r->buf, need);
+        if (buf == NULL) {
+            shmq_consumer_close(r->c);
+            r->c = NULL;
+            return -ENOMEM;
+        }
+        r->buf = buf;
+        r->buf_size = need;
+    }
+    return 0;
+}
+
+static void reader_close(struct reader *r)
+{
+    r->lost_before = reader_lost(r);
+    shmq_consumer_close(r->c);
+    r->c = NULL;
 }
 
 int main(int argc, char **argv)
@@ -79,51 +154,79 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    struct shmq_consumer *c;
-    struct shmq_consumer_options options = {.start = start, .no_entry = no_register};
-    int rc = open_when_ready(&c, name, &options, timeout);
-    if (rc < 0) {
+    struct reader r = {
+        .name = name,
+        .options = {.no_entry = no_register, .wait_check = stop_requested},
+        .spin = spin > UINT32_MAX ? UINT32_MAX : (uint32_t)spin,
+    };
+    /* Nothing has arrived for --timeout seconds once cli_now() passes idle_until. */
+    double idle_until = cli_now() + timeout;
+    int rc = reader_open(&r, start, idle_until);
+    int status = 0;
+    if ((rc == -ENOENT || rc == -ENODATA) && !stop) {
+        fprintf(stderr, "consumer: %s: no such queue after %g s\n", name, timeout);
+        status = 3;
+    } else if (rc < 0 && !stop) {
         fprintf(stderr, "consumer: %s: %s\n", name, shmq_strerror(rc));
         return 1;
     }
-    shmq_consumer_set_spin(c, spin > UINT32_MAX ? UINT32_MAX : (uint32_t)spin);
-    size_t buf_size = shmq_consumer_slot_size(c);
-    unsigned char *buf = malloc(buf_size ? buf_size : 1);
     uint64_t received = 0, corrupt = 0;
-    int status = 0;
-    int64_t timeout_ns = (int64_t)(timeout * 1e9);
-    while (!stop && (count == 0 || received + corrupt + shmq_consumer_lost(c) < count)) {
+    while (!stop && r.c != NULL && (count == 0 || received + corrupt + reader_lost(&r) < count)) {
         size_t len;
-        rc = shmq_consumer_poll_wait(c, buf, buf_size, &len, timeout_ns);
-        if (rc == -EINTR)
+        rc = shmq_consumer_poll(r.c, r.buf, r.buf_size, &len);
+        if (rc == 0) {
+            uint64_t i;
+            if (shmq_pattern_check(r.buf, len, &i))
+                received++;
+            else
+                corrupt++;
+            idle_until = cli_now() + timeout;
             continue;
-        if (rc == -ETIMEDOUT) {
-            status = count ? 3 : 0;
-            break;
         }
         if (rc == SHMQ_CORRUPT) {
             corrupt++;
             continue;
         }
-        if (rc == SHMQ_ENDED) {
-            fprintf(stderr, "consumer: the producer closed the stream\n");
-            status = count && received + corrupt + shmq_consumer_lost(c) < count ? 3 : 0;
-            break;
-        }
-        if (rc < 0) {
+        if (rc != SHMQ_EMPTY) {
             fprintf(stderr, "consumer: poll: %s\n", shmq_strerror(rc));
             status = 1;
             break;
         }
-        uint64_t i;
-        if (shmq_pattern_check(buf, len, &i))
-            received++;
-        else
-            corrupt++;
+        int64_t left = ns_until(idle_until);
+        if (left == 0) {
+            status = count ? 3 : 0;
+            break;
+        }
+        /* Past the end of a stream it waits on for the next producer run; in
+         * slices, to notice that the queue was removed. */
+        int64_t slice = left < 0 || left > UNLINK_CHECK_NS ? UNLINK_CHECK_NS : left;
+        rc = shmq_consumer_wait_flags(r.c, slice, SHMQ_WAIT_PAST_END);
+        if (rc == 0 || rc == -EINTR)
+            continue;
+        if (rc != -ETIMEDOUT) {
+            fprintf(stderr, "consumer: wait: %s\n", shmq_strerror(rc));
+            status = 1;
+            break;
+        }
+        if (shmq_consumer_unlinked(r.c) == 1) {
+            /* Removed, and nothing came for a whole slice: the name may
+             * belong to a new queue, or will. */
+            reader_close(&r);
+            rc = reader_open(&r, SHMQ_START_EARLIEST, idle_until);
+            if (rc == -ENOENT || rc == -ENODATA || (rc < 0 && stop)) {
+                status = count && !stop ? 3 : 0;
+                break;
+            }
+            if (rc < 0) {
+                fprintf(stderr, "consumer: %s: %s\n", name, shmq_strerror(rc));
+                status = 1;
+                break;
+            }
+        }
     }
     printf("received=%llu lost=%llu corrupt=%llu\n", (unsigned long long)received,
-           (unsigned long long)shmq_consumer_lost(c), (unsigned long long)corrupt);
-    free(buf);
-    shmq_consumer_close(c);
+           (unsigned long long)reader_lost(&r), (unsigned long long)corrupt);
+    free(r.buf);
+    shmq_consumer_close(r.c);
     return status;
 }
