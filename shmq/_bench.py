@@ -12,6 +12,7 @@ source repository (FULL_SUITE).
 """
 import multiprocessing as mp
 import os
+import sys
 import time
 
 import shmq
@@ -55,10 +56,15 @@ def _consume(name, ready, done, end, deadline, results):
         results.send(("error", f"{type(e).__name__}: {e}"))
 
 
+def _error(text):
+    """Errors go to stderr, one line, as every shmq command's do."""
+    print(f"shmq bench: error: {text.splitlines()[0] if text else ''}", file=sys.stderr)
+
+
 def run(seconds=3.0, size=64, capacity=None) -> int:
     """Runs the measurement, prints it, and returns the exit status."""
     if seconds <= 0 or size < 1:
-        print("shmq bench: error: --seconds and --size must be positive")
+        _error("--seconds and --size must be positive")
         return 2
     capacity = capacity or default_capacity(size)
     name = f"bench-{os.getpid()}-{time.monotonic_ns() % 10**9}"
@@ -70,7 +76,7 @@ def run(seconds=3.0, size=64, capacity=None) -> int:
     try:
         producer = shmq.Producer(name, slot_size=size, capacity=capacity, unlink_on_close=True)
     except (shmq.ShmqError, ValueError) as e:
-        print(f"shmq bench: error: {e}")
+        _error(str(e))
         return 2
     print(f"shmq bench: queue '{name}', 1 producer -> 1 consumer process, {size}-byte messages, "
           f"publish() / poll() one call per message, {seconds:g} s, ring of {capacity:,} slots")
@@ -83,7 +89,7 @@ def run(seconds=3.0, size=64, capacity=None) -> int:
             # it never saw would count neither as received nor as lost.
             while not ready.wait(0.1):
                 if not consumer.is_alive():
-                    print("shmq bench: error: the consumer process died before it attached")
+                    _error("the consumer process died before it attached")
                     return 1
             msg = bytes(size)
             publish = producer.publish
@@ -98,7 +104,7 @@ def run(seconds=3.0, size=64, capacity=None) -> int:
             end.value = producer.next_sequence
             done.set()
             if not results_in.poll(60):
-                print("shmq bench: error: the consumer did not finish within 60 s")
+                _error("the consumer did not finish within 60 s")
                 return 1
             outcome = results_in.recv()
         finally:
@@ -107,7 +113,7 @@ def run(seconds=3.0, size=64, capacity=None) -> int:
                 consumer.kill()
                 consumer.join()
     if outcome[0] == "error":
-        print(f"shmq bench: error in the consumer: {outcome[1]}")
+        _error(f"in the consumer: {outcome[1]}")
         return 1
     _, received, lost, finished = outcome
     exact = received + lost == published
