@@ -2,13 +2,16 @@
 import argparse
 import sys
 
-EPILOG = """exit codes:
+DOCS = "https://github.com/shmq/shmq/blob/main/docs"
+
+EPILOG = f"""exit codes:
   0  ok
   1  an operation failed (e.g. rm refused a queue with a live producer)
   2  usage error
   3  no such queue
 
-Ctrl-C ends stat --watch and tail --follow cleanly (exit 0). See docs/cli.md."""
+Ctrl-C ends stat --watch and tail --follow cleanly (exit 0).
+What each command shows, and where it comes from: {DOCS}/cli.md"""
 
 
 def _positive(text):
@@ -25,9 +28,19 @@ def _count(text):
     return value
 
 
+def _at_least_one(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text}")
+    return value
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="shmq", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"shmq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{ls,stat,tail,rm,demo,bench,bridge}")
 
     def listing(name, **kw):
@@ -36,11 +49,13 @@ def _parser():
         return p
 
     sub.add_parser("bridge", help="carry a queue to other hosts over Zenoh: bridge out|in "
-                                  "(pip install shmq[bridge]; see docs/bridge.md)")
-    listing("ls", help="list the queues in /dev/shm: owner, size, geometry, head, producer, consumers")
+                                  f"(pip install shmq[bridge]; see {DOCS}/bridge.md)")
+    listing("ls", help="list the queues in /dev/shm: owner, size, geometry, mode, head, producer, "
+                       "consumers")
     listing("list")  # hidden alias of ls: no help= keeps it out of the listing
 
-    stat = sub.add_parser("stat", help="one queue in detail: publish rate and each live consumer's lag",
+    stat = sub.add_parser("stat", help="one queue in detail: publish rate, each live consumer's lag, "
+                                       "who holds a lossless producer back",
                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     stat.add_argument("name")
     stat.add_argument("--json", action="store_true", help="one JSON object (one per line with --watch)")
@@ -53,9 +68,16 @@ def _parser():
     tail.add_argument("name")
     tail.add_argument("-n", type=_count, default=10, metavar="N", help="start N messages back (default 10)")
     tail.add_argument("-f", "--follow", action="store_true",
-                      help="keep printing new messages until Ctrl-C or the end of the stream")
+                      help="keep printing new messages until Ctrl-C, --count or --timeout: waits "
+                           "for the queue to appear, and follows it across producer runs and "
+                           "across its removal and re-creation")
+    tail.add_argument("--count", type=_at_least_one, metavar="N",
+                      help="exit after printing N messages")
+    tail.add_argument("--timeout", type=_positive, metavar="S",
+                      help="with --follow: exit when nothing arrived for S seconds (default: wait "
+                           "forever); a queue that did not appear by then exits 3")
     tail.add_argument("--format", choices=("text", "hex", "len", "json"), default="text",
-                      help="text: utf-8, one line each; hex; len: sequence and length; "
+                      help="text: utf-8, one line each, control characters escaped; hex; len: sequence and length; "
                            "json: seq, len, data (base64) and text when it is utf-8")
 
     def removal(name, **kw):
@@ -65,25 +87,28 @@ def _parser():
         p.add_argument("names", nargs="*", metavar="NAME")
         p.add_argument("--force", action="store_true", help="remove even a queue with a live producer")
         p.add_argument("--stale", action="store_true",
-                       help="also remove every queue without a live producer, and consumer-state "
-                            "files whose queue is gone")
+                       help="also remove every queue with neither a live producer nor a live "
+                            "consumer, and consumer-state files whose queue is gone")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print what would be removed, remove nothing")
         return p
 
     removal("rm", help="remove queues (e.g. left behind by a crash)")
     removal("unlink")  # hidden alias of rm
 
     demo = sub.add_parser("demo", help="one producer, two consumers, live rates and loss counts")
-    demo.add_argument("--seconds", type=float, default=4.0, help="how long to publish (default 4)")
-    demo.add_argument("--size", type=int, default=64, help="message size in bytes (default 64)")
-    demo.add_argument("--capacity", type=int, default=4096, help="ring slots (default 4096)")
+    demo.add_argument("--seconds", type=_positive, default=4.0, help="how long to publish (default 4)")
+    demo.add_argument("--size", type=_at_least_one, default=64, help="message size in bytes (default 64)")
+    demo.add_argument("--capacity", type=_at_least_one, default=4096, help="ring slots (default 4096)")
     bench = sub.add_parser(
         "bench", help="a quick measurement of shmq alone: 1 producer -> 1 consumer process",
         description="Publishes for a few seconds from one process and polls from another, one call "
                     "per message, and prints both rates and the loss count. The full suite against "
                     "other IPC libraries is benchmarks/run.py in the source repository.")
-    bench.add_argument("--seconds", type=float, default=3.0, help="how long to publish (default 3)")
-    bench.add_argument("--size", type=int, default=64, help="message size in bytes (default 64)")
-    bench.add_argument("--capacity", type=int, help="ring slots (default 65536, fewer for big messages)")
+    bench.add_argument("--seconds", type=_positive, default=3.0, help="how long to publish (default 3)")
+    bench.add_argument("--size", type=_at_least_one, default=64, help="message size in bytes (default 64)")
+    bench.add_argument("--capacity", type=_at_least_one,
+                       help="ring slots, a power of two (default 65536, fewer for big messages)")
     # Hide the aliases from the subcommand list in --help.
     sub._choices_actions = [a for a in sub._choices_actions if a.dest not in ("list", "unlink")]
     return parser
@@ -105,10 +130,13 @@ def _run(args, parser):
     if args.command == "stat":
         return _tools.stat_queue(args.name, as_json=args.json, watch=args.watch, interval=args.interval)
     if args.command == "tail":
-        return _tools.tail_queue(args.name, count=args.n, follow=args.follow, fmt=args.format)
+        if args.timeout is not None and not args.follow:
+            parser.error("tail: --timeout needs --follow")
+        return _tools.tail_queue(args.name, count=args.n, follow=args.follow, fmt=args.format,
+                                 limit=args.count, timeout=args.timeout)
     if not args.names and not args.stale:
         parser.error(f"{args.command}: give queue names or --stale")
-    return _tools.unlink_queues(args.names, force=args.force, stale=args.stale)
+    return _tools.unlink_queues(args.names, force=args.force, stale=args.stale, dry_run=args.dry_run)
 
 
 def main(argv=None) -> int:
@@ -135,7 +163,7 @@ def main(argv=None) -> int:
         if isinstance(e, _tools.NoQueue):
             print(f"shmq {args.command}: no queue {e.args[0]!r}", file=sys.stderr)
             return _tools.EXIT_NO_QUEUE
-        text = str(e).splitlines()[0] if str(e) else ""
+        text = _tools.printable(str(e).splitlines()[0]) if str(e) else ""
         print(f"shmq {args.command}: {type(e).__name__}: {text}", file=sys.stderr)
         return 1
 

@@ -5,19 +5,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import shmq
-
-ROOT = Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
-
-
-def _cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "shmq", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV, cwd=ROOT)
+from cli_helpers import ENV, ROOT, needs_inspect
+from cli_helpers import cli as _cli
 
 
 def _spawn(code, *args):
@@ -53,6 +46,7 @@ def _row(out, name):
     return next(line.split() for line in out.splitlines() if line.split()[0] == name)
 
 
+@needs_inspect
 def test_ls_shows_a_live_and_an_ended_queue_in_columns_and_json(names):
     live, ended = names(), names()
     shmq.Producer(ended, slot_size=64, capacity=16).close()
@@ -64,18 +58,23 @@ def test_ls_shows_a_live_and_an_ended_queue_in_columns_and_json(names):
         listing = _cli("ls", "--json")
     assert table.returncode == 0 and listing.returncode == 0, table.stderr + listing.stderr
     assert table.stdout.splitlines()[0].split() == [
-        "NAME", "OWNER", "BYTES", "SLOT", "SLOTS", "HEAD", "PRODUCER", "CONSUMERS"]
-    assert _row(table.stdout, live)[3:] == ["32", "8", "2", "live", "1"]
-    assert _row(table.stdout, ended)[3:] == ["64", "16", "0", "ended", "0"]
+        "NAME", "OWNER", "BYTES", "SLOT", "SLOTS", "MODE", "HEAD", "PRODUCER", "CONSUMERS", "REGISTERED"]
+    assert _row(table.stdout, live)[3:] == ["32", "8", "lossy", "2", "live", "1", "0"]
+    assert _row(table.stdout, ended)[3:] == ["64", "16", "lossy", "0", "ended", "0", "0"]
     rows = {r["name"]: r for r in json.loads(listing.stdout)}
     r = rows[live]
     assert (r["slot_size"], r["capacity"], r["head"], r["producer_alive"], r["ended"], r["consumers"]) \
         == (32, 8, 2, True, False, 1)
-    assert r["owner_uid"] == os.geteuid() and r["size"] > os.stat(f"/dev/shm/shmq-{live}").st_size
+    assert (r["lossless"], r["registered"], r["holding_back"]) == (False, 0, None)
+    assert [(e["pid"], e["uid"], e["registered"], e["position"], e["lag"]) for e in r["entries"]] \
+        == [(os.getpid(), os.geteuid(), False, 0, 2)]
+    assert r["owner_uid"] == os.geteuid() and r["size"] == r["ring_bytes"] + r["state_bytes"]
+    assert r["ring_bytes"] == os.stat(f"/dev/shm/shmq-{live}").st_size and r["permissions"] == "0600"
     assert (rows[ended]["producer_alive"], rows[ended]["ended"]) == (False, True)
     assert not any(name.endswith(".consumers") for name in rows)
 
 
+@needs_inspect
 def test_ls_shows_a_foreign_shmq_file_as_invalid_not_an_error(names):
     foreign = names()
     with open(f"/dev/shm/shmq-{foreign}", "wb") as f:
@@ -87,6 +86,7 @@ def test_ls_shows_a_foreign_shmq_file_as_invalid_not_an_error(names):
     assert "invalid" in {r["name"]: r for r in json.loads(listing.stdout)}[foreign]
 
 
+@needs_inspect
 def test_ls_shows_a_queue_unlinked_while_still_open_with_its_pids(names):
     name = names()
     with shmq.Producer(name, slot_size=16, capacity=8) as p, shmq.Consumer(name) as c:
@@ -101,6 +101,7 @@ def test_ls_shows_a_queue_unlinked_while_still_open_with_its_pids(names):
     assert name not in {r["name"] for r in json.loads(_cli("ls", "--json").stdout)}
 
 
+@needs_inspect
 def test_stat_json_shows_each_consumers_lag_and_a_positive_rate(names):
     name = names()
     publisher = _spawn(PUBLISHER, name)
@@ -147,17 +148,20 @@ def test_tail_n_prints_the_last_messages_in_each_format(names, fmt):
     assert (lines if fmt != "json" else [json.loads(line) for line in lines]) == expected
 
 
-def test_tail_follow_prints_later_messages_and_exits_when_the_producer_closes(names):
+def test_tail_follow_prints_later_messages_past_the_producers_close_until_its_count(names):
     name = names()
     p = shmq.Producer(name, slot_size=64, capacity=16)
     p.publish(b"before")
-    tail = subprocess.Popen([sys.executable, "-m", "shmq", "tail", name, "-n", "0", "--follow"],
+    tail = subprocess.Popen([sys.executable, "-m", "shmq", "tail", name, "-n", "0", "--follow",
+                             "--count", "3"],
                             env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)  # let it open the queue
-        for i in range(3):
+        for i in range(2):
             p.publish(f"later {i}".encode())
-        p.close()
+        p.close()  # the tail waits on for the next producer run
+        with shmq.Producer(name) as again:
+            again.publish(b"later 2")
         out, err = tail.communicate(timeout=30)
     finally:
         p.close()
@@ -179,6 +183,7 @@ def test_rm_refuses_a_live_queue_unless_forced(names):
         assert not shmq.exists(name)
 
 
+@needs_inspect
 def test_rm_stale_removes_only_queues_without_a_live_producer(names):
     live, ended = names(), names()
     shmq.Producer(ended, slot_size=64, capacity=16).close()
@@ -204,3 +209,5 @@ def test_help_lists_every_subcommand_and_the_exit_codes():
         assert f"    {command} " in run.stdout
     assert "3  no such queue" in run.stdout
     assert _cli("frobnicate").returncode == 2
+    version = _cli("--version")
+    assert version.returncode == 0 and version.stdout == f"shmq {shmq.__version__}\n"

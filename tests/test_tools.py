@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import shmq
-
+from cli_helpers import needs_inspect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,6 +15,7 @@ def _cli(*args, cwd):
                           timeout=60, cwd=cwd, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
+@needs_inspect
 def test_list_shows_geometry_and_producer_and_unlink_removes(names, tmp_path):
     live, stale, foreign = names(), names(), names()
     shmq.Producer(stale, slot_size=64, capacity=16).close()
@@ -24,8 +25,8 @@ def test_list_shows_geometry_and_producer_and_unlink_removes(names, tmp_path):
         p.publish(b"x")
         out = _cli("list", cwd=tmp_path).stdout
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert lines[live].split()[3:7] == ["32", "8", "1", "live"]
-    assert lines[stale].split()[3:7] == ["64", "16", "0", "ended"]
+    assert lines[live].split()[3:8] == ["32", "8", "lossy", "1", "live"]
+    assert lines[stale].split()[3:8] == ["64", "16", "lossy", "0", "ended"]
     assert "invalid:" in lines[foreign]
     run = _cli("unlink", stale, foreign, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
