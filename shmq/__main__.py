@@ -17,7 +17,7 @@ What each command shows, and where it comes from: {DOCS}/cli.md"""
 def _positive(text):
     value = float(text)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
     return value
 
 
@@ -31,7 +31,7 @@ def _count(text):
 def _at_least_one(text):
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more: {text}")
+        raise argparse.ArgumentTypeError(f"must be positive (an integer): {text}")
     return value
 
 
@@ -77,8 +77,9 @@ def _parser():
                       help="with --follow: exit when nothing arrived for S seconds (default: wait "
                            "forever); a queue that did not appear by then exits 3")
     tail.add_argument("--format", choices=("text", "hex", "len", "json"), default="text",
-                      help="text: utf-8, one line each, control characters escaped; hex; len: sequence and length; "
-                           "json: seq, len, data (base64) and text when it is utf-8")
+                      help="text: utf-8, one line each, control characters escaped; hex; "
+                           "len: sequence and length; json: seq, len, data (base64) and text "
+                           "when it is utf-8")
 
     def removal(name, **kw):
         p = sub.add_parser(name, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -114,6 +114,15 @@ def _not_regular(mode):
     return f"not a regular file ({kind})"
 
 
+def _regular(name):
+    """False if something other than a regular file sits under queue name
+    (nothing may open it: a FIFO would block); True otherwise, missing included."""
+    try:
+        return stat.S_ISREG(os.lstat(_path(name)).st_mode)
+    except FileNotFoundError:
+        return True
+
+
 def _reason(e, name=None):
     if isinstance(e, OSError) and e.strerror:
         text = e.strerror
@@ -397,6 +406,8 @@ def _open_tail(name, count, follow, idle):
     An existing queue is read from count messages back, at most one ring; with
     follow, a queue that does not exist yet is waited for (up to idle) and read
     from its earliest message, since all of it is newer than this tail."""
+    if not _regular(name):
+        _usable(name)  # raises, saying what it is
     try:
         with shmq.Consumer(name, register=False) as probe:
             head, capacity = probe.position, probe.capacity
@@ -440,7 +451,10 @@ def tail_queue(name, count=10, follow=False, fmt="text", limit=None, timeout=Non
             if follow and left == 0:
                 return EXIT_OK
             # poll(timeout) waits on past the end of a stream, for the next producer run.
-            data = consumer.poll(min(0.2, left) if left is not None else 0.2) if follow else consumer.poll(0)
+            if follow:
+                data = consumer.poll(0.2 if left is None else min(0.2, left))
+            else:
+                data = consumer.poll(0)
             if consumer.lost != lost:
                 _emit(f"shmq tail: lost {consumer.lost - lost} messages (the producer lapped this reader)", err)
                 lost = consumer.lost
@@ -481,15 +495,18 @@ def unlink_queues(names, force=False, stale=False, dry_run=False, out=sys.stdout
     missing = False
     for name in names:
         try:
+            regular = _regular(name)
             if dry_run:
-                if not shmq.exists(name):  # also refuses a bad name, as unlink would
-                    raise NoQueue(name)
                 info = describe(name)
+                if regular:
+                    shmq.exists(name)  # refuses a bad name, as unlink would
                 if not force and info.get("producer_alive"):
                     raise shmq.ProducerBusy(name)
                 _emit(f"would remove {_name(name)}", out)
                 continue
-            shmq.unlink(name, force=force)
+            # No producer can hold what is not a regular file; force spares
+            # the core from opening it to ask.
+            shmq.unlink(name, force=force or not regular)
             _remove_bridge_status(name)
             _emit(f"removed {_name(name)}", out)
         except (shmq.QueueNotFound, NoQueue):
