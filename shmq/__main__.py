@@ -89,7 +89,7 @@ def _parser():
         p.add_argument("--force", action="store_true", help="remove even a queue with a live producer")
         p.add_argument("--stale", action="store_true",
                        help="also remove every queue with neither a live producer nor a live "
-                            "consumer, and consumer-state files whose queue is gone")
+                            "consumer, and the lock files of queues that are gone")
         p.add_argument("--dry-run", action="store_true",
                        help="print what would be removed, remove nothing")
         return p

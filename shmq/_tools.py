@@ -23,10 +23,14 @@ import time
 import shmq
 
 SHM_DIR = "/dev/shm"
-# The queue's own auxiliary files, which are not queues: its consumer-state
-# object, and the status file of a `bridge in` that feeds it (shmq/bridge.py).
+# The queue's own auxiliary files, which are not queues: the core's lock files
+# (the consumer state's and the producer's), and the status file of a
+# `bridge in` that feeds it (shmq/bridge.py). No queue name may end in them.
 STATE_SUFFIX = ".consumers"
+PRODUCER_SUFFIX = ".producer"
 BRIDGE_SUFFIX = ".bridge"
+CORE_SUFFIXES = (STATE_SUFFIX, PRODUCER_SUFFIX)
+AUX_SUFFIXES = CORE_SUFFIXES + (BRIDGE_SUFFIX,)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_QUEUE = 0, 1, 2, 3
 
@@ -89,16 +93,20 @@ def queue_names():
     """Names of the files shmq-NAME in /dev/shm, auxiliary files excluded, sorted."""
     prefix = shmq.NAME_PREFIX
     return sorted(f[len(prefix):] for f in _shm_files()
-                  if f.startswith(prefix) and not f.endswith((STATE_SUFFIX, BRIDGE_SUFFIX)))
+                  if f.startswith(prefix) and not f.endswith(AUX_SUFFIXES))
 
 
-def _orphan_state_names():
-    """Names whose NAME.consumers file exists without its ring."""
+def _orphans():
+    """(name, suffix) of the core's files (NAME.consumers, NAME.producer)
+    that exist without their ring."""
     files = set(_shm_files())
     prefix = shmq.NAME_PREFIX
-    return sorted(f[len(prefix):-len(STATE_SUFFIX)] for f in files
-                  if f.startswith(prefix) and f.endswith(STATE_SUFFIX)
-                  and f[:-len(STATE_SUFFIX)] not in files)
+    found = []
+    for f in sorted(files):
+        for suffix in CORE_SUFFIXES:
+            if f.startswith(prefix) and f.endswith(suffix) and f[:-len(suffix)] not in files:
+                found.append((f[len(prefix):-len(suffix)], suffix))
+    return found
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"),
@@ -253,7 +261,7 @@ def unlinked_but_open():
                     if not (path.startswith(prefix) and path.endswith(" (deleted)")):
                         continue
                     name = path[len(prefix):-len(" (deleted)")]
-                    if name.endswith(STATE_SUFFIX):
+                    if name.endswith(AUX_SUFFIXES):
                         continue
                     if int(pid) not in found.setdefault(name, []):
                         found[name].append(int(pid))
@@ -552,11 +560,11 @@ def _remove_stale(dry_run, out, err) -> int:
         except (shmq.ShmqError, ValueError, OSError) as e:
             _emit(f"shmq rm: {_name(name)}: {printable(_reason(e, name))}", err)
             status = EXIT_FAILED
-    # A consumer-state object whose ring is gone: shmq.unlink removes it (the
+    # A lock file of the core whose ring is gone: shmq.unlink removes it (the
     # core knows what it is; this module never opens it).
-    for name in _orphan_state_names():
+    for name, suffix in _orphans():
         try:
-            if not stat.S_ISREG(os.lstat(_path(name, STATE_SUFFIX)).st_mode):
+            if not stat.S_ISREG(os.lstat(_path(name, suffix)).st_mode):
                 continue  # not the core's: a FIFO, a directory...
             if shmq.exists(name):
                 continue  # its queue was made meanwhile
@@ -565,10 +573,10 @@ def _remove_stale(dry_run, out, err) -> int:
         try:
             if not dry_run:
                 shmq.unlink(name)
-            _emit(f"{verb} {_name(name)}{STATE_SUFFIX} (its queue is gone)", out)
+            _emit(f"{verb} {_name(name)}{suffix} (its queue is gone)", out)
         except shmq.QueueNotFound:
             pass
         except (shmq.ShmqError, ValueError, OSError) as e:
-            _emit(f"shmq rm: {_name(name)}{STATE_SUFFIX}: {printable(_reason(e, name))}", err)
+            _emit(f"shmq rm: {_name(name)}{suffix}: {printable(_reason(e, name))}", err)
             status = EXIT_FAILED
     return status
