@@ -132,6 +132,22 @@ def test_ls_stat_and_rm_stale_report_a_fifo_socket_directory_and_symlink_as_inva
             assert not os.path.lexists(_path(name))
 
 
+@needs_inspect
+def test_stat_does_not_open_a_fifo_planted_as_the_queues_bridge_status_file(names):
+    name = names()
+    status = _path(name) + ".bridge"
+    with shmq.Producer(name, slot_size=16, capacity=8):
+        os.mkfifo(status, 0o600)
+        try:
+            run = cli("stat", name, "--json", "--interval", "0.05", timeout=30)
+            listing = cli("ls", "--json", timeout=30)
+        finally:
+            os.unlink(status)
+    assert run.returncode == 0, run.stderr
+    assert "bridge" not in json.loads(run.stdout)
+    assert name + ".bridge" not in {r["name"] for r in json.loads(listing.stdout)}
+
+
 def test_the_library_does_not_hang_on_a_fifo_under_a_queue_name(planted):
     name = planted("fifo")
     code = f"""
