@@ -255,7 +255,7 @@ def run_bridge(size, mode, extra):
                 shmq.unlink(name, force=True)
             except shmq.QueueNotFound:
                 pass
-        bridge.remove_status(dst)
+            bridge.remove_status(name)   # bridge in's, and bridge out's saved stream
     result["lost"] = count - result["received"]
     return result
 
