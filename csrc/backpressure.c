@@ -35,12 +35,22 @@
  *   slot) before waking, so a producer that fills the ring is woken once
  *   per quarter ring, not once per message.
  *
- * DEATH. A consumer killed while registered leaves its state behind, but
- * the kernel drops the lock on its entry. While blocked, the producer asks
+ * DISCOVERY. Each consumer's entry is its own System V page, found from
+ * the lock it holds on its byte of NAME.consumers (consumer_state.c).
+ * Listing them costs syscalls, so the producer lists them only every half
+ * lap (and every WAIT_SLICE_NS while blocked), and in between re-reads the
+ * entries it knows. That is enough for the REGISTERING handshake: a
+ * consumer takes its lock and makes its page before it stores its
+ * registration and loads head, so a listing that misses it was ordered (by
+ * the kernel's lock on the lock list, or on the key table) before its load
+ * of head, which then sees at least the head of that listing; and between
+ * listings the producer never publishes more than a lap past that head.
+ *
+ * DEATH. A consumer killed while registered leaves its page behind, but
+ * the kernel drops the lock on its byte. While blocked, the producer asks
  * the kernel (F_OFD_GETLK) about the entries that hold it back, every
- * WAIT_SLICE_NS, and stops waiting for any whose lock is gone; it
- * remembers the state it saw, so a consumer that claims the entry again
- * (with a new claim counter) is waited for again.
+ * WAIT_SLICE_NS, and forgets any whose lock is gone; a consumer that claims
+ * the byte again makes a new page, which the next listing finds.
  *
  * GARBAGE. An entry is the consumer's own memory and may hold anything. A
  * position ahead of head is taken as head (the consumer only loses its own
@@ -69,24 +79,49 @@ int64_t shmq_now_ns(void)
     return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
-/* Recomputes p->limit from the entries; with probe_liveness, first asks the
- * kernel about every entry that keeps the next sequence from fitting.
- * Returns whether p->next fits now. */
-int shmq_backpressure_has_room(struct shmq_producer *p, int probe_liveness)
+/* Recomputes p->limit from the entries of the live consumers; with
+ * discover, first lists them anew (DISCOVERY above); with probe_liveness,
+ * asks the kernel about every entry that keeps the next sequence from
+ * fitting. Returns whether p->next fits now. */
+int shmq_backpressure_has_room(struct shmq_producer *p, int discover, int probe_liveness)
 {
-    const struct shmq_consumer_state *cs = &p->consumers;
+    struct shmq_consumer_state *cs = &p->consumers;
     uint64_t head = p->next, capacity = p->geometry.capacity;
-    uint64_t lowest = head;
     /* Seq_cst fence: the producer half of both handshakes (see top): orders
-     * our head store, and our raising of producer_waiting, before the loads
-     * of the entries below. */
+     * our head store, and our raising of producer_waiting, before the
+     * listing and the loads of the entries below. */
     shmq_fence_seq_cst();
+    if (discover) {
+        shmq_consumers_discover(cs);
+        p->discovered_at = head;
+    }
+    /* A consumer that registered since the last listing is known only from
+     * the next one: until then, publish no further than a lap past the head
+     * of that listing, which is no later than its start. */
+    uint64_t lowest = (int64_t)(p->discovered_at - head) < 0 ? p->discovered_at : head;
     for (uint32_t i = 0; i < cs->entry_count; i++) {
-        struct shmq_consumer_entry *e = shmq_consumers_entry(cs, i);
-        /* Relaxed: ordered by the fence above; the position load below is
-         * the one that must be acquire. */
-        uint32_t state = shmq_load_relaxed(&e->state);
-        if (!(state & SHMQ_ENTRY_REGISTERED) || p->dead_state[i] == state)
+        struct shmq_consumer_entry *e = cs->views[i].entry;
+        if (cs->views[i].unclear) {
+            /* Someone planted a second id lock for this entry: we cannot
+             * tell its page, so we wait for it as for a consumer a lap
+             * behind (a hostile consumer can stall a lossless producer as
+             * a hung one can; it can never make it overwrite), until its
+             * holder is gone. */
+            if (probe_liveness && shmq_consumers_entry_live(cs, i) == 0) {
+                shmq_consumers_forget(cs, i);
+                continue;
+            }
+            if ((int64_t)(head - capacity - lowest) < 0)
+                lowest = head - capacity;
+            continue;
+        }
+        if (e == NULL)
+            continue;
+        /* Acquire: pairs with the consumer's seq_cst store of its state in
+         * shmq_backpressure_register, so the provisional position it stored
+         * before is what the position load below sees at least. */
+        uint32_t state = shmq_load_acquire(&e->state);
+        if (!(state & SHMQ_ENTRY_REGISTERED))
             continue;
         /* Acquire: pairs with the consumer's seq_cst store of its position
          * in shmq_backpressure_release: its reads of every slot below that
@@ -98,7 +133,7 @@ int shmq_backpressure_has_room(struct shmq_producer *p, int probe_liveness)
             position = head - capacity;
         if (probe_liveness && head - position >= capacity &&
             shmq_consumers_entry_live(cs, i) == 0) {
-            p->dead_state[i] = state;
+            shmq_consumers_forget(cs, i);
             continue;
         }
         if ((int64_t)(position - lowest) < 0)
@@ -120,13 +155,13 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
         int probe = now >= p->next_probe_ns;
         if (probe)
             p->next_probe_ns = now + WAIT_SLICE_NS;
-        if (shmq_backpressure_has_room(p, probe))
+        if (shmq_backpressure_has_room(p, probe, probe))
             return 0;
         if (deadline_ns >= 0 && now >= deadline_ns)
             return -ETIMEDOUT;
         for (int look = 0; look < SPIN_LOOKS; look++) {
             shmq_cpu_relax();
-            if (shmq_backpressure_has_room(p, 0))
+            if (shmq_backpressure_has_room(p, 0, 0))
                 return 0;
         }
         uint64_t quarter = capacity / 4 ? capacity / 4 : 1;
@@ -138,7 +173,7 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
         uint32_t word = shmq_load_seq_cst(&wake->producer_futex);
         /* Seq_cst: the producer half of the waiting handshake (see top). */
         shmq_store_seq_cst(&wake->producer_waiting, 1);
-        if (shmq_backpressure_has_room(p, 0)) {
+        if (shmq_backpressure_has_room(p, 0, 0)) {
             /* Relaxed: a stale raised flag only costs a consumer one wake. */
             shmq_store_relaxed(&wake->producer_waiting, 0);
             return 0;
@@ -204,8 +239,10 @@ void shmq_backpressure_release(struct shmq_consumer *c)
     /* Seq_cst: pairs with the producer's acquire load of positions, and is
      * the consumer half of the waiting handshake (see top). */
     shmq_store_seq_cst(&c->entry->position, c->position);
-    /* Seq_cst: the other half of the same handshake. */
-    if (shmq_load_seq_cst(&wake->producer_waiting) &&
+    /* Without the wake page (see consumer_state.c) a waiting producer finds
+     * our position at its next slice. Seq_cst: the other half of the same
+     * handshake. */
+    if (wake != NULL && shmq_load_seq_cst(&wake->producer_waiting) &&
         /* Relaxed: published by the producer's seq_cst store of the flag. */
         (int64_t)(c->position - shmq_load_relaxed(&wake->producer_wake_at)) >= 0)
         wake_producer(wake);
@@ -221,6 +258,6 @@ void shmq_backpressure_unregister(struct shmq_consumer *c)
     c->registered = 0;
     /* Whoever we held back may go on: wake it whatever it asked for.
      * Seq_cst: the other half of the waiting handshake. */
-    if (shmq_load_seq_cst(&wake->producer_waiting))
+    if (wake != NULL && shmq_load_seq_cst(&wake->producer_waiting))
         wake_producer(wake);
 }

@@ -51,9 +51,14 @@
 
 enum copy_result { COPY_OK, COPY_EMPTY, COPY_OVERRUN, COPY_TOO_SMALL, COPY_CORRUPT, COPY_NO_MEMORY };
 
-/* A lapped reader is normally resynchronised once; more laps within one call
- * mean the stamps or head are garbage, and we stop instead of looping. */
+/* A lapped reader is normally resynchronised once. Laps that head explains
+ * (the producer really is ahead) are a fast producer on a small ring: a call
+ * gives up after MAX_LAPS of them with SHMQ_EMPTY, every skipped message
+ * counted, so that it returns. Laps head does not explain mean the stamps
+ * or head are garbage: after MAX_RESYNCS of those the poll reports the ring
+ * corrupt instead of looping. */
 #define MAX_RESYNCS 64
+#define MAX_LAPS 4096
 
 /* Longest sleep before re-checking the ring: with the wake page, and
  * without it (nobody will wake us then). */
@@ -88,17 +93,26 @@ void shmq_consumer_bind(struct shmq_consumer *c, unsigned char *base,
     if (c->entry == NULL)
         c->entry = &c->private_entry;
     uint64_t head = load_head(c);
-    /* SHMQ_START_AT keeps the position the caller set, unless it lies in
-     * the future; one already overwritten reads as an overrun at the first
-     * poll, which counts it as lost. */
-    if (start != SHMQ_START_AT || (int64_t)(c->position - head) > 0)
-        c->position = head;
+    /* The slot of head - capacity is the one the producer rewrites next;
+     * starting one later keeps that publish from costing us anything. */
+    uint64_t published = head - c->geometry.first_sequence;
+    uint64_t earliest = published >= c->geometry.capacity ? head - c->geometry.capacity + 1
+                                                          : c->geometry.first_sequence;
     if (start == SHMQ_START_EARLIEST) {
-        /* The slot of head - capacity is the one the producer rewrites next;
-         * starting one later keeps that publish from costing us anything. */
-        uint64_t published = head - c->geometry.first_sequence;
-        c->position = published >= c->geometry.capacity ? head - c->geometry.capacity + 1
-                                                         : c->geometry.first_sequence;
+        c->position = earliest;
+    } else if (start != SHMQ_START_AT || (int64_t)(c->position - head) > 0) {
+        /* SHMQ_START_AT in the future starts at head, as "latest". */
+        c->position = head;
+    } else if ((int64_t)(c->position - earliest) < 0) {
+        /* Already overwritten: those messages are lost, and counted, when
+         * the distance is one a producer could have published; a start
+         * 2^62 or more behind is garbage (a corrupt pickle, say), and
+         * counting it would make the position ambiguous in wrap-safe
+         * arithmetic: it is clamped without a count. */
+        uint64_t skipped = earliest - c->position;
+        if (skipped < (UINT64_C(1) << 62))
+            c->lost += skipped;
+        c->position = earliest;
     }
     /* Relaxed: the entry is ours; readers of it (shmq stat, a lossless
      * producer) treat its fields as a snapshot. */
@@ -111,12 +125,29 @@ static void consumer_in_child(struct shmq_fork_link *link)
         (struct shmq_consumer *)((char *)link - offsetof(struct shmq_consumer, fork_link));
     /* The entry belongs to the parent: the child neither keeps its lock
      * alive nor writes its position. It reads on from where the parent was. */
-    if (c->consumers.region != NULL)
-        shmq_region_drop_lock(c->consumers.region);
+    shmq_consumers_in_child(&c->consumers);
     c->private_entry.position = c->position;
     c->entry = &c->private_entry;
     c->entry_index = -1;
     c->registered = 0;
+}
+
+/* Takes a consumer entry; returns its index, or a negative errno. */
+static int claim_entry(struct shmq_consumer *c)
+{
+    struct shmq_consumer_entry *entry;
+    int index = shmq_consumers_claim(&c->consumers, &entry);
+    if (index < 0)
+        return index;
+    c->entry = entry;
+    c->entry_index = index;
+    /* Relaxed: display only, as for position in bind. */
+    shmq_store_relaxed(&entry->pid, (uint32_t)getpid());
+    shmq_store_relaxed(&entry->lost, 0);
+    /* Relaxed: a fresh page; published by the registration's seq_cst store,
+     * if any; otherwise display only. */
+    shmq_store_relaxed(&entry->state, 2u);
+    return index;
 }
 
 static int open_once(struct shmq_consumer **out, const char *name,
@@ -127,7 +158,14 @@ static int open_once(struct shmq_consumer **out, const char *name,
     if (c == NULL)
         return -ENOMEM;
     c->entry_index = -1;
+    c->consumers.wake_id = -1;
+    c->consumers.own_id = -1;
+    c->consumers.own_index = -1;
     c->position = options->position; /* used by SHMQ_START_AT only */
+    /* Tracked before anything is taken, so a fork() from another thread
+     * while we open finds the handle (fork.c). */
+    c->fork_link.in_child = consumer_in_child;
+    shmq_fork_track(&c->fork_link);
     rc = shmq_region_open(&c->region, name, SHMQ_REGION_READ_ONLY);
     if (rc < 0)
         goto fail_free;
@@ -144,31 +182,21 @@ static int open_once(struct shmq_consumer **out, const char *name,
     rc = shmq_header_read(base, shmq_region_size(c->region), &c->geometry);
     if (rc < 0)
         goto fail_close;
+    c->control = (struct shmq_control *)base;
+    rc = shmq_producer_watch_open(&c->producer, name, st.st_uid);
+    if (rc < 0)
+        goto fail_close;
     /* Lossy: a consumer that cannot use the consumer state still reads. */
-    int usable = shmq_consumers_attach_consumer(&c->consumers, name, &c->geometry, st.st_uid);
+    int usable = shmq_consumers_consumer_open(&c->consumers, name, &c->geometry, c->control,
+                                              st.st_uid);
     if (!options->no_entry) {
-        struct shmq_consumer_entry *entry;
-        int index = usable < 0 ? usable : shmq_consumers_claim(&c->consumers, &entry);
+        int index = usable < 0 ? usable : claim_entry(c);
         /* A lossless queue's producer must know every consumer it is to
-         * wait for: no entry, no registration. A damaged or foreign
-         * consumer state reads as a damaged queue. */
+         * wait for: no entry, no registration. */
         if (index < 0 && c->geometry.lossless) {
-            rc = index == -EUSERS || index == -EACCES ? index : -EBADMSG;
-            shmq_consumers_close(&c->consumers);
-            goto fail_close;
-        }
-        if (index >= 0) {
-            c->entry = entry;
-            c->entry_index = index;
-            /* Relaxed: display only, as for position in bind. */
-            shmq_store_relaxed(&entry->pid, (uint32_t)getpid());
-            shmq_store_relaxed(&entry->lost, 0);
-            /* A new claim counter, not registered (yet): a lossless producer
-             * that gave up on the entry's previous holder, dead, tells this
-             * claim from that one by it. Relaxed: published by the
-             * registration's seq_cst store, if any; otherwise display only. */
-            uint32_t claims = shmq_load_relaxed(&entry->state) >> 1;
-            shmq_store_relaxed(&entry->state, (claims + 1) << 1);
+            rc = index == -EUSERS || index == -EACCES || index == -EMFILE || index == -ENOMEM ||
+                 index == -ENOSPC ? index : -EBADMSG;
+            goto fail_state;
         }
     }
     shmq_consumer_bind(c, base, &c->geometry, options->start, c->consumers.wake);
@@ -180,13 +208,21 @@ static int open_once(struct shmq_consumer **out, const char *name,
         shmq_backpressure_release(c);
     }
     shmq_consumer_set_spin(c, options->spin);
-    c->fork_link.in_child = consumer_in_child;
-    shmq_fork_track(&c->fork_link);
     *out = c;
     return 0;
+fail_state:
+    shmq_fork_guard(1);
+    shmq_consumers_release(&c->consumers);
+    shmq_fork_guard(0);
 fail_close:
+    shmq_fork_untrack(&c->fork_link);
+    shmq_consumers_close(&c->consumers);
+    shmq_producer_watch_close(&c->producer);
     shmq_region_close(c->region);
+    free(c);
+    return rc;
 fail_free:
+    shmq_fork_untrack(&c->fork_link);
     free(c);
     return rc;
 }
@@ -314,11 +350,14 @@ static inline void publish_position(struct shmq_consumer *c)
         shmq_store_relaxed(&c->entry->position, c->position);
 }
 
-/* Moves a lapped reader forward; returns 0, or -1 without moving it when
- * the jump would take the reader 2^62 or more past `origin`, where this call
- * started: no producer publishes that many messages (146 years at a billion
- * a second) during one lap of a reader, so head is garbage, and following it
- * would make the position ambiguous in wrap-safe arithmetic. */
+/* Moves a lapped reader forward; returns 1 when head (or a stamp at most a
+ * lap ahead of it) explains the lap, 0 when it does not (the reader creeps
+ * one message on: garbage, which the caller's budget bounds), or -1 without
+ * moving it when the jump would take the reader 2^62 or more past `origin`,
+ * where this call started: no producer publishes that many messages (146
+ * years at a billion a second) during one lap of a reader, so head is
+ * garbage, and following it would make the position ambiguous in wrap-safe
+ * arithmetic. */
 static int resync_after_overrun(struct shmq_consumer *c, uint64_t origin)
 {
     /* The producer is at least as far as head, and at least as far as the
@@ -333,6 +372,7 @@ static int resync_after_overrun(struct shmq_consumer *c, uint64_t origin)
     int64_t ahead = (int64_t)(stamp - head);
     uint64_t front = ahead > 0 && ahead <= (int64_t)c->geometry.capacity ? stamp : head;
     uint64_t target = front - c->geometry.capacity / 2;
+    int explained = (int64_t)(front - c->position) > 0;
     /* A stale head could point at or before us; never move backwards. */
     if ((int64_t)(target - c->position) <= 0)
         target = c->position + 1;
@@ -343,7 +383,7 @@ static int resync_after_overrun(struct shmq_consumer *c, uint64_t origin)
     /* Relaxed: our own entry, a snapshot for readers (see bind). */
     shmq_store_relaxed(&c->entry->lost, c->lost);
     publish_position(c);
-    return 0;
+    return explained;
 }
 
 static int stream_ended(const struct shmq_consumer *c)
@@ -362,7 +402,8 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
     if (c->peeked)
         return -EINPROGRESS;
     uint64_t origin = c->position;
-    for (int attempt = 0; attempt < MAX_RESYNCS; attempt++) {
+    int garbage = 0, laps = 0;
+    while (garbage < MAX_RESYNCS) {
         switch (copy_slot(c, d, length)) {
         case COPY_OK:
             c->position++;
@@ -378,10 +419,15 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
             c->position++;
             c->lost++;
             return -EUCLEAN;
-        case COPY_OVERRUN:
-            if (resync_after_overrun(c, origin) < 0)
+        case COPY_OVERRUN: {
+            int explained = resync_after_overrun(c, origin);
+            if (explained < 0)
                 return -EUCLEAN;
+            garbage += !explained;
+            if (explained && ++laps >= MAX_LAPS)
+                return SHMQ_EMPTY;
             break;
+        }
         }
     }
     return -EUCLEAN;
@@ -478,6 +524,12 @@ static void relay_wake(struct shmq_consumer *c, uint32_t slept_on)
  * SHMQ_INTERRUPTED (see WAITING in shmq.h). deadline_ns < 0: none. */
 static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns, unsigned flags)
 {
+    /* A consumer that opened while no producer had made the wake page (or
+     * could not attach it) tries again once a producer names a new one.
+     * Relaxed: only a hint to try; the attach loads it with acquire. */
+    if (c->consumers.wake == NULL && c->consumers.entry_count != 0 &&
+        shmq_load_relaxed(&c->control->wake_shm) != c->consumers.wake_tried)
+        shmq_consumers_attach_wake(&c->consumers, c->control);
     struct shmq_wake_page *wake = c->consumers.wake;
     int64_t slice_end = now_ns() + (wake ? SLEEP_SLICE_NS : UNWOKEN_SLICE_NS);
     int last_slice = deadline_ns >= 0 && deadline_ns <= slice_end;
@@ -606,7 +658,8 @@ int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *lengt
     if (c->peeked)
         return -EINPROGRESS;
     uint64_t origin = c->position;
-    for (int attempt = 0; attempt < MAX_RESYNCS; attempt++) {
+    int garbage = 0, laps = 0;
+    while (garbage < MAX_RESYNCS) {
         struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, c->position);
         /* Acquire: pairs with the release store of the final stamp (write_slot,
          * shmq_producer_commit): seeing it means seeing the whole payload. */
@@ -614,16 +667,22 @@ int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *lengt
         if (stamp != c->position) {
             if ((int64_t)(stamp - c->position) < 0)
                 return SHMQ_EMPTY;
-            if (resync_after_overrun(c, origin) < 0)
+            int explained = resync_after_overrun(c, origin);
+            if (explained < 0)
                 return SHMQ_CORRUPT;
+            garbage += !explained;
+            if (explained && ++laps >= MAX_LAPS)
+                return SHMQ_EMPTY;
             continue;
         }
         /* Relaxed: covered by the acquire above, re-validated at release. */
         uint32_t len = shmq_load_relaxed(&slot->length);
         if (len > c->geometry.slot_size) {
             if (!stamp_unchanged(slot, c->position)) {
-                if (resync_after_overrun(c, origin) < 0)
+                int explained = resync_after_overrun(c, origin);
+                if (explained < 0)
                     return SHMQ_CORRUPT;
+                garbage += !explained;
                 continue;
             }
             c->position++;
@@ -695,7 +754,7 @@ int shmq_consumer_producer_alive(const struct shmq_consumer *c)
 {
     if (c->region == NULL)
         return -EINVAL;
-    return shmq_region_lock_held(c->region, 0);
+    return shmq_producer_watch_alive(&c->producer);
 }
 
 int shmq_consumer_unlinked(const struct shmq_consumer *c)
@@ -711,11 +770,16 @@ void shmq_consumer_close(struct shmq_consumer *c)
 {
     if (c == NULL)
         return;
-    shmq_fork_untrack(&c->fork_link);
-    /* The claim counter stays in the entry: see open. */
     if (c->registered)
         shmq_backpressure_unregister(c);
+    /* As in shmq_producer_close: locks go first, with fork() held off, then
+     * the handle leaves the fork list, then it is freed. */
+    shmq_fork_guard(1);
+    shmq_consumers_release(&c->consumers);
+    shmq_fork_guard(0);
+    shmq_fork_untrack(&c->fork_link);
     shmq_consumers_close(&c->consumers);
+    shmq_producer_watch_close(&c->producer);
     shmq_region_close(c->region);
     free(c);
 }

@@ -1,178 +1,424 @@
 /*
- * The consumer-state object, /dev/shm/shmq-NAME.consumers: the only memory
- * a consumer writes. Why it exists and how it is used is in
- * docs/consumer-state.md; its bytes are drawn in shmq_layout.h.
+ * The consumer state: what consumers write, and how the producer finds it.
+ * docs/consumer-state.md has the design and its trust argument; the bytes are
+ * drawn in shmq_layout.h. In short:
  *
- * The producer creates it next to the ring, tagged with the ring's random
- * instance number, and replaces it whenever it finds it missing, foreign,
- * malformed or from another incarnation of the ring. A consumer uses it only
- * if it passes the same checks, and maps it read-only except for the wake
- * page and, once claimed, its own entry. A consumer that cannot use it still
- * reads the ring; it just cannot ask to be woken (it sleeps in short slices)
- * and does not appear in the list of consumers.
+ *   NAME.consumers  an empty file in /dev/shm; entry i is live exactly while
+ *                   someone holds an OFD write lock on its byte i. Nobody
+ *                   maps it, so truncating it harms nobody.
+ *   wake page       System V, made by the producer, id in the ring's line 4,
+ *                   writable by consumers, never truncatable.
+ *   entry i         System V, made by the consumer holding lock byte i, mode
+ *                   0600 and given to the ring's owner, its id told by a
+ *                   second lock of that consumer's: only that consumer
+ *                   writes it; the producer maps it read-only.
+ *
+ * A consumer that cannot use the consumer state still reads the ring (lossy
+ * only): it cannot ask to be woken (it sleeps in short slices) and does not
+ * appear in the list of consumers.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/shm.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ring_internal.h"
 
-static uint64_t entry_offset(const struct shmq_consumer_state *s, uint32_t index)
-{
-    return (2 + (uint64_t)index) * s->page_size;
-}
-
-static uint64_t total_size_for(uint32_t entry_count, uint32_t page_size)
-{
-    return (2 + (uint64_t)entry_count) * page_size;
-}
-
-/* Whoever may read the ring may write the consumer state: consuming needs
- * both. */
+/* Whoever may read the ring may take a consumer entry: consuming needs both. */
 static mode_t consumers_mode(mode_t ring_mode)
 {
     return (ring_mode | ((ring_mode & 0444) >> 1)) & 0777;
 }
 
-static void point_into(struct shmq_consumer_state *s, uint32_t entry_count, uint32_t page_size)
-{
-    unsigned char *base = shmq_region_base(s->region);
-    s->entry_count = entry_count;
-    s->page_size = page_size;
-    s->wake = (struct shmq_wake_page *)(base + page_size);
-    s->entries = base + 2 * (size_t)page_size;
-}
-
-/* Reads the header once, checks it against the ring and the object's real
- * size; 0 or -EBADMSG (anything wrong means "not ours to trust"). */
-static int read_header(const struct shmq_region *region, const struct shmq_geometry *g)
-{
-    size_t size = shmq_region_size(region);
-    if (size < sizeof(struct shmq_consumers_header))
-        return -EBADMSG;
-    struct shmq_consumers_header *shared = shmq_region_base(region);
-    /* Acquire: pairs with the release store of magic in create; seeing the
-     * magic means seeing the fields stored before it. */
-    if (shmq_load_acquire(&shared->magic) != SHMQ_CONSUMERS_MAGIC)
-        return -EBADMSG;
-    struct shmq_consumers_header copy;
-    memcpy(&copy, shared, sizeof(copy));
-    if (copy.version != SHMQ_LAYOUT_VERSION || copy.page_size != g->page_size ||
-        copy.entry_count != g->consumer_entries || copy.ring_instance != g->instance ||
-        copy.total_size != total_size_for(copy.entry_count, copy.page_size) ||
-        copy.total_size != size)
-        return -EBADMSG;
-    return 0;
-}
-
-int shmq_consumers_create(struct shmq_consumer_state *s, const char *name,
-                          const struct shmq_geometry *g, mode_t ring_mode)
+static void state_init(struct shmq_consumer_state *s, const struct shmq_geometry *g, uid_t owner)
 {
     memset(s, 0, sizeof(*s));
-    /* Whatever is there belongs to no live ring of ours: we hold the ring's
-     * producer lock and are (re)creating its consumer state. */
-    shmq_region_unlink_object(name, SHMQ_CONSUMERS_SUFFIX);
-    uint64_t size = total_size_for(g->consumer_entries, g->page_size);
-    int rc = shmq_region_create_object(&s->region, name, SHMQ_CONSUMERS_SUFFIX, (size_t)size,
-                                       consumers_mode(ring_mode));
+    s->wake_id = -1;
+    s->own_id = -1;
+    s->own_index = -1;
+    s->entry_count = g->consumer_entries;
+    s->page_size = g->page_size;
+    s->instance = g->instance;
+    s->ring_owner = owner;
+}
+
+/* ----------------------------------------------------------- the wake page */
+
+/* Checks a wake page id read from the ring (untrusted: the ring may be stale,
+ * the id reused by the kernel for another segment). */
+static int wake_page_usable(int id, const struct shmq_consumer_state *s)
+{
+    struct shmid_ds ds;
+    int rc = shmq_sysv_page_stat(id, &ds);
     if (rc < 0)
         return rc;
-    struct shmq_consumers_header *h = shmq_region_base(s->region);
-    h->version = SHMQ_LAYOUT_VERSION;
-    h->entry_count = g->consumer_entries;
-    h->page_size = g->page_size;
-    h->ring_instance = g->instance;
-    h->total_size = size;
-    /* Release: pairs with the acquire load of magic in read_header. The rest
-     * of the object is zero from posix_fallocate: no flag, free entries. */
-    shmq_store_release(&h->magic, SHMQ_CONSUMERS_MAGIC);
-    point_into(s, g->consumer_entries, g->page_size);
+    if (ds.shm_segsz != s->page_size || ds.shm_perm.cuid != s->ring_owner ||
+        ds.shm_perm.uid != s->ring_owner)
+        return -EBADMSG;
     return 0;
 }
 
-int shmq_consumers_attach_producer(struct shmq_consumer_state *s, const char *name,
-                                   const struct shmq_geometry *g, mode_t ring_mode)
+static int wake_page_tagged(const struct shmq_wake_page *wake, uint64_t instance)
 {
-    memset(s, 0, sizeof(*s));
-    int rc = shmq_region_open_object(&s->region, name, SHMQ_CONSUMERS_SUFFIX,
-                                     SHMQ_REGION_READ_WRITE);
-    if (rc == 0) {
-        struct stat st;
-        if (shmq_region_stat(s->region, &st) == 0 && st.st_uid == geteuid() &&
-            (st.st_mode & 0777 & ~consumers_mode(ring_mode)) == 0 && read_header(s->region, g) == 0) {
-            point_into(s, g->consumer_entries, g->page_size);
+    /* Plain loads: the tag is written once, before the id is published with
+     * release in the ring, whose acquire load our caller made. */
+    return wake->magic == SHMQ_WAKE_MAGIC && wake->ring_instance == instance;
+}
+
+/* Producer: attach the wake page the ring names, or make a new one. */
+static int producer_wake_page(struct shmq_consumer_state *s, struct shmq_control *control,
+                              mode_t ring_mode)
+{
+    /* Acquire: pairs with the release store of wake_shm below (an earlier
+     * producer's); we hold the producer lock, so nobody stores it now. */
+    int id = shmq_load_acquire(&control->wake_shm);
+    if (wake_page_usable(id, s) == 0) {
+        struct shmq_wake_page *wake = shmq_sysv_page_attach(id, 0);
+        if (wake != NULL && wake_page_tagged(wake, s->instance)) {
+            s->wake = wake;
+            s->wake_id = id;
             return 0;
         }
-        shmq_region_close(s->region);
-        s->region = NULL;
+        shmq_sysv_page_detach(wake);
     }
-    return shmq_consumers_create(s, name, g, ring_mode);
+    id = shmq_sysv_page_create(IPC_PRIVATE, consumers_mode(ring_mode), s->page_size);
+    if (id < 0)
+        return id;
+    struct shmq_wake_page *wake = shmq_sysv_page_attach(id, 0);
+    /* Marked for removal at once: it lives while anyone is attached, and
+     * can never be left behind. Linux lets consumers attach it meanwhile. */
+    shmq_sysv_page_remove(id);
+    if (wake == NULL)
+        return -ENOMEM;
+    wake->magic = SHMQ_WAKE_MAGIC;
+    wake->ring_instance = s->instance;
+    s->wake = wake;
+    s->wake_id = id;
+    /* Release: pairs with the acquire loads of wake_shm by consumers; whoever
+     * reads the id sees the tag. */
+    shmq_store_release(&control->wake_shm, id);
+    return 0;
 }
 
-int shmq_consumers_attach_consumer(struct shmq_consumer_state *s, const char *name,
-                                   const struct shmq_geometry *g, uid_t ring_owner)
+int shmq_consumers_attach_wake(struct shmq_consumer_state *s, const struct shmq_control *control)
 {
-    memset(s, 0, sizeof(*s));
-    int rc = shmq_region_open_object(&s->region, name, SHMQ_CONSUMERS_SUFFIX,
-                                     SHMQ_REGION_MOSTLY_READ);
+    /* Acquire: pairs with the release store of wake_shm in
+     * producer_wake_page. */
+    int id = shmq_load_acquire(&((struct shmq_control *)control)->wake_shm);
+    s->wake_tried = id;
+    if (wake_page_usable(id, s) < 0)
+        return -EBADMSG;
+    struct shmq_wake_page *wake = shmq_sysv_page_attach(id, 0);
+    if (wake == NULL)
+        return -EACCES;
+    if (!wake_page_tagged(wake, s->instance)) {
+        shmq_sysv_page_detach(wake);
+        return -EBADMSG;
+    }
+    s->wake = wake;
+    s->wake_id = id;
+    return 0;
+}
+
+/* ------------------------------------------------------------ the locks */
+
+/* Producer: the lock file, kept when it is ours and sound, made when it is
+ * missing. One that is not a regular file of ours with the right mode is
+ * replaced; one we cannot replace (another user's, in sticky /dev/shm)
+ * leaves the queue without entries. */
+static int producer_locks(struct shmq_consumer_state *s, const char *name, mode_t ring_mode)
+{
+    mode_t mode = consumers_mode(ring_mode);
+    int rc = shmq_region_open_object(&s->locks, name, SHMQ_CONSUMERS_SUFFIX, SHMQ_REGION_LOCKS);
+    if (rc == 0) {
+        struct stat st;
+        if (shmq_region_stat(s->locks, &st) == 0 && st.st_uid == geteuid() &&
+            (st.st_mode & 0777) == mode)
+            return 0;
+        shmq_region_close(s->locks);
+        s->locks = NULL;
+    } else if (rc != -ENOENT && rc != -EPROTO && rc != -EACCES) {
+        return rc; /* EMFILE, ENOMEM...: leave what is there alone */
+    }
+    if (rc != -ENOENT)
+        shmq_region_unlink_object(name, SHMQ_CONSUMERS_SUFFIX);
+    rc = shmq_region_create_object(&s->locks, name, SHMQ_CONSUMERS_SUFFIX, 0, mode);
+    if (rc == -EEXIST || rc == -EACCES || rc == -EPERM) {
+        s->locks = NULL;
+        return -EPERM; /* someone else's file holds the name */
+    }
+    return rc;
+}
+
+int shmq_consumers_entry_live(const struct shmq_consumer_state *s, uint32_t index)
+{
+    if (s->locks == NULL || index >= s->entry_count)
+        return -EINVAL;
+    return shmq_region_lock_held(s->locks, index);
+}
+
+/* Marks in live[] the entries in [from, to) whose lock is held, asking the
+ * kernel about whole ranges and splitting only those that hold a lock: about
+ * two questions per live entry, not one per entry. */
+static void find_live(const struct shmq_consumer_state *s, uint32_t from, uint32_t to,
+                      unsigned char *live, int depth)
+{
+    if (from >= to)
+        return;
+    if (shmq_region_lock_held_in(s->locks, from, to - from) != 1)
+        return;
+    if (to - from == 1 || depth > 40) {
+        live[from] = 1;
+        return;
+    }
+    uint32_t middle = from + (to - from) / 2;
+    find_live(s, from, middle, live, depth + 1);
+    find_live(s, middle, to, live, depth + 1);
+}
+
+/* ------------------------------------------------------------- entries */
+
+static uint64_t id_range(uint32_t index)
+{
+    return SHMQ_ENTRY_ID_BASE + (uint64_t)index * SHMQ_ENTRY_ID_SPAN;
+}
+
+/* The id of live entry `index`'s page, from the lock its holder keeps in
+ * id_range(index): the id, -ENOENT (none yet: it is still claiming), or
+ * -EBADMSG when the range holds more than one lock (another consumer
+ * planted one; see shmq_backpressure_has_room for what that costs). */
+static int entry_id(const struct shmq_consumer_state *s, uint32_t index)
+{
+    uint64_t from = id_range(index), start;
+    if (shmq_region_lock_find(s->locks, from, SHMQ_ENTRY_ID_SPAN, &start) != 1)
+        return -ENOENT;
+    uint64_t id = start - from;
+    if (shmq_region_lock_held_in(s->locks, from, id) != 0 ||
+        shmq_region_lock_held_in(s->locks, start + 1, SHMQ_ENTRY_ID_SPAN - id - 1) != 0)
+        return -EBADMSG;
+    return (int)id;
+}
+
+static void drop_view(struct shmq_entry_view *v)
+{
+    shmq_sysv_page_detach(v->entry);
+    v->entry = NULL;
+    v->shm_id = -1;
+}
+
+/* Attaches entry page `id` read-only if it is sound: one page, the ring
+ * owner's (given to it by its creator, or made by it), mapped by nobody
+ * else. Its contents are the consumer's and are validated where they are
+ * used. */
+static int attach_entry(const struct shmq_consumer_state *s, int id,
+                        struct shmq_consumer_entry **entry, uid_t *creator)
+{
+    struct shmid_ds ds;
+    int rc = shmq_sysv_page_stat(id, &ds);
     if (rc < 0)
         return rc;
-    struct stat st;
-    rc = shmq_region_stat(s->region, &st);
-    if (rc == 0 && st.st_uid != ring_owner)
-        rc = -EPERM;
-    if (rc == 0)
-        rc = read_header(s->region, g);
-    if (rc == 0)
-        rc = shmq_region_make_writable(s->region, g->page_size, g->page_size);
-    if (rc == 0) {
-        point_into(s, g->consumer_entries, g->page_size);
-        return 0;
+    if (ds.shm_segsz != s->page_size || ds.shm_perm.uid != s->ring_owner ||
+        (ds.shm_perm.mode & 0077) != 0)
+        return -EBADMSG;
+    *creator = ds.shm_perm.cuid;
+    *entry = shmq_sysv_page_attach(id, 1);
+    return *entry == NULL ? -EACCES : 0;
+}
+
+void shmq_consumers_discover(struct shmq_consumer_state *s)
+{
+    if (s->locks == NULL)
+        return;
+    unsigned char live[SHMQ_CONSUMER_ENTRIES_MAX] = {0};
+    find_live(s, 0, s->entry_count, live, 0);
+    for (uint32_t i = 0; i < s->entry_count; i++) {
+        struct shmq_entry_view *v = &s->views[i];
+        int id = live[i] ? entry_id(s, i) : -ENOENT;
+        v->unclear = id == -EBADMSG;
+        if (id >= 0 && id == v->shm_id)
+            continue;
+        if (v->entry != NULL)
+            drop_view(v);
+        struct shmq_consumer_entry *entry;
+        uid_t creator;
+        if (id >= 0 && attach_entry(s, id, &entry, &creator) == 0) {
+            v->entry = entry;
+            v->shm_id = id;
+        }
     }
-    shmq_region_close(s->region);
-    s->region = NULL;
+}
+
+void shmq_consumers_forget(struct shmq_consumer_state *s, uint32_t index)
+{
+    if (s->views != NULL && index < s->entry_count) {
+        s->views[index].unclear = 0;
+        if (s->views[index].entry != NULL)
+            drop_view(&s->views[index]);
+    }
+}
+
+int shmq_consumers_producer_open(struct shmq_consumer_state *s, const char *name,
+                                 const struct shmq_geometry *g, struct shmq_control *control,
+                                 mode_t ring_mode)
+{
+    state_init(s, g, geteuid());
+    int rc = producer_locks(s, name, ring_mode);
+    if (rc == -EPERM && !g->lossless)
+        rc = 0; /* lossy: consumers read without entries */
+    if (rc < 0)
+        goto fail;
+    rc = producer_wake_page(s, control, ring_mode);
+    if (rc < 0)
+        goto fail;
+    s->views = calloc(s->entry_count ? s->entry_count : 1, sizeof(*s->views));
+    if (s->views == NULL) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    for (uint32_t i = 0; i < s->entry_count; i++)
+        s->views[i].shm_id = -1;
+    return 0;
+fail:
+    shmq_consumers_close(s);
     return rc;
+}
+
+int shmq_consumers_consumer_open(struct shmq_consumer_state *s, const char *name,
+                                 const struct shmq_geometry *g, const struct shmq_control *control,
+                                 uid_t ring_owner)
+{
+    state_init(s, g, ring_owner);
+    /* Without the wake page a consumer still reads, sleeping in short slices. */
+    shmq_consumers_attach_wake(s, control);
+    int rc = shmq_region_open_object(&s->locks, name, SHMQ_CONSUMERS_SUFFIX, SHMQ_REGION_LOCKS);
+    if (rc == 0) {
+        struct stat st;
+        rc = shmq_region_stat(s->locks, &st);
+        if (rc == 0 && st.st_uid != ring_owner)
+            rc = -EPERM;
+        if (rc < 0) {
+            shmq_region_close(s->locks);
+            s->locks = NULL;
+        }
+    }
+    return rc;
+}
+
+/* Makes the page of entry `index` (whose lock byte we hold), tells its id
+ * with a second lock, and maps it: 0, or a negative errno with nothing
+ * left behind. */
+static int make_entry(struct shmq_consumer_state *s, uint32_t index)
+{
+    int id = shmq_sysv_page_create(IPC_PRIVATE, 0600, s->page_size);
+    if (id < 0)
+        return id;
+    struct shmq_consumer_entry *own = shmq_sysv_page_attach(id, 0);
+    int rc = own == NULL ? -ENOMEM : shmq_sysv_page_give(id, s->ring_owner);
+    /* Marked for removal once mapped: it goes with our last mapping, and
+     * the producer's, never left behind. */
+    shmq_sysv_page_remove(id);
+    if (rc == 0)
+        rc = shmq_region_lock_byte(s->locks, id_range(index) + (uint64_t)id);
+    if (rc < 0) {
+        shmq_sysv_page_detach(own);
+        return rc == -EBUSY ? -EUSERS : rc;
+    }
+    own->ring_instance = s->instance;
+    own->index = index;
+    s->own = own;
+    s->own_id = id;
+    s->own_index = (int)index;
+    return 0;
 }
 
 int shmq_consumers_claim(struct shmq_consumer_state *s, struct shmq_consumer_entry **entry)
 {
-    if (s->region == NULL)
+    if (s->locks == NULL)
         return -ENOENT;
     for (uint32_t i = 0; i < s->entry_count; i++) {
-        uint64_t offset = entry_offset(s, i);
-        int rc = shmq_region_lock_byte(s->region, offset);
+        int rc = shmq_region_lock_byte(s->locks, i);
         if (rc == -EBUSY)
             continue;
         if (rc < 0)
             return rc;
-        rc = shmq_region_make_writable(s->region, (size_t)offset, s->page_size);
+        rc = make_entry(s, i);
         if (rc < 0) {
-            shmq_region_drop_lock(s->region);
+            shmq_region_unlock_byte(s->locks, i);
+            if (rc == -EUSERS)
+                continue; /* someone planted a lock on our id: take another */
             return rc;
         }
-        *entry = (struct shmq_consumer_entry *)(shmq_region_base(s->region) + offset);
+        *entry = s->own;
         return (int)i;
     }
     return -EUSERS;
 }
 
-struct shmq_consumer_entry *shmq_consumers_entry(const struct shmq_consumer_state *s, uint32_t index)
+void shmq_consumers_release(struct shmq_consumer_state *s)
 {
-    return (struct shmq_consumer_entry *)(shmq_region_base(s->region) + entry_offset(s, index));
-}
-
-int shmq_consumers_entry_live(const struct shmq_consumer_state *s, uint32_t index)
-{
-    if (s->region == NULL || index >= s->entry_count)
-        return -EINVAL;
-    return shmq_region_lock_held(s->region, entry_offset(s, index));
+    /* The id lock goes before the byte's: while the byte is locked, the id
+     * it names is ours. Dropping the lock description releases the byte. A
+     * producer that mapped our page keeps its mapping until it notices. */
+    if (s->own != NULL && s->locks != NULL && !s->forked)
+        shmq_region_unlock_byte(s->locks, id_range((uint32_t)s->own_index) + (uint64_t)s->own_id);
+    if (s->locks != NULL)
+        shmq_region_drop_lock(s->locks);
 }
 
 void shmq_consumers_close(struct shmq_consumer_state *s)
 {
-    shmq_region_close(s->region);
+    shmq_consumers_release(s);
+    shmq_sysv_page_detach(s->own);
+    if (s->views != NULL) {
+        for (uint32_t i = 0; i < s->entry_count; i++)
+            if (s->views[i].entry != NULL)
+                drop_view(&s->views[i]);
+        free(s->views);
+    }
+    shmq_sysv_page_detach(s->wake);
+    shmq_region_close(s->locks);
     memset(s, 0, sizeof(*s));
+    s->wake_id = -1;
+    s->own_id = -1;
+    s->own_index = -1;
+}
+
+void shmq_consumers_in_child(struct shmq_consumer_state *s)
+{
+    /* The locks stay the parent's (its description lives on in the parent);
+     * the child never removes or unlocks the parent's entry. */
+    s->forked = 1;
+    if (s->locks != NULL)
+        shmq_region_drop_lock(s->locks);
+}
+
+/* Copies live entry `index` for a listing: 0, or -ENOENT when it has none
+ * we may read. */
+int shmq_consumers_snapshot(const struct shmq_consumer_state *s, uint32_t index,
+                            struct shmq_consumer_info *info, uint64_t head)
+{
+    memset(info, 0, sizeof(*info));
+    info->index = index;
+    info->uid = (uid_t)-1;
+    int id = entry_id(s, index);
+    struct shmq_consumer_entry *entry;
+    uid_t creator;
+    if (id < 0 || attach_entry(s, id, &entry, &creator) < 0)
+        return -ENOENT;
+    /* Relaxed: a snapshot for display; nothing is decided on it. */
+    uint32_t state = shmq_load_relaxed(&entry->state);
+    info->pid = shmq_load_relaxed(&entry->pid);
+    info->registered = (state & SHMQ_ENTRY_REGISTERED) != 0;
+    info->position = shmq_load_relaxed(&entry->position);
+    info->lost = shmq_load_relaxed(&entry->lost);
+    uint64_t lag = head - info->position;
+    info->lag = (int64_t)lag < 0 ? 0 : lag;
+    info->uid = creator;
+    shmq_sysv_page_detach(entry);
+    return 0;
 }
 
 int shmq_queue_name_validate(const char *name)
@@ -180,8 +426,13 @@ int shmq_queue_name_validate(const char *name)
     int rc = shmq_name_validate(name);
     if (rc < 0)
         return rc;
-    size_t n = strlen(name), suffix = sizeof(SHMQ_CONSUMERS_SUFFIX) - 1;
-    if (n >= suffix && strcmp(name + n - suffix, SHMQ_CONSUMERS_SUFFIX) == 0)
-        return -EINVAL;
+    /* A queue's name must never be another queue's lock file. */
+    static const char *const ours[] = {SHMQ_CONSUMERS_SUFFIX, SHMQ_PRODUCER_SUFFIX};
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++) {
+        size_t suffix = strlen(ours[i]);
+        if (n >= suffix && strcmp(name + n - suffix, ours[i]) == 0)
+            return -EINVAL;
+    }
     return 0;
 }

@@ -41,6 +41,15 @@ void shmq_fork_track(struct shmq_fork_link *link)
     pthread_mutex_unlock(&open_handles_lock);
 }
 
+void shmq_fork_guard(int enter)
+{
+    pthread_once(&fork_hook_once, install_fork_hook);
+    if (enter)
+        pthread_mutex_lock(&open_handles_lock);
+    else
+        pthread_mutex_unlock(&open_handles_lock);
+}
+
 void shmq_fork_untrack(struct shmq_fork_link *link)
 {
     pthread_mutex_lock(&open_handles_lock);

@@ -91,6 +91,7 @@ void shmq_header_init(void *base, const struct shmq_geometry *g)
     shmq_store_relaxed(&control->head, g->first_sequence);
     shmq_store_relaxed(&control->futex_word, (uint32_t)g->first_sequence);
     shmq_store_relaxed(&control->stream_state, 0);
+    shmq_store_relaxed(&control->wake_shm, -1);
 
     /* Each slot starts out stamped with the sequence it held "one lap before"
      * the first message, so a reader waiting for sequence s in that slot sees

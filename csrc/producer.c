@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ring_internal.h"
@@ -57,8 +58,9 @@ static void producer_in_child(struct shmq_fork_link *link)
      * parent's producer lock alive. */
     p->forked = 1;
     p->refusal = -ECHILD;
-    if (p->region != NULL)
-        shmq_region_drop_lock(p->region);
+    if (p->lock != NULL)
+        shmq_region_drop_lock(p->lock);
+    shmq_consumers_in_child(&p->consumers);
 }
 
 static int geometry_matches(const struct shmq_geometry *g, const struct shmq_config *config)
@@ -104,23 +106,27 @@ static int create_queue(struct shmq_producer *p, const char *name, const struct 
     rc = shmq_region_create(&p->region, name, (size_t)g->total_size, mode);
     if (rc < 0)
         return rc;
-    /* Nobody else can hold the lock of an object we just created, bar one who
-     * opened it in the instant since; that one sees -ENODATA or -EBUSY. */
-    rc = shmq_region_lock(p->region);
-    if (rc == 0) {
-        shmq_header_init(shmq_region_base(p->region), g);
-        rc = shmq_consumers_create(&p->consumers, name, g, mode);
-    }
+    p->control = shmq_region_base(p->region);
+    shmq_header_init(p->control, g);
+    rc = shmq_producer_lock_take(&p->lock, name);
+    if (rc == 0)
+        rc = shmq_consumers_producer_open(&p->consumers, name, g, p->control, mode);
     if (rc < 0) {
+        shmq_region_close(p->lock);
+        p->lock = NULL;
         shmq_region_unlink(name);
         shmq_region_close(p->region);
         p->region = NULL;
         return rc;
     }
     /* Last: a consumer that sees the ring valid finds its consumer state. */
-    shmq_header_publish(shmq_region_base(p->region));
+    shmq_header_publish(p->control);
     return 0;
 }
+
+/* A creator publishes the header only once it is complete: an attacher that
+ * finds it unpublished waits a little for it before calling it damaged. */
+#define HEADER_WAIT_NS (200LL * 1000 * 1000)
 
 static int attach_queue(struct shmq_producer *p, const char *name, const struct shmq_config *config)
 {
@@ -129,19 +135,31 @@ static int attach_queue(struct shmq_producer *p, const char *name, const struct 
     if (rc < 0)
         return rc;
     rc = check_ownership(p->region, mode);
-    if (rc == 0) {
-        /* Lock first, so a header being initialised by its creator reads as
-         * busy, not as damaged; but a geometry mismatch is the more useful
-         * answer even when the queue is busy. */
-        int locked = shmq_region_lock(p->region);
-        rc = shmq_header_read(shmq_region_base(p->region), shmq_region_size(p->region), &p->geometry);
-        if (rc == 0 && !geometry_matches(&p->geometry, config))
-            rc = -EMEDIUMTYPE;
-        else if (locked < 0)
-            rc = locked;
+    int64_t give_up = shmq_now_ns() + HEADER_WAIT_NS;
+    while (rc == 0) {
+        rc = shmq_header_read(shmq_region_base(p->region), shmq_region_size(p->region),
+                              &p->geometry);
+        if (rc != -ENODATA || shmq_now_ns() >= give_up)
+            break;
+        struct timespec pause = {0, 1000 * 1000};
+        nanosleep(&pause, NULL);
+        rc = 0;
     }
-    if (rc == 0)
-        rc = shmq_consumers_attach_producer(&p->consumers, name, &p->geometry, mode);
+    if (rc == 0 && !geometry_matches(&p->geometry, config))
+        rc = -EMEDIUMTYPE;
+    if (rc == 0) {
+        p->control = shmq_region_base(p->region);
+        rc = shmq_producer_lock_take(&p->lock, name);
+    }
+    /* Only now, holding the lock, is what we find ours to repair; a failure
+     * from here on leaves it as it was. */
+    if (rc == 0) {
+        rc = shmq_consumers_producer_open(&p->consumers, name, &p->geometry, p->control, mode);
+        if (rc < 0) {
+            shmq_region_close(p->lock);
+            p->lock = NULL;
+        }
+    }
     if (rc < 0) {
         shmq_region_close(p->region);
         p->region = NULL;
@@ -176,6 +194,7 @@ void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
      * finish_publish. */
     shmq_store_release(&p->control->head, p->next);
     p->limit = p->next; /* look (lossless: at the consumers) before publishing */
+    p->discovered_at = p->next - p->geometry.capacity; /* list them at the first look */
     /* Release: pairs with the consumers' acquire load of stream_state; a new
      * producer reopens the stream its predecessor may have ended. */
     shmq_store_release(&p->control->stream_state, 0);
@@ -192,6 +211,13 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
     struct shmq_producer *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return -ENOMEM;
+    p->consumers.wake_id = -1;
+    p->consumers.own_id = -1;
+    p->consumers.own_index = -1;
+    /* Tracked before anything is taken, so a fork() from another thread
+     * while we open finds the handle (fork.c). */
+    p->fork_link.in_child = producer_in_child;
+    shmq_fork_track(&p->fork_link);
     if ((flags & SHMQ_CREATE) && (flags & SHMQ_EXCL)) {
         rc = create_queue(p, name, config);
     } else {
@@ -203,23 +229,14 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
                 rc = attach_queue(p, name, config);
         }
     }
-    if (rc == 0 && p->geometry.lossless) {
-        p->dead_state = calloc(p->geometry.consumer_entries, sizeof(*p->dead_state));
-        if (p->dead_state == NULL) {
-            shmq_consumers_close(&p->consumers);
-            shmq_region_close(p->region);
-            rc = -ENOMEM;
-        }
-    }
     if (rc < 0) {
+        shmq_fork_untrack(&p->fork_link);
         free(p);
         return rc;
     }
     snprintf(p->name, sizeof(p->name), "%s", name);
     p->flags = flags;
     shmq_producer_bind(p, shmq_region_base(p->region), &p->geometry, p->consumers.wake);
-    p->fork_link.in_child = producer_in_child;
-    shmq_fork_track(&p->fork_link);
     *out = p;
     return 0;
 }
@@ -307,11 +324,11 @@ static __attribute__((noinline)) int look_for_room(struct shmq_producer *p)
         p->limit = p->next + (UINT64_C(1) << 62);
         return 1;
     }
-    int64_t now = shmq_now_ns();
-    int probe = now >= p->next_probe_ns;
-    if (probe)
-        p->next_probe_ns = now + 10 * 1000 * 1000;
-    return shmq_backpressure_has_room(p, probe);
+    /* Listing the live consumers costs a few syscalls: do it twice a lap,
+     * which is as often as the registration handshake needs
+     * (backpressure.c), and only re-read the known entries otherwise. */
+    int discover = p->next - p->discovered_at >= p->geometry.capacity / 2;
+    return shmq_backpressure_has_room(p, discover, 0);
 }
 
 /* One compare on the hot path: a lossy producer keeps its limit half the
@@ -548,25 +565,14 @@ int shmq_producer_consumers(const struct shmq_producer *p, struct shmq_consumer_
     const struct shmq_consumer_state *cs = &p->consumers;
     if (out == NULL && max != 0)
         return -EINVAL;
-    if (cs->region == NULL)
+    if (cs->locks == NULL)
         return 0;
     size_t n = 0;
     for (uint32_t i = 0; i < cs->entry_count && n < max; i++) {
         if (shmq_consumers_entry_live(cs, i) != 1)
             continue;
-        const struct shmq_consumer_entry *e = shmq_consumers_entry(cs, i);
-        /* Relaxed: a snapshot for display; nothing is decided on it. */
-        uint32_t state = shmq_load_relaxed(&((struct shmq_consumer_entry *)e)->state);
-        struct shmq_consumer_info info = {
-            .index = i,
-            .pid = shmq_load_relaxed(&((struct shmq_consumer_entry *)e)->pid),
-            .registered = (state & SHMQ_ENTRY_REGISTERED) != 0,
-            .position = shmq_load_relaxed(&((struct shmq_consumer_entry *)e)->position),
-            .lost = shmq_load_relaxed(&((struct shmq_consumer_entry *)e)->lost),
-        };
-        uint64_t lag = p->next - info.position;
-        info.lag = (int64_t)lag < 0 ? 0 : lag;
-        out[n++] = info;
+        if (shmq_consumers_snapshot(cs, i, &out[n], p->next) == 0)
+            n++;
     }
     return (int)n;
 }
@@ -575,7 +581,6 @@ void shmq_producer_close(struct shmq_producer *p)
 {
     if (p == NULL)
         return;
-    shmq_fork_untrack(&p->fork_link);
     if (!p->forked) {
         /* Release: pairs with the consumers' acquire load of stream_state;
          * whoever sees the mark sees every message published before it. */
@@ -584,9 +589,17 @@ void shmq_producer_close(struct shmq_producer *p)
         if (p->flags & SHMQ_UNLINK_ON_CLOSE)
             shmq_unlink(p->name, SHMQ_UNLINK_FORCE);
     }
+    /* The lock goes while fork() is held off and the handle is still on the
+     * fork list, so a child forked meanwhile finds it held or gone, never
+     * half-closed; the handle leaves the list before any of it is freed. */
+    shmq_fork_guard(1);
+    if (p->lock != NULL)
+        shmq_region_drop_lock(p->lock);
+    shmq_fork_guard(0);
+    shmq_fork_untrack(&p->fork_link);
     shmq_consumers_close(&p->consumers);
+    shmq_region_close(p->lock);
     shmq_region_close(p->region);
-    free(p->dead_state);
     free(p);
 }
 
@@ -601,17 +614,12 @@ int shmq_unlink(const char *name, unsigned flags)
     int rc = shmq_queue_name_validate(name);
     if (rc < 0)
         return rc;
-    if (!(flags & SHMQ_UNLINK_FORCE)) {
-        struct shmq_region *ring;
-        if (shmq_region_open(&ring, name, SHMQ_REGION_READ_ONLY) == 0) {
-            int held = shmq_region_lock_held(ring, 0);
-            shmq_region_close(ring);
-            if (held == 1)
-                return -EBUSY;
-        }
-    }
+    if (!(flags & SHMQ_UNLINK_FORCE) && shmq_producer_lock_held(name, geteuid()) == 1)
+        return -EBUSY;
     rc = shmq_region_unlink(name);
     int consumers = shmq_region_unlink_object(name, SHMQ_CONSUMERS_SUFFIX);
-    /* A consumer-state object whose ring is gone still counts as removed. */
-    return rc == -ENOENT && consumers == 0 ? 0 : rc;
+    int lock = shmq_producer_lock_unlink(name);
+    /* The System V pages need nothing: they go with their last mapping. A
+     * leftover file whose ring is gone still counts as removed. */
+    return rc == -ENOENT && (consumers == 0 || lock == 0) ? 0 : rc;
 }

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "region_internal.h"
+#include "ring_internal.h"
 
 struct shmq_region {
     int fd;      /* the descriptor the mapping came from */
@@ -58,12 +59,13 @@ static int object_path(char *path, size_t path_size, const char *name, const cha
 
 #define PATH_SIZE (SHMQ_NAME_MAX + sizeof(SHMQ_NAME_PREFIX) + 32)
 
+/* size 0: a lock file, which is never mapped. */
 static int map_region(struct shmq_region **out, int fd, size_t size, int prot)
 {
     struct shmq_region *region = malloc(sizeof(*region));
     if (region == NULL)
         return -ENOMEM;
-    void *base = mmap(NULL, size, prot, MAP_SHARED, fd, 0);
+    void *base = size == 0 ? NULL : mmap(NULL, size, prot, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         int rc = -errno;
         free(region);
@@ -89,17 +91,17 @@ int shmq_region_create_object(struct shmq_region **out, const char *name, const 
     int rc = object_path(path, sizeof(path), name, suffix);
     if (rc < 0)
         return rc;
-    if (size == 0 || size > (size_t)LLONG_MAX)
+    if ((size == 0 && suffix == NULL) || size > (size_t)LLONG_MAX)
         return -EINVAL;
     mode &= 0777;
-    int fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    int fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
     if (fd < 0)
         return -errno;
     if (fchmod(fd, mode) != 0) {
         rc = -errno;
         goto fail;
     }
-    rc = posix_fallocate(fd, 0, (off_t)size); /* returns the error number itself */
+    rc = size == 0 ? 0 : posix_fallocate(fd, 0, (off_t)size); /* returns the error number */
     if (rc != 0) {
         rc = -rc;
         goto fail;
@@ -111,6 +113,17 @@ fail:
     shm_unlink(path);
     close(fd);
     return rc;
+}
+
+/* Opens an object without following a symlink and without blocking on a
+ * FIFO (O_NONBLOCK only matters there: a regular file never blocks). */
+static int open_object(const char *path, int flags)
+{
+    int fd = shm_open(path, flags | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd >= 0)
+        return fd;
+    /* A symlink under the name: not ours, as a FIFO is not. */
+    return errno == ELOOP ? -EPROTO : -errno;
 }
 
 int shmq_region_open(struct shmq_region **out, const char *name, enum shmq_region_access access)
@@ -126,14 +139,26 @@ int shmq_region_open_object(struct shmq_region **out, const char *name, const ch
     if (rc < 0)
         return rc;
     if (access != SHMQ_REGION_READ_ONLY && access != SHMQ_REGION_READ_WRITE &&
-        access != SHMQ_REGION_MOSTLY_READ)
+        access != SHMQ_REGION_MOSTLY_READ && access != SHMQ_REGION_LOCKS)
         return -EINVAL;
-    int fd = shm_open(path, (access == SHMQ_REGION_READ_ONLY ? O_RDONLY : O_RDWR) | O_CLOEXEC, 0);
+    int fd = open_object(path, access == SHMQ_REGION_READ_ONLY ? O_RDONLY : O_RDWR);
     if (fd < 0)
-        return -errno;
+        return fd;
     struct stat st;
     if (fstat(fd, &st) != 0) {
         rc = -errno;
+        goto fail;
+    }
+    /* Anyone may plant a FIFO, socket or directory under a name in
+     * /dev/shm: never read or map one. */
+    if (!S_ISREG(st.st_mode)) {
+        rc = -EPROTO;
+        goto fail;
+    }
+    if (access == SHMQ_REGION_LOCKS) {
+        rc = map_region(out, fd, 0, 0);
+        if (rc == 0)
+            return 0;
         goto fail;
     }
     if (st.st_size <= 0) {
@@ -157,7 +182,8 @@ void shmq_region_close(struct shmq_region *region)
 {
     if (region == NULL)
         return;
-    munmap(region->base, region->size);
+    if (region->base != NULL)
+        munmap(region->base, region->size);
     shmq_region_drop_lock(region);
     close(region->fd);
     free(region);
@@ -183,13 +209,14 @@ int shmq_region_exists(const char *name)
     int rc = object_path(path, sizeof(path), name, NULL);
     if (rc < 0)
         return rc;
-    /* A refusal other than ENOENT (permissions, say) still means it exists. */
-    int fd = shm_open(path, O_RDONLY | O_CLOEXEC, 0);
+    /* A refusal other than ENOENT (permissions, a FIFO or symlink planted
+     * under the name) still means the name is taken. */
+    int fd = open_object(path, O_RDONLY);
     if (fd >= 0) {
         close(fd);
         return 1;
     }
-    return errno == ENOENT ? 0 : 1;
+    return fd == -ENOENT ? 0 : 1;
 }
 
 /* The range one lock covers: a single byte, so that locks on different
@@ -200,12 +227,31 @@ static struct flock lock_range(short type, uint64_t offset)
     return range;
 }
 
+static int lock_byte(struct shmq_region *region, uint64_t offset);
+
 int shmq_region_lock(struct shmq_region *region)
 {
     return shmq_region_lock_byte(region, 0);
 }
 
 int shmq_region_lock_byte(struct shmq_region *region, uint64_t offset)
+{
+    /* fork() must not copy a lock description that is not yet recorded in
+     * the region (the child could not drop it): see fork.c. */
+    shmq_fork_guard(1);
+    int rc = lock_byte(region, offset);
+    shmq_fork_guard(0);
+    return rc;
+}
+
+void shmq_region_unlock_byte(struct shmq_region *region, uint64_t offset)
+{
+    struct flock range = lock_range(F_UNLCK, offset);
+    if (region->lock_fd >= 0)
+        fcntl(region->lock_fd, F_OFD_SETLK, &range);
+}
+
+static int lock_byte(struct shmq_region *region, uint64_t offset)
 {
     /* Open file description (OFD) locks belong to a description, which lives
      * until its last reference goes: descriptors, but also mappings. A forked
@@ -232,11 +278,36 @@ int shmq_region_lock_held(const struct shmq_region *region, uint64_t offset)
 {
     /* F_OFD_GETLK asks without taking anything, and works on a read-only
      * descriptor. Our own lock_fd is another description, so a lock this
-     * process holds there is reported too. */
-    struct flock range = lock_range(F_WRLCK, offset);
+     * process holds there is reported too. Asking as a reader (F_RDLCK)
+     * reports write locks only: anyone who can read an object can take a
+     * read lock on it, so a read lock must never count as a holder. */
+    struct flock range = lock_range(F_RDLCK, offset);
     if (fcntl(region->fd, F_OFD_GETLK, &range) != 0)
         return -errno;
     return range.l_type != F_UNLCK;
+}
+
+int shmq_region_lock_held_in(const struct shmq_region *region, uint64_t offset, uint64_t length)
+{
+    /* As shmq_region_lock_held, over a range. */
+    struct flock range = lock_range(F_RDLCK, offset);
+    range.l_len = (off_t)length;
+    if (fcntl(region->fd, F_OFD_GETLK, &range) != 0)
+        return -errno;
+    return range.l_type != F_UNLCK;
+}
+
+int shmq_region_lock_find(const struct shmq_region *region, uint64_t offset, uint64_t length,
+                          uint64_t *start)
+{
+    struct flock range = lock_range(F_RDLCK, offset);
+    range.l_len = (off_t)length;
+    if (fcntl(region->fd, F_OFD_GETLK, &range) != 0)
+        return -errno;
+    if (range.l_type == F_UNLCK)
+        return 0;
+    *start = (uint64_t)range.l_start;
+    return 1;
 }
 
 void shmq_region_drop_lock(struct shmq_region *region)
@@ -251,6 +322,8 @@ int shmq_region_make_writable(struct shmq_region *region, size_t offset, size_t 
     long page = sysconf(_SC_PAGESIZE);
     if (page <= 0 || offset % (size_t)page || length % (size_t)page || offset > region->size ||
         length > region->size - offset)
+        return -EINVAL;
+    if (region->base == NULL)
         return -EINVAL;
     if (mprotect((char *)region->base + offset, length, PROT_READ | PROT_WRITE) != 0)
         return -errno;

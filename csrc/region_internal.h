@@ -11,5 +11,13 @@ int shmq_region_create_object(struct shmq_region **out, const char *name, const 
 int shmq_region_open_object(struct shmq_region **out, const char *name, const char *suffix,
                             enum shmq_region_access access);
 int shmq_region_unlink_object(const char *name, const char *suffix);
+/* Whether anyone holds a write lock on any byte of [offset, offset+length). */
+int shmq_region_lock_held_in(const struct shmq_region *region, uint64_t offset, uint64_t length);
+/* As shmq_region_lock_held_in, and where: 1 with *start the first byte of
+ * one such lock, 0 none, or a negative errno. */
+int shmq_region_lock_find(const struct shmq_region *region, uint64_t offset, uint64_t length,
+                          uint64_t *start);
+/* Releases the lock this region holds on one byte, keeping the others. */
+void shmq_region_unlock_byte(struct shmq_region *region, uint64_t offset);
 
 #endif

@@ -34,6 +34,9 @@ struct shmq_fork_link {
 };
 void shmq_fork_track(struct shmq_fork_link *link);
 void shmq_fork_untrack(struct shmq_fork_link *link);
+/* Holds off fork() (enter 1) until released (enter 0): around the taking of
+ * a lock whose description the child must be able to find and drop. */
+void shmq_fork_guard(int enter);
 
 /* What ends a handle's waits early (wait.c): shmq_*_interrupt bumps
  * interrupt_word; a wait that sees it moved past `answered` returns
@@ -45,13 +48,36 @@ struct shmq_waiter {
     void *context;
 };
 
-/* The consumer-state object as one side sees it (consumer_state.c). */
+/* Whether a queue's producer lives (producer_lock.c). */
+struct shmq_producer_watch {
+    struct shmq_region *lock; /* the file, where we may open it */
+    dev_t dev;                /* otherwise where /proc/locks lists it */
+    ino_t ino;
+    int listed;
+};
+
+/* A live consumer's entry as the producer sees it: mapped read-only. */
+struct shmq_entry_view {
+    int shm_id; /* -1: none */
+    int unclear; /* the lock file names more than one page for it */
+    struct shmq_consumer_entry *entry;
+};
+
+/* The consumer state as one side sees it (consumer_state.c). */
 struct shmq_consumer_state {
-    struct shmq_region *region; /* NULL: none (see docs/consumer-state.md) */
-    struct shmq_wake_page *wake;
-    unsigned char *entries;
+    struct shmq_region *locks;    /* NAME.consumers, never mapped; NULL: none */
+    struct shmq_wake_page *wake;  /* NULL: none (sleepers use short slices) */
+    int wake_id;
+    int wake_tried;               /* consumer: the wake id last tried */
     uint32_t entry_count;
     uint32_t page_size;
+    uint64_t instance;
+    uid_t ring_owner;
+    struct shmq_entry_view *views; /* producer: entry_count of them */
+    struct shmq_consumer_entry *own; /* consumer: its entry, or NULL */
+    int own_id;
+    int own_index; /* consumer: its entry, or -1 */
+    int forked; /* a child's copy after fork(): the entry is the parent's */
 };
 
 struct shmq_producer {
@@ -65,8 +91,9 @@ struct shmq_producer {
     /* Lossless: sequences below `limit` have room (every registered consumer
      * has read what they overwrite); recomputed when publishing reaches it. */
     uint64_t limit;
-    uint32_t *dead_state; /* per entry: the state it had when found dead, or 0 */
+    uint64_t discovered_at; /* p->next when the live entries were last listed */
     int64_t next_probe_ns; /* when to ask the kernel about laggards again */
+    struct shmq_region *lock; /* NAME.producer, locked while open (producer_lock.c) */
     int forked; /* set in a child after fork(): the handle is dead there */
     int claimed; /* a slot is loaned out (shmq_producer_claim) */
     int refusal; /* what publishing returns now: -ECHILD, -EINPROGRESS or 0 */
@@ -94,6 +121,7 @@ struct shmq_consumer {
     uid_t owner_uid;
     struct shmq_fork_link fork_link;
     struct shmq_waiter waiter;
+    struct shmq_producer_watch producer; /* whether the producer lives */
 };
 
 /* Point a handle at a mapped, validated ring. shmq_*_open use these; the
@@ -113,23 +141,48 @@ void shmq_header_publish(void *base);
 int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry *geometry);
 
 /* consumer_state.c */
-int shmq_consumers_create(struct shmq_consumer_state *state, const char *name,
-                          const struct shmq_geometry *geometry, mode_t ring_mode);
-int shmq_consumers_attach_producer(struct shmq_consumer_state *state, const char *name,
-                                   const struct shmq_geometry *geometry, mode_t ring_mode);
-int shmq_consumers_attach_consumer(struct shmq_consumer_state *state, const char *name,
-                                   const struct shmq_geometry *geometry, uid_t ring_owner);
+int shmq_consumers_producer_open(struct shmq_consumer_state *state, const char *name,
+                                 const struct shmq_geometry *geometry,
+                                 struct shmq_control *control, mode_t ring_mode);
+int shmq_consumers_consumer_open(struct shmq_consumer_state *state, const char *name,
+                                 const struct shmq_geometry *geometry,
+                                 const struct shmq_control *control, uid_t ring_owner);
+int shmq_consumers_attach_wake(struct shmq_consumer_state *state,
+                               const struct shmq_control *control);
 int shmq_consumers_claim(struct shmq_consumer_state *state, struct shmq_consumer_entry **entry);
-struct shmq_consumer_entry *shmq_consumers_entry(const struct shmq_consumer_state *state,
-                                                 uint32_t index);
 int shmq_consumers_entry_live(const struct shmq_consumer_state *state, uint32_t index);
+/* Producer: map the entries of live consumers, drop those of dead ones. */
+void shmq_consumers_discover(struct shmq_consumer_state *state);
+void shmq_consumers_forget(struct shmq_consumer_state *state, uint32_t index);
+int shmq_consumers_snapshot(const struct shmq_consumer_state *state, uint32_t index,
+                            struct shmq_consumer_info *info, uint64_t head);
+void shmq_consumers_in_child(struct shmq_consumer_state *state);
+/* Gives up every lock (its entry) but keeps the mappings. */
+void shmq_consumers_release(struct shmq_consumer_state *state);
 void shmq_consumers_close(struct shmq_consumer_state *state);
+
+/* sysv.c */
+int shmq_sysv_page_create(key_t key, mode_t mode, size_t size);
+struct shmid_ds;
+int shmq_sysv_page_stat(int id, struct shmid_ds *ds);
+int shmq_sysv_page_give(int id, uid_t owner);
+void *shmq_sysv_page_attach(int id, int read_only);
+void shmq_sysv_page_detach(void *base);
+void shmq_sysv_page_remove(int id);
+
+/* producer_lock.c: NAME.producer */
+int shmq_producer_lock_take(struct shmq_region **lock, const char *name);
+int shmq_producer_watch_open(struct shmq_producer_watch *watch, const char *name, uid_t owner);
+int shmq_producer_watch_alive(const struct shmq_producer_watch *watch);
+void shmq_producer_watch_close(struct shmq_producer_watch *watch);
+int shmq_producer_lock_held(const char *name, uid_t owner);
+int shmq_producer_lock_unlink(const char *name);
 
 /* A queue name: a region name that does not end in SHMQ_CONSUMERS_SUFFIX. */
 int shmq_queue_name_validate(const char *name);
 
 /* backpressure.c: the lossless mode */
-int shmq_backpressure_has_room(struct shmq_producer *producer, int probe_liveness);
+int shmq_backpressure_has_room(struct shmq_producer *producer, int discover, int probe_liveness);
 int shmq_backpressure_wait(struct shmq_producer *producer, int64_t deadline_ns);
 void shmq_backpressure_register(struct shmq_consumer *consumer, enum shmq_start start);
 void shmq_backpressure_release(struct shmq_consumer *consumer);

@@ -34,18 +34,23 @@
  *   +12 reserved u32
  *   +16 payload      slot_size bytes rounded up to 16
  *
- * 2. The consumer state, /dev/shm/shmq-NAME.consumers: created by the
- *    producer; each consumer writes only the wake page and its own entry,
- *    which are the only pages it maps writable.
+ *   line 4 (512) wake_shm i32: the System V segment holding the wake page,
+ *                written by the producer when it opens
  *
- *   offset 0        page_size      2*page_size     (2+i)*page_size
- *   +---------------+--------------+---------------+-----+-----------+
- *   | header        | wake page    | entry 0       | ... | entry i   |
- *   +---------------+--------------+---------------+-----+-----------+
+ * 2. The producer lock, /dev/shm/shmq-NAME.producer: an EMPTY file of mode
+ *    0600; a producer holds an OFD write lock on its byte 0 while it lives.
  *
- *   header:  magic u64 | version u32 | entry_count u32 | page_size u32 |
- *            reserved u32 | ring_instance u64 | total_size u64
- *   wake:    line 0: wake_flag u32: set by a consumer about to sleep,
+ * 2. The consumer state (docs/consumer-state.md has the trust argument):
+ *
+ *   /dev/shm/shmq-NAME.consumers: an EMPTY file. Consumer entry i is live
+ *   exactly while someone holds an OFD write lock on its byte i. Nobody maps
+ *   it, so truncating or filling it harms nobody.
+ *
+ *   The wake page: one page of System V shared memory, created by the
+ *   producer (IPC_PRIVATE, marked for removal at once, so the kernel frees
+ *   it when the last process detaches), writable by every consumer, never
+ *   truncatable:
+ *            line 0: wake_flag u32: set by a consumer about to sleep,
  *                    cleared by the producer when it wakes a sleeper |
  *                    relay_word u32: the last futex_word value whose wake
  *                    a woken consumer passed on to the other sleepers
@@ -55,11 +60,17 @@
  *                    producer_futex; the consumer whose position reaches
  *                    producer_wake_at clears the flag, bumps the word and
  *                    wakes it
- *   entry:   position u64 | pid u32 | state u32 | lost u64
- *            Live exactly while someone holds an OFD write lock on the
- *            entry's first byte; pid is for display only. state: 0 free;
- *            otherwise a claim counter (bits 1..31, new at every claim) and
- *            bit 0, SHMQ_ENTRY_REGISTERED: a lossless producer must not
+ *            line 2: tag: magic u64 "shmqwake" | ring_instance u64
+ *
+ *   Entry i: one page of System V shared memory, created by the consumer
+ *   that holds lock byte i (IPC_PRIVATE, mode 0600), given to the ring's
+ *   owner (IPC_SET) and marked for removal once mapped, so that only that
+ *   consumer (its creator) and the producer's user can map it, and the
+ *   kernel frees it with the last mapping; the producer maps it read-only:
+ *            position u64 | pid u32 | state u32 | lost u64 |
+ *            ring_instance u64 | index u32 | reserved u32
+ *            state: 0 free; otherwise a claim counter (bits 1..31) and bit
+ *            0, SHMQ_ENTRY_REGISTERED: a lossless producer must not
  *            overwrite what this consumer has not read (position).
  *
  * All integers are native-endian: a segment never leaves its host.
@@ -73,8 +84,8 @@
 #include "shmq_atomic.h"
 
 #define SHMQ_MAGIC UINT64_C(0x676e6972716d6873)          /* "shmqring" in memory order */
-#define SHMQ_CONSUMERS_MAGIC UINT64_C(0x736e6f63716d6873) /* "shmqcons" */
-#define SHMQ_LAYOUT_VERSION 2u
+#define SHMQ_WAKE_MAGIC UINT64_C(0x656b6177716d6873)      /* "shmqwake" */
+#define SHMQ_LAYOUT_VERSION 3u
 #define SHMQ_LINE 128u
 #define SHMQ_SLOT_HEADER 16u
 #define SHMQ_SLOT_ALIGN 16u
@@ -84,6 +95,10 @@
 #define SHMQ_STREAM_ENDED 1u
 #define SHMQ_CONSUMER_ENTRIES_MAX 1024u
 #define SHMQ_CONSUMERS_SUFFIX ".consumers"
+#define SHMQ_PRODUCER_SUFFIX ".producer"
+/* Where in NAME.consumers an entry's holder tells its page's id. */
+#define SHMQ_ENTRY_ID_BASE (UINT64_C(1) << 32)
+#define SHMQ_ENTRY_ID_SPAN (UINT64_C(1) << 31)
 
 /* Line 0 of the control page; copied whole into private memory and then
  * validated, so no field is read twice. */
@@ -118,6 +133,9 @@ struct shmq_control {
     /* line 3 */
     _Atomic uint32_t stream_state;
     unsigned char pad3[SHMQ_LINE - 4];
+    /* line 4 */
+    _Atomic int32_t wake_shm;
+    unsigned char pad4[SHMQ_LINE - 4];
 };
 
 struct shmq_slot {
@@ -127,16 +145,6 @@ struct shmq_slot {
     _Atomic uint64_t payload[]; /* copied a word at a time: see producer.c */
 };
 
-struct shmq_consumers_header {
-    _Atomic uint64_t magic;
-    uint32_t version;
-    uint32_t entry_count;
-    uint32_t page_size;
-    uint32_t reserved;
-    uint64_t ring_instance;
-    uint64_t total_size;
-};
-
 struct shmq_wake_page {
     _Atomic uint32_t wake_flag;
     _Atomic uint32_t relay_word;
@@ -144,6 +152,9 @@ struct shmq_wake_page {
     _Atomic uint32_t producer_waiting;
     _Atomic uint32_t producer_futex;
     _Atomic uint64_t producer_wake_at;
+    unsigned char pad1[SHMQ_LINE - 16];
+    uint64_t magic;
+    uint64_t ring_instance;
 };
 
 struct shmq_consumer_entry {
@@ -151,6 +162,9 @@ struct shmq_consumer_entry {
     _Atomic uint32_t pid;
     _Atomic uint32_t state;
     _Atomic uint64_t lost;
+    uint64_t ring_instance;
+    uint32_t index;
+    uint32_t reserved;
 };
 
 _Static_assert(offsetof(struct shmq_identity, version) == 8, "layout");
@@ -166,18 +180,21 @@ _Static_assert(offsetof(struct shmq_control, magic) == 0, "layout");
 _Static_assert(offsetof(struct shmq_control, head) == 1 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, futex_word) == 2 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, stream_state) == 3 * SHMQ_LINE, "layout");
-_Static_assert(sizeof(struct shmq_control) == 4 * SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_control, wake_shm) == 4 * SHMQ_LINE, "layout");
+_Static_assert(sizeof(struct shmq_control) == 5 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_slot, length) == 8, "layout");
 _Static_assert(offsetof(struct shmq_slot, payload) == SHMQ_SLOT_HEADER, "layout");
-_Static_assert(offsetof(struct shmq_consumers_header, entry_count) == 12, "layout");
-_Static_assert(offsetof(struct shmq_consumers_header, ring_instance) == 24, "layout");
-_Static_assert(offsetof(struct shmq_consumers_header, total_size) == 32, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, relay_word) == 4, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_waiting) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_futex) == SHMQ_LINE + 4, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_wake_at) == SHMQ_LINE + 8, "layout");
+_Static_assert(offsetof(struct shmq_wake_page, magic) == 2 * SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_wake_page, ring_instance) == 2 * SHMQ_LINE + 8, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, pid) == 8, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, lost) == 16, "layout");
+_Static_assert(offsetof(struct shmq_consumer_entry, ring_instance) == 24, "layout");
+_Static_assert(offsetof(struct shmq_consumer_entry, index) == 32, "layout");
+_Static_assert(sizeof(struct shmq_consumer_entry) == 40, "layout");
 
 /* Bytes one slot occupies for a given maximum payload. */
 static inline uint64_t shmq_slot_stride_for(uint64_t slot_size)

@@ -51,13 +51,17 @@ enum shmq_region_access {
     SHMQ_REGION_MOSTLY_READ = 2, /* read-write descriptor, read-only mapping whose
                                     pages can be opened up with
                                     shmq_region_make_writable */
+    SHMQ_REGION_LOCKS = 3,       /* read-write descriptor, no mapping: an object
+                                    used only for its locks, of any size */
 };
 
 /* Opens an existing region and maps all of it as `access` says; a write
  * through a read-only mapping faults. The size comes from fstat; an empty
- * object gives -ENODATA.
+ * object gives -ENODATA (except with SHMQ_REGION_LOCKS). It never follows a
+ * symlink and never blocks: anything but a regular file under the name (a
+ * FIFO, socket, directory or symlink someone planted) gives -EPROTO.
  * Returns 0 and sets *out, or -EINVAL, -ENAMETOOLONG, -ENOENT, -EACCES,
- * -ENODATA, -ENOMEM, -EMFILE. */
+ * -EPROTO, -ENODATA, -ENOMEM, -EMFILE. */
 int shmq_region_open(struct shmq_region **out, const char *name, enum shmq_region_access access);
 
 /* Unmaps and closes. Accepts NULL. The object stays in /dev/shm. */
@@ -82,8 +86,10 @@ int shmq_region_lock(struct shmq_region *region);
  * one region may hold several. */
 int shmq_region_lock_byte(struct shmq_region *region, uint64_t offset);
 
-/* Whether anyone (this process's own region included) holds a lock on byte
- * `offset`; takes nothing and works on a read-only region.
+/* Whether anyone (this process's own region included) holds a write lock,
+ * as shmq_region_lock takes, on byte `offset`; takes nothing and works on
+ * a read-only region. Read locks do not count: anyone who can read the
+ * object can take one.
  * Returns 1, 0 or a negative errno. */
 int shmq_region_lock_held(const struct shmq_region *region, uint64_t offset);
 
