@@ -5,12 +5,10 @@ dead peer costs the living, who may take over a name, and what fork() and the
 end of a stream do to open handles. docs/consumer-state.md is the design these
 scenarios check; every one of them would have failed before it.
 """
-import fcntl
 import gc
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -24,7 +22,6 @@ import shmq
 from conftest import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def ring_path(name):
@@ -214,10 +211,10 @@ def test_a_consumer_holds_the_ring_only_through_a_read_only_descriptor(queue_nam
 
 # ------------------------------------------------------------ dead peers
 
-def _wake_flag(name):
-    """The wake page's flag, read for observation only (shmq_layout.h)."""
-    with open(state_path(name), "rb") as f:
-        return struct.unpack("=I", os.pread(f.fileno(), 4, PAGE))[0]
+def _asleep(pid):
+    """Whether process `pid` sleeps in the kernel (its state in /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "S"
 
 
 def test_a_consumer_killed_asleep_costs_the_producer_at_most_one_wakeup(queue_name, children):
@@ -232,10 +229,11 @@ def test_a_consumer_killed_asleep_costs_the_producer_at_most_one_wakeup(queue_na
         """, name)
         sleeper.expect("sleeping")
         deadline = time.monotonic() + 10
-        while _wake_flag(name) == 0:  # it has raised the flag: it is going to sleep
-            assert time.monotonic() < deadline, "the consumer never asked to be woken"
+        # It raises the wake flag just before it sleeps on the futex.
+        while not _asleep(sleeper.pid):
+            assert time.monotonic() < deadline, "the consumer never went to sleep"
             time.sleep(0.005)
-        time.sleep(0.05)
+        time.sleep(0.2)
         sleeper.kill()
 
         before = p.wakeups
@@ -256,18 +254,17 @@ def test_a_sigkilled_producer_leaves_the_stream_open_but_not_alive(queue_name, c
         assert c.poll_many(10) == [b"m%d" % i for i in range(5)]
 
 
-def _entry_pid(name, index):
-    """pid field of consumer entry `index` (display only, shmq_layout.h)."""
-    with open(state_path(name), "rb") as f:
-        return struct.unpack("=I", os.pread(f.fileno(), 4, (2 + index) * PAGE + 8))[0]
+def _entries(p):
+    """{index: pid} of the live consumer entries, as the producer sees them."""
+    return {c["index"]: c["pid"] for c in p.consumers}
 
 
-def _entry_live(name, index):
-    """Whether someone holds the entry's OFD lock, asked as the library does."""
-    with open(state_path(name), "rb") as f:
-        probe = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, (2 + index) * PAGE, 1, 0)
-        l_type = struct.unpack("hhqqi4x", fcntl.fcntl(f.fileno(), fcntl.F_OFD_GETLK, probe))[0]
-        return l_type != fcntl.F_UNLCK
+def _entry_pid(p, index):
+    return _entries(p).get(index)
+
+
+def _entry_live(p, index):
+    return index in _entries(p)
 
 
 CONSUMER = """
@@ -289,22 +286,22 @@ def test_a_killed_consumers_entry_is_reused_and_consumers_beyond_the_limit_still
         first, second = children(CONSUMER, name), children(CONSUMER, name)
         first.expect("open")
         second.expect("open")
-        assert {_entry_pid(name, 0), _entry_pid(name, 1)} == {first.pid, second.pid}
-        assert _entry_live(name, 0) and _entry_live(name, 1)
+        assert {_entry_pid(p, 0), _entry_pid(p, 1)} == {first.pid, second.pid}
+        assert _entry_live(p, 0) and _entry_live(p, 1)
 
         with shmq.Consumer(name, start="earliest") as unlisted:  # a third, with no entry
-            assert os.getpid() not in (_entry_pid(name, 0), _entry_pid(name, 1))
+            assert os.getpid() not in (_entry_pid(p, 0), _entry_pid(p, 1))
             p.publish_many([b"a", b"b"])
             assert unlisted.poll_many(10) == [b"a", b"b"]
 
-        killed = 0 if _entry_pid(name, 0) == first.pid else 1
+        killed = 0 if _entry_pid(p, 0) == first.pid else 1
         first.kill()
-        assert not _entry_live(name, killed)  # the kernel dropped the dead one's lock
+        assert not _entry_live(p, killed)  # the kernel dropped the dead one's lock
         third = children(CONSUMER, name)
         third.expect("open")
-        assert _entry_pid(name, killed) == third.pid
-        assert _entry_live(name, killed)
-        assert _entry_pid(name, 1 - killed) == second.pid
+        assert _entry_pid(p, killed) == third.pid
+        assert _entry_live(p, killed)
+        assert _entry_pid(p, 1 - killed) == second.pid
         p.publish(b"c")
         for reader in (second, third):
             reader.tell("poll")
