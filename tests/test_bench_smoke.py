@@ -36,7 +36,7 @@ def test_shmq_bench_refuses_bad_arguments():
     run = subprocess.run([sys.executable, "-m", "shmq", "bench", "--size", "0"],
                          capture_output=True, text=True, timeout=60, env=_env())
     assert run.returncode == 2
-    assert "must be positive" in run.stdout
+    assert "must be positive" in run.stderr
 
 
 SUITE = ROOT / "benchmarks" / "run.py"
