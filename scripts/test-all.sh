@@ -7,7 +7,8 @@
 #   tsan         the threaded stress test under ThreadSanitizer (make tsan)
 #   fuzz         the libFuzzer target over attach, header validation and slot
 #                reading, for SHMQ_FUZZ_SECONDS (60); installs clang and its
-#                fuzzer runtime with apt-get when missing
+#                fuzzer runtime system-wide with apt-get when missing (asking
+#                first when stdin is a terminal: "no" skips this suite)
 #   pytest       pytest against the release build of the extension
 #   pytest_asan  pytest again, against an ASan + UBSan build of the extension
 #                (SHMQ_SKIP_ASAN_PYTEST=1 leaves it out)
@@ -32,6 +33,10 @@ suite_tsan() {
 
 suite_fuzz() {
     local rc=0
+    if [ "$fuzz_declined" = 1 ]; then
+        echo "skipped (clang and its fuzzer runtime not installed: you said no)"
+        return 0
+    fi
     sh tests/fuzz/run.sh "${SHMQ_FUZZ_SECONDS:-60}" || rc=$?
     if [ "$rc" = 77 ]; then
         echo "skipped (no clang with libFuzzer on this machine)"
@@ -41,12 +46,22 @@ suite_fuzz() {
 }
 
 # clang and the runtime libFuzzer links (Debian: libclang-rt-N-dev, N its
-# major version), when the fuzz suite is to run and they are missing.
+# major version), when the fuzz suite is to run and they are missing. They go
+# into the system, not the venv, so a person at a terminal is asked first; a
+# "no" skips the fuzz suite. Without a terminal (CI) they are installed.
+fuzz_declined=0
 fuzz_tools() {
-    local probe major
+    local probe major answer
     probe=$(mktemp -d)
     printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' > "$probe/p.c"
     if ! clang -fsanitize=fuzzer,address,undefined "$probe/p.c" -o "$probe/p" >/dev/null 2>&1; then
+        if [ -t 0 ]; then
+            read -r -p "test-all: the fuzz suite needs clang and its libFuzzer runtime (libclang-rt-N-dev), installed system-wide with apt-get. Install them now? [y/N] " answer || answer=
+            case "$answer" in
+                [yY]*) ;;
+                *) fuzz_declined=1; rm -rf "$probe"; return 0 ;;
+            esac
+        fi
         command -v clang >/dev/null || _shmq_apt_install clang
         major=$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)
         [ -n "$major" ] && _shmq_apt_install "libclang-rt-$major-dev"
