@@ -347,22 +347,30 @@ def test_publish_many_full_says_how_many_went_out_and_they_are_the_first(name):
 
 
 SCRIBBLER = textwrap.dedent("""
-    import mmap, os, random, struct, sys, time
+    import ctypes, os, random, struct, sys, time
     import shmq
     name, seconds = sys.argv[1], float(sys.argv[2])
     c = shmq.Consumer(name)
     print("ready", c.position, flush=True)
     index = int(sys.stdin.readline())
-    page = mmap.PAGESIZE
-    fd = os.open(f"/dev/shm/{shmq.NAME_PREFIX}{name}.consumers", os.O_RDWR)
-    entry = mmap.mmap(fd, page, offset=(2 + index) * page)
+    # Its own entry is the one writable System V page of this process that
+    # is not the wake page (which carries the tag "shmqwake" at 256).
+    entry = None
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] == "rw-s" and fields[5].startswith("/SYSV"):
+                start = int(fields[0].split("-")[0], 16)
+                if ctypes.string_at(start + 256, 8) != b"shmqwake":
+                    entry = start
+    assert entry is not None and struct.unpack("=I", ctypes.string_at(entry + 32, 4))[0] == index
+    position = ctypes.c_uint64.from_address(entry)
     rng = random.Random(11)
     end = time.monotonic() + seconds
     writes = 0
     while time.monotonic() < end:
-        value = rng.choice([rng.getrandbits(64), 0, 2**64 - 1, 2**63,
-                            rng.getrandbits(64) & 0xffff, rng.getrandbits(64) >> 1])
-        entry[0:8] = struct.pack("<Q", value)
+        position.value = rng.choice([rng.getrandbits(64), 0, 2**64 - 1, 2**63,
+                                     rng.getrandbits(64) & 0xffff, rng.getrandbits(64) >> 1])
         writes += 1
         if writes % 64 == 0:
             time.sleep(0.0005)
