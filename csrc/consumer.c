@@ -186,16 +186,25 @@ static int open_once(struct shmq_consumer **out, const char *name,
     rc = shmq_producer_watch_open(&c->producer, name, st.st_uid);
     if (rc < 0)
         goto fail_close;
-    /* Lossy: a consumer that cannot use the consumer state still reads. */
+    /* Lossy: a consumer that cannot use the consumer state still reads,
+     * unless what stopped it is a shortage of ours to report. */
     int usable = shmq_consumers_consumer_open(&c->consumers, name, &c->geometry, c->control,
                                               st.st_uid);
+    if (usable == -EMFILE || usable == -ENFILE || usable == -ENOMEM) {
+        rc = usable;
+        goto fail_state;
+    }
     if (!options->no_entry) {
         int index = usable < 0 ? usable : claim_entry(c);
+        if (index == -EMFILE || index == -ENFILE || index == -ENOMEM) {
+            rc = index;
+            goto fail_state;
+        }
         /* A lossless queue's producer must know every consumer it is to
          * wait for: no entry, no registration. */
         if (index < 0 && c->geometry.lossless) {
-            rc = index == -EUSERS || index == -EACCES || index == -EMFILE || index == -ENOMEM ||
-                 index == -ENOSPC ? index : -EBADMSG;
+            rc = index == -EUSERS || index == -EACCES || index == -EMFILE || index == -ENFILE ||
+                 index == -ENOMEM || index == -ENOSPC ? index : -EBADMSG;
             goto fail_state;
         }
     }

@@ -5,13 +5,16 @@
  *
  * MODEL
  *   A queue is a ring of `capacity` fixed-size slots in a named shared-memory
- *   segment (/dev/shm/shmq-NAME), plus a small consumer-state segment
- *   (/dev/shm/shmq-NAME.consumers). One producer publishes messages of up to
- *   `slot_size` bytes; each message gets the next 64-bit sequence number.
- *   Any number of consumers read every message, each at its own position.
- *   The producer never waits for consumers: a consumer that falls more than a
- *   ring behind is overrun. It notices, counts exactly how many messages it
- *   lost, and carries on. A consumer never returns a torn message: a payload is
+ *   segment (/dev/shm/shmq-NAME), plus two empty files used for their locks
+ *   (/dev/shm/shmq-NAME.consumers and .producer) and a page of System V
+ *   memory per consumer and one to wake sleepers. One producer publishes
+ *   messages of up to `slot_size` bytes; each message gets the next 64-bit
+ *   sequence number. Any number of consumers read every message, each at its
+ *   own position. On a lossy queue (the default) the producer never waits
+ *   for consumers: a consumer that falls more than a ring behind is overrun.
+ *   It notices, counts exactly how many messages it lost, and carries on. On
+ *   a lossless queue the producer waits for its registered consumers instead
+ *   (LOSSLESS below). A consumer never returns a torn message: a payload is
  *   delivered only if it was copied whole before the producer reused the slot.
  *
  *   Invariant, per consumer: delivered + lost == messages published since the
@@ -20,11 +23,14 @@
  * ROLES AND TRUST
  *   The producer alone can write the ring: consumers open it with a
  *   read-only descriptor and map it read-only, so no consumer can truncate
- *   it, write it or mprotect it writable. What consumers must write (a wake
- *   flag, and each consumer's own entry) lives in the consumer-state segment,
- *   of which a consumer maps writable only the wake page and its own entry.
- *   Liveness comes from locks the kernel drops when their holder dies, never
- *   from pids. docs/consumer-state.md has the whole design.
+ *   it, write it or mprotect it writable. What consumers must write lives in
+ *   System V memory, which nobody can truncate: a wake page all consumers
+ *   share, and each consumer's own entry page, which it makes itself and
+ *   which no other user can map. The producer maps nothing a consumer could
+ *   shrink, so no consumer can make it fault. Liveness comes from locks the
+ *   kernel drops when their holder dies, never from pids; the producer's
+ *   lock is on a file only the queue's owner can open, so no reader can fake
+ *   or block a producer. docs/consumer-state.md has the whole design.
  *
  * ERRORS
  *   Every function that can fail returns a value >= 0 on success and a negative
@@ -57,7 +63,9 @@
  *     -EEXIST           the queue exists (exclusive create)
  *     -EINVAL           bad argument or name
  *     -ENAMETOOLONG     name longer than SHMQ_NAME_MAX
- *     -EPROTO           the segment is not a shmq ring (wrong magic)
+ *     -EPROTO           the segment is not a shmq ring (wrong magic), or not a
+ *                       regular file (a FIFO, socket, directory or symlink
+ *                       someone planted under the name)
  *     -ENODATA          the segment is empty or was never fully initialised
  *     -EPROTONOSUPPORT  the segment has a layout version this build can't read
  *     -EBADMSG          the ring's header is corrupt or disagrees with its size
@@ -108,7 +116,7 @@ extern "C" {
 #define SHMQ_SEGMENT_MAX (UINT64_C(1) << 40)
 #define SHMQ_DEFAULT_SLOT_SIZE 1024u
 #define SHMQ_DEFAULT_CAPACITY 8192u
-/* Entries in the consumer-state segment, by default and at most. */
+/* Consumer entries of a queue, by default and at most. */
 #define SHMQ_DEFAULT_MAX_CONSUMERS 64u
 /* Most spin iterations a blocking poll makes before it sleeps (about 15 ms). */
 #define SHMQ_SPIN_MAX 1000000u
@@ -137,7 +145,7 @@ struct shmq_config {
      * futex wake counter starts at its low 32 bits, so starting near 2^64 also
      * exercises the wrap of the 32-bit wake counter. */
     uint64_t first_sequence;
-    /* Consumer entries in the consumer-state segment (one page each), 1..1024;
+    /* Consumer entries (one System V page each while taken), 1..1024;
      * 0: SHMQ_DEFAULT_MAX_CONSUMERS. Consumers beyond it still read; they are
      * just not listed (on a lossless queue they cannot register). Ignored
      * when attaching. */
@@ -156,7 +164,7 @@ struct shmq_config {
 
 /* Opens the producer side of queue `name`; at most one producer per queue.
  * Queue names follow the region rules (shmq_region.h) and must not end in
- * ".consumers".
+ * ".consumers" or ".producer".
  * With SHMQ_CREATE a missing queue is created from `config` (NULL: defaults).
  * An existing queue is attached and its sequence continues after the last
  * message the previous producer stamped whole; a non-zero config->slot_size
@@ -166,7 +174,9 @@ struct shmq_config {
  * shared /dev/shm, another user could have planted it to read or steer what
  * we publish. Opening clears the end-of-stream mark.
  * The producer lock is released by the kernel when the process dies, so a
- * crashed producer never blocks a new one.
+ * crashed producer never blocks a new one; only the owner's processes can
+ * take it or block it. A failure leaves what the queue had untouched (its
+ * consumers stay registered) and reports the real cause (-EMFILE, say).
  * Returns 0 and sets *out; or -EBUSY, -ENOENT (no SHMQ_CREATE), -EEXIST,
  * -EPERM, -EMEDIUMTYPE, -EINVAL, -EFBIG, -ENAMETOOLONG, -EPROTO, -ENODATA,
  * -EPROTONOSUPPORT, -EBADMSG, -ENOSPC, -EACCES, -ENOMEM, -EMFILE. */
@@ -243,7 +253,7 @@ uint64_t shmq_producer_wakeups(const struct shmq_producer *producer);
 /* 1 if the queue is lossless, else 0. */
 int shmq_producer_lossless(const struct shmq_producer *producer);
 
-/* A live consumer, as its entry in the consumer-state segment shows it. */
+/* A live consumer, as its entry shows it. */
 struct shmq_consumer_info {
     uint32_t index;    /* its entry */
     uint32_t pid;      /* for display only: pids are reused */
@@ -299,22 +309,24 @@ struct shmq_consumer_options {
     void *wait_context;
 };
 
-/* Opens a consumer on an existing queue. The ring is opened read-only and
- * mapped read-only. The consumer claims a free entry in the consumer-state
- * segment (held by a lock the kernel drops at its death) and maps writable
- * only that entry and the wake page, so a stray write through a consumer
- * can't corrupt what the producer or other consumers read. A consumer that
- * finds no free entry, or may not write the consumer-state segment, still
- * reads every message; it only sleeps in 1 ms slices, since nobody can be
- * asked to wake it. options NULL: start latest, no spin, no owner check.
+/* Opens a consumer on an existing queue (waiting for it first, as
+ * options->wait_ns says). The ring is opened read-only and mapped
+ * read-only, so a stray write through a consumer can't corrupt what the
+ * producer or other consumers read. The consumer claims a free entry (held
+ * by a lock the kernel drops at its death) and makes its own page for it,
+ * which no other user can map; it also maps the wake page. A consumer that
+ * finds no free entry, or may not take one, still reads every message; one
+ * without the wake page sleeps in 1 ms slices, since nobody can be asked to
+ * wake it. options NULL: start latest, no spin, no owner check, no wait.
  * On a lossless queue the consumer registers (unless no_entry): from its
  * start on, the producer does not overwrite what it has not read; every
- * entry taken gives -EUSERS, a consumer-state segment it may not write
- * -EACCES. It unregisters at close, or when it dies (the kernel drops the
- * lock on its entry; the producer notices within 10 ms of waiting on it).
+ * entry taken gives -EUSERS, a consumer state it may not use -EACCES. It
+ * unregisters at close, or when it dies (the kernel drops the lock on its
+ * entry; the producer notices within 10 ms of waiting on it).
  * Returns 0 and sets *out; or -ENOENT, -EINVAL, -ENAMETOOLONG, -EACCES,
  * -EPERM, -EUSERS, -EPROTO, -ENODATA, -EPROTONOSUPPORT, -EBADMSG, -ENOMEM,
- * -EMFILE. */
+ * -EMFILE, -ENOSPC (no System V memory left for the entry), -EINTR (the
+ * wait check stopped a wait). */
 int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
                             const struct shmq_consumer_options *options);
 
@@ -411,7 +423,7 @@ uint32_t shmq_consumer_slot_size(const struct shmq_consumer *consumer);
 uint32_t shmq_consumer_capacity(const struct shmq_consumer *consumer);
 /* The uid that owns the queue's ring segment. */
 uid_t shmq_consumer_owner_uid(const struct shmq_consumer *consumer);
-/* This consumer's entry in the consumer-state segment, or -1 if it has none. */
+/* This consumer's entry, or -1 if it has none. */
 int shmq_consumer_entry(const struct shmq_consumer *consumer);
 /* 1 if the queue is lossless, else 0. */
 int shmq_consumer_lossless(const struct shmq_consumer *consumer);
@@ -499,8 +511,8 @@ int shmq_inspect(const char *name, struct shmq_queue_info *info, struct shmq_con
 /* Flags for shmq_unlink. */
 #define SHMQ_UNLINK_FORCE 1u /* unlink even while a live producer holds the queue */
 
-/* Removes queue `name` (its ring and its consumer state) from /dev/shm. Open
- * handles keep working. Refuses with -EBUSY while a live producer holds the
+/* Removes queue `name` (its ring and its lock files) from /dev/shm. Open
+ * handles keep working; the System V pages go with their last mapping. Refuses with -EBUSY while a live producer holds the
  * queue, since a new producer could then create a second queue under the
  * same name while the old one is still being published to (split brain);
  * SHMQ_UNLINK_FORCE removes it anyway.
@@ -533,6 +545,12 @@ const char *shmq_strerror(int code);
  *   unread slot: a position ahead of the head counts as the head, one more
  *   than a ring behind as exactly a ring behind. Consumers opened with
  *   no_entry are lossy observers.
+ *
+ * START
+ *   SHMQ_START_AT takes any position: one not published yet starts at the
+ *   head (as latest), one already overwritten starts at the oldest message
+ *   still readable and counts the skipped ones as lost, and one 2^62 or more
+ *   behind (garbage: a corrupt pickle, say) starts there without a count.
  *
  * OVERRUN
  *   A consumer reading sequence s finds the slot already holding a later

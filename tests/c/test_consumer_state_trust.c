@@ -14,6 +14,9 @@
  *   - a consumer of another user can neither map another consumer's entry
  *     nor open the producer lock, and still learns whether the producer
  *     lives (root only; skipped otherwise);
+ *   - a producer restart that fails for want of descriptors (EMFILE) says
+ *     so and leaves the queue as it was: its registered consumer stays
+ *     registered, and the next producer loses it nothing;
  *   - a thread that forks while another opens and closes producers never
  *     leaves a lock to the child: once the parent closed, a new producer
  *     opens while the child still lives;
@@ -27,6 +30,7 @@
 #include <stdatomic.h>
 #include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/shm.h>
 
 #include "adversary.h"
@@ -197,6 +201,53 @@ static void another_user_cannot_map_an_entry(void)
     close(ready[0]), close(ready[1]), close(go[0]), close(go[1]);
 }
 
+static void a_failed_restart_leaves_the_queue_as_it_was(void)
+{
+    const char *name = test_name("emfile");
+    struct shmq_config config = {.slot_size = 8, .capacity = 16, .delivery = SHMQ_LOSSLESS};
+    struct shmq_producer *p;
+    CHECK_RC(shmq_producer_open(&p, name, &config, SHMQ_CREATE | SHMQ_EXCL), 0);
+    struct shmq_consumer *c;
+    CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
+    shmq_producer_close(p);
+    /* New descriptors get the lowest free numbers, which the limit caps:
+     * allow none, one, ... up to four. */
+    struct rlimit old;
+    CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    int lowest = 0;
+    while (fcntl(lowest, F_GETFD) >= 0)
+        lowest++;
+    int failures = 0;
+    for (int extra = 0; extra <= 4; extra++) {
+        struct rlimit tight = {.rlim_cur = (rlim_t)(lowest + extra), .rlim_max = old.rlim_max};
+        CHECK(setrlimit(RLIMIT_NOFILE, &tight) == 0);
+        int rc = shmq_producer_open(&p, name, &config, 0);
+        CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+        if (rc == 0) {
+            shmq_producer_close(p);
+            continue;
+        }
+        CHECK_RC(rc, -EMFILE);
+        failures++;
+        CHECK(shmq_consumer_registered(c) == 1);
+    }
+    CHECK(failures > 0);
+    CHECK_RC(shmq_producer_open(&p, name, &config, 0), 0);
+    struct shmq_consumer_info info;
+    CHECK(shmq_producer_consumers(p, &info, 1) == 1 && info.registered);
+    publish_n(p, 16);
+    uint64_t v = 0;
+    CHECK_RC(shmq_producer_publish(p, &v, sizeof(v), NULL), SHMQ_FULL);
+    for (uint64_t i = 0; i < 16; i++) {
+        CHECK_RC(shmq_consumer_poll(c, &v, sizeof(v), NULL), 0);
+        CHECK(v == i);
+    }
+    printf("%d producer restarts failed with EMFILE; the registered consumer lost nothing\n",
+           failures);
+    shmq_consumer_close(c);
+    shmq_producer_close(p);
+}
+
 struct opener {
     const char *name;
     _Atomic int stop;
@@ -284,6 +335,7 @@ int main(void)
     read_locks_neither_fake_nor_block_a_producer();
     a_planted_id_lock_stalls_but_never_overwrites();
     another_user_cannot_map_an_entry();
+    a_failed_restart_leaves_the_queue_as_it_was();
     forks_during_opens_leave_no_lock_to_a_child();
     queue_fits_a_256k_dev_shm(); /* last: it leaves this process in its own /dev/shm */
     return 0;
