@@ -223,7 +223,7 @@ void shmq_backpressure_register(struct shmq_consumer *c, enum shmq_start start)
     /* Relaxed: published by the seq_cst store of state just below. */
     shmq_store_relaxed(&e->position, provisional);
     /* Relaxed: our own entry; the lock we hold keeps anyone else out. Its
-     * claim counter is new since the open (consumer.c). */
+     * page is new since the open (consumer.c). */
     uint32_t state = shmq_load_relaxed(&e->state);
     /* Seq_cst store and fence: the consumer half of the registering
      * handshake (see top); the caller's load of head (bind) comes after the

@@ -195,9 +195,11 @@ static int entry_id(const struct shmq_consumer_state *s, uint32_t index)
     uint64_t from = id_range(index), start;
     if (shmq_region_lock_find(s->locks, from, SHMQ_ENTRY_ID_SPAN, &start) != 1)
         return -ENOENT;
-    uint64_t id = start - from;
-    if (shmq_region_lock_held_in(s->locks, from, id) != 0 ||
-        shmq_region_lock_held_in(s->locks, start + 1, SHMQ_ENTRY_ID_SPAN - id - 1) != 0)
+    uint64_t id = start - from, after = SHMQ_ENTRY_ID_SPAN - id - 1;
+    /* Only non-empty ranges are asked about: a length of 0 means "to the
+     * end of the file" to the kernel. */
+    if ((id > 0 && shmq_region_lock_held_in(s->locks, from, id) != 0) ||
+        (after > 0 && shmq_region_lock_held_in(s->locks, start + 1, after) != 0))
         return -EBADMSG;
     return (int)id;
 }
@@ -320,14 +322,17 @@ static int make_entry(struct shmq_consumer_state *s, uint32_t index)
     /* Marked for removal once mapped: it goes with our last mapping, and
      * the producer's, never left behind. */
     shmq_sysv_page_remove(id);
-    if (rc == 0)
+    if (rc == 0) {
+        /* Plain stores: informational, and published by the id lock below
+         * (a syscall) like the rest of the page. */
+        own->ring_instance = s->instance;
+        own->index = index;
         rc = shmq_region_lock_byte(s->locks, id_range(index) + (uint64_t)id);
+    }
     if (rc < 0) {
         shmq_sysv_page_detach(own);
         return rc == -EBUSY ? -EUSERS : rc;
     }
-    own->ring_instance = s->instance;
-    own->index = index;
     s->own = own;
     s->own_id = id;
     s->own_index = (int)index;

@@ -2,7 +2,7 @@
  * shmq_inspect: a queue seen from outside, for tools (`shmq ls`, `shmq
  * stat`). It opens the ring as a consumer does (read-only, validated), takes
  * no entry and writes nothing; liveness comes from the kernel (the producer's
- * semaphore, the entries' locks), never from pids.
+ * lock on NAME.producer, the entries' locks), never from pids.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -24,8 +24,8 @@
  *   discards such a copy (its re-check of the stamp fails), but the race
  *   itself must still be one the language allows.
  *
- *   Only one producer may exist: it holds an OFD lock on the ring, which the
- *   kernel drops when it dies. A new producer continues after the last
+ *   Only one producer may exist: it holds an OFD lock on NAME.producer
+ *   (producer_lock.c), which the kernel drops when it dies. A new producer continues after the last
  *   message stamped whole: a producer killed half-way through step 2 leaves
  *   a slot stamped s - 1 that readers treat as not yet written, and its
  *   successor writes s there; one killed between steps 3 and 4 left a whole

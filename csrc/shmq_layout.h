@@ -1,9 +1,10 @@
 /*
  * The on-memory layout of a shmq queue: written down once, here.
  * docs/protocol.md describes the same bytes for other languages, and
- * docs/consumer-state.md explains why the queue is split in two objects.
+ * docs/consumer-state.md explains why the queue is made of these objects.
  *
- * A queue NAME is two shared-memory objects.
+ * A queue NAME is a ring and two empty lock files in /dev/shm, and pages of
+ * System V shared memory.
  *
  * 1. The ring, /dev/shm/shmq-NAME: written by the producer alone. Consumers
  *    open it O_RDONLY and map it PROT_READ.
@@ -25,6 +26,8 @@
  *   line 1 (128) head u64: the next sequence to publish
  *   line 2 (256) futex_word u32: bumped by the producer to wake sleepers
  *   line 3 (384) stream_state u32: SHMQ_STREAM_ENDED once the producer closed
+ *   line 4 (512) wake_shm i32: the System V segment holding the wake page,
+ *                written by the producer when it opens
  *   rest         zero, reserved
  *
  *   Slot (slot_stride bytes, a multiple of 16):
@@ -34,17 +37,16 @@
  *   +12 reserved u32
  *   +16 payload      slot_size bytes rounded up to 16
  *
- *   line 4 (512) wake_shm i32: the System V segment holding the wake page,
- *                written by the producer when it opens
- *
  * 2. The producer lock, /dev/shm/shmq-NAME.producer: an EMPTY file of mode
  *    0600; a producer holds an OFD write lock on its byte 0 while it lives.
  *
- * 2. The consumer state (docs/consumer-state.md has the trust argument):
+ * 3. The consumer state (docs/consumer-state.md has the trust argument):
  *
  *   /dev/shm/shmq-NAME.consumers: an EMPTY file. Consumer entry i is live
- *   exactly while someone holds an OFD write lock on its byte i. Nobody maps
- *   it, so truncating or filling it harms nobody.
+ *   exactly while someone holds an OFD write lock on its byte i, and its
+ *   page is the System V segment whose id is d where that holder also
+ *   locks byte SHMQ_ENTRY_ID_BASE + i * SHMQ_ENTRY_ID_SPAN + d. Nobody maps
+ *   the file, so truncating or filling it harms nobody.
  *
  *   The wake page: one page of System V shared memory, created by the
  *   producer (IPC_PRIVATE, marked for removal at once, so the kernel frees
@@ -69,7 +71,7 @@
  *   kernel frees it with the last mapping; the producer maps it read-only:
  *            position u64 | pid u32 | state u32 | lost u64 |
  *            ring_instance u64 | index u32 | reserved u32
- *            state: 0 free; otherwise a claim counter (bits 1..31) and bit
+ *            state: 0 free; otherwise 2 (claimed) and bit
  *            0, SHMQ_ENTRY_REGISTERED: a lossless producer must not
  *            overwrite what this consumer has not read (position).
  *

@@ -7,7 +7,9 @@
  * mapping and none is ever left behind.
  *
  * Every id read from a place another process could have written is checked
- * with IPC_STAT (size, owner, creator, mode) before it is used.
+ * with IPC_STAT before it is used: the wake page's size, creator and owner
+ * (the ring's owner), an entry's size, owner (the ring's owner) and mode
+ * (nobody but its creator and owner may map it).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,15 +25,6 @@ int shmq_sysv_page_create(key_t key, mode_t mode, size_t size)
 {
     int id = shmget(key, size, IPC_CREAT | IPC_EXCL | (int)(mode & 0777));
     return id < 0 ? -errno : id;
-}
-
-int shmq_sysv_page_find(key_t key)
-{
-    int id = shmget(key, 0, 0);
-    if (id >= 0)
-        return id;
-    /* EACCES: it exists but is not ours to see. */
-    return errno == EACCES ? -EACCES : -ENOENT;
 }
 
 int shmq_sysv_page_stat(int id, struct shmid_ds *ds)
