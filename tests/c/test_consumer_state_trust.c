@@ -277,10 +277,13 @@ static void forks_during_opens_leave_no_lock_to_a_child(void)
     pthread_t t;
     CHECK(pthread_create(&t, NULL, open_close_producers, &o) == 0);
     pid_t kids[200];
+    int started[2];
+    CHECK(pipe(started) == 0);
     for (int i = 0; i < 200; i++) {
         kids[i] = fork();
         CHECK(kids[i] >= 0);
         if (kids[i] == 0) {
+            signal_fd(started[1]);
             sleep_ns(3000000000ull); /* outlives the checks below */
             _exit(0);
         }
@@ -289,13 +292,20 @@ static void forks_during_opens_leave_no_lock_to_a_child(void)
     atomic_store(&o.stop, 1);
     CHECK(pthread_join(t, NULL) == 0);
     /* Every child still lives; none may hold the producer lock or an entry. */
+    /* A child holds copies of the parent's descriptors from fork() until
+     * it runs its fork handlers; every child has run them once it wrote to
+     * the pipe. */
+    for (int i = 0; i < 200; i++)
+        CHECK(wait_fd(started[0]));
     struct shmq_producer *p;
-    CHECK_RC(shmq_producer_open(&p, name, NULL, SHMQ_CREATE), 0);
+    int rc = shmq_producer_open(&p, name, NULL, SHMQ_CREATE);
+    CHECK_RC(rc, 0);
     struct shmq_consumer_info info[8];
     CHECK(shmq_producer_consumers(p, info, 8) == 0);
     shmq_producer_close(p);
     for (int i = 0; i < 200; i++)
         kill_and_reap(kids[i]);
+    close(started[0]), close(started[1]);
     printf("200 forks during %d opens and closes: no child kept a lock\n", atomic_load(&o.rounds));
 }
 
