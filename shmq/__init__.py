@@ -36,6 +36,7 @@ from ._shmq import (
     ShmqError,
     TooManyConsumers,
     exists,
+    inspect,
     unlink,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "Consumer",
     "unlink",
     "exists",
+    "inspect",
     "ShmqError",
     "QueueNotFound",
     "IncompatibleQueue",

@@ -1,5 +1,6 @@
+import queue
 from types import TracebackType
-from typing import Any, AsyncIterator, Generic, Protocol, TypeVar, Dict, Iterable, Iterator, List, Literal, Optional, Type, Union, final
+from typing import Any, AsyncIterator, Generic, Protocol, TypeVar, Dict, Iterable, Iterator, List, Literal, Optional, Type, TypedDict, Union, final
 
 from typing_extensions import Buffer, Self
 
@@ -8,6 +9,7 @@ __all__ = [
     "Consumer",
     "unlink",
     "exists",
+    "inspect",
     "ShmqError",
     "QueueNotFound",
     "IncompatibleQueue",
@@ -63,8 +65,36 @@ class Lease(Generic[_V]):
     ) -> None: ...
     def __buffer__(self, flags: int) -> memoryview: ...
 
-class Full(ShmqError):
+class Full(ShmqError, queue.Full):
+    """No room in a lossless queue before the timeout ran out (also a queue.Full)."""
     published: int
+
+class _ConsumerInfo(TypedDict):
+    """A live consumer that holds an entry (Producer.consumers, inspect()["consumers"])."""
+    index: int
+    pid: int
+    uid: int
+    registered: bool
+    position: int
+    lag: int
+    lost: int
+
+class _QueueInfo(TypedDict):
+    """What inspect() returns."""
+    name: str
+    slot_size: int
+    capacity: int
+    max_consumers: int
+    lossless: bool
+    first_sequence: int
+    head: int
+    producer_alive: bool
+    ended: bool
+    owner_uid: int
+    mode: int
+    ring_bytes: int
+    state_bytes: int
+    consumers: List[_ConsumerInfo]
 
 @final
 class Producer:
@@ -123,6 +153,7 @@ class Consumer:
         spin: int = 0,
         owner: Optional[int] = None,
         register: bool = True,
+        wait: Optional[float] = 0,
     ) -> Self: ...
     @property
     def name(self) -> str: ...
@@ -175,3 +206,4 @@ class Consumer:
 
 def unlink(name: str, *, force: bool = False) -> None: ...
 def exists(name: str, /) -> bool: ...
+def inspect(name: str, /) -> _QueueInfo: ...

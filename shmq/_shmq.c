@@ -2,34 +2,43 @@
  * shmq._shmq: the CPython binding over the C core in csrc/.
  *
  * Only binding work lives here: argument parsing, the buffer protocol, GIL
- * release and signal checks while waiting, mapping error codes to exceptions,
- * and object lifetime. The queue protocol is entirely in csrc/.
+ * release and signal handling while waiting, mapping error codes to
+ * exceptions, and object lifetime. The queue protocol is entirely in csrc/.
  *
  * Multi-phase init; the types are heap types and, with the exceptions, live in
  * the module state.
  *
- * Threads: publish and non-blocking poll hold the GIL, so one handle is never
- * used by two threads at once there. A blocking poll releases the GIL, so the
- * handle is marked busy for its duration: a second thread using the same
- * Consumer gets RuntimeError, and close() from another thread defers the unmap
- * until the waiter returns (within one wait slice).
+ * WAITING. A blocking call is one call into the core with the whole timeout,
+ * made without the GIL. For its duration the handle is busy: another thread
+ * that uses it gets RuntimeError, and close() (from another thread, or from a
+ * signal handler that runs during the wait) only interrupts the wait
+ * (shmq_*_interrupt) and marks the close pending; the waiting thread closes
+ * the handle once it has left the core, so nothing is ever freed under it.
+ * The core calls a wait check between its sleeps (see WAITING in shmq.h):
+ * ours takes the GIL back, runs the Python signal handlers (Ctrl-C) and lets
+ * go again; a handler that raised ends the wait with -EINTR.
+ *
+ * Publish and the non-blocking polls hold the GIL throughout, so they need no
+ * mark of their own: their fast path tests one word.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <stdint.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "shmq.h"
 
-/* Longest time a blocking poll stays in C before checking for signals. */
-#define WAIT_SLICE_NS (50LL * 1000 * 1000)
 /* Most messages one poll_many_into call returns. */
 #define POLL_MANY_MAX 65536
-/* Most entries Producer.consumers reports. */
+/* Most entries Producer.consumers and inspect() report (max_consumers is at
+ * most 1024). */
 #define SHMQ_CONSUMER_LIST_MAX 1024
+/* Where the core keeps its segments (shmq_region.h); only for messages. */
+#define SHM_DIR "/dev/shm"
 
 typedef struct {
     PyTypeObject *producer_type;
@@ -59,6 +68,19 @@ static inline module_state *state_of_type(PyTypeObject *type)
     return state_of_module(PyType_GetModuleByDef(type, &shmq_module));
 }
 
+/* Raises kind(errno, text, filename), the way OSError and its subclasses
+ * take them, so that .errno and .filename are set (filename: the queue
+ * name, or None). */
+static PyObject *raise_os_error(PyObject *kind, int errnum, const char *text, PyObject *filename)
+{
+    PyObject *exc = PyObject_CallFunction(kind, "isO", errnum, text, filename ? filename : Py_None);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
 /* Raises the exception that matches a negative code from the core. */
 static PyObject *raise_code(module_state *st, int code, PyObject *name)
 {
@@ -66,8 +88,7 @@ static PyObject *raise_code(module_state *st, int code, PyObject *name)
     PyObject *kind;
     switch (code) {
     case -ENOENT:
-        kind = st->QueueNotFound;
-        break;
+        return raise_os_error(st->QueueNotFound, -code, why, name);
     case -EPROTO: case -ENODATA: case -EPROTONOSUPPORT: case -EBADMSG: case -EMEDIUMTYPE:
         kind = st->IncompatibleQueue;
         break;
@@ -89,20 +110,17 @@ static PyObject *raise_code(module_state *st, int code, PyObject *name)
     case -EFBIG:
         kind = PyExc_ValueError;
         break;
-    case -EPERM:
-        PyErr_Format(PyExc_PermissionError, "%s: %R", why, name ? name : Py_None);
-        return NULL;
+    case -EPERM: case -EACCES:
+        return raise_os_error(PyExc_PermissionError, -code, why, name);
     case -EINVAL: case -ENAMETOOLONG:
         kind = PyExc_ValueError;
         break;
-    case -EACCES:
-        errno = -code;
-        return PyErr_SetFromErrnoWithFilenameObject(PyExc_PermissionError, name);
     case -ENOMEM:
         return PyErr_NoMemory();
     default:
-        errno = -code;
-        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+        /* OSError picks the subclass that matches the errno (TimeoutError,
+         * InterruptedError, ...). */
+        return raise_os_error(PyExc_OSError, -code, why, name);
     }
     if (name)
         PyErr_Format(kind, "%s: %R", why, name);
@@ -194,7 +212,8 @@ static PyObject *closed_error(const char *what)
 /* Shared by both types; defined with the Consumer. */
 static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                       const char *const *names, int required, PyObject **out, int count);
-static int parse_timeout(PyObject *timeout, int64_t *ns);
+static int parse_seconds(PyObject *value, const char *what, int64_t *ns);
+#define parse_timeout(value, ns) parse_seconds((value), "timeout", (ns))
 static int64_t monotonic_ns(void);
 static PyObject *Producer_loan(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames);
@@ -202,6 +221,58 @@ static PyObject *Consumer_view(PyObject *self, PyObject *const *args, Py_ssize_t
                                PyObject *kwnames);
 /* A poll or publish result meaning "a Python exception is set". */
 #define PYTHON_ERROR INT32_MIN
+/* A PYTHON_ERROR (ValueError set): close() came while the call waited, and
+ * the handle is now closed. Iteration ends on it quietly. */
+#define CLOSED_WHILE_WAITING (INT32_MIN + 1)
+
+/* ------------------------------------------------------------- waiting */
+
+/* The thread state a waiting call saved when it let go of the GIL. */
+struct released_gil {
+    PyThreadState *tstate;
+};
+
+/* The wait check (shmq_*_set_wait_check, options.wait_check): called by the
+ * core on the waiting thread, without the GIL, between sleeps. Runs the
+ * Python signal handlers; non-zero (the core then returns -EINTR) when one
+ * raised. A handler that closed the handle has interrupted the wait instead,
+ * and the core returns SHMQ_INTERRUPTED. */
+static int run_signal_handlers(void *context)
+{
+    struct released_gil *gil = context;
+    PyEval_RestoreThread(gil->tstate);
+    int raised = PyErr_CheckSignals() < 0;
+    gil->tstate = PyEval_SaveThread();
+    return raised;
+}
+
+/* After a wait the core ended with -EINTR: the check's exception is set
+ * (never otherwise, since our check is always installed; should the core
+ * report a bare signal, it becomes InterruptedError). */
+static int interrupted_by_python(void)
+{
+    if (!PyErr_Occurred()) {
+        errno = EINTR;
+        PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PYTHON_ERROR;
+}
+
+/* Adds attribute `name` = value to the exception being raised (best effort:
+ * an exception that takes no attributes goes out as it is). */
+static void annotate_exception(const char *name, size_t value)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    PyObject *count = PyLong_FromSize_t(value);
+    if (count == NULL || exc == NULL || PyObject_SetAttrString(exc, name, count) < 0)
+        PyErr_Clear();
+    Py_XDECREF(count);
+    if (tb != NULL && exc != NULL)
+        PyException_SetTraceback(exc, tb);
+    PyErr_Restore(type, exc, tb);
+}
 
 /* ------------------------------------------------------------- Producer */
 
@@ -209,9 +280,71 @@ typedef struct {
     PyObject_HEAD
     struct shmq_producer *producer;
     PyObject *name;
-    int lent;             /* a loan() is open */
+    int busy;             /* a blocking call has released the GIL with this handle */
+    pid_t busy_pid;       /* ... in this process (a forked child never finishes it) */
+    int close_pending;    /* close() was called while busy */
+    int lent;             /* a loan() holds the core's claim */
+    int stuck;            /* ... whose buffer outlived its with-block (see Lease) */
     Py_ssize_t exports;   /* buffers of loans still exported */
 } ProducerObject;
+
+/* Explains -EMEDIUMTYPE: which of slot_size, capacity and lossless differ
+ * from what the caller asked for (the generic message where the queue
+ * cannot be inspected). Returns NULL with the exception set. */
+static PyObject *incompatible_error(module_state *st, PyObject *name, const char *cname,
+                                    const struct shmq_config *asked)
+{
+    struct shmq_queue_info info;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = shmq_inspect(cname, &info, NULL, 0);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return raise_code(st, -EMEDIUMTYPE, name);
+    uint32_t slot_size = info.slot_size, capacity = info.capacity;
+    int lossless = info.lossless;
+    char text[256];
+    size_t used = 0;
+    if (asked->slot_size != 0 && asked->slot_size != slot_size)
+        used += (size_t)snprintf(text + used, sizeof text - used, ", slot_size %u (not %u)",
+                                 slot_size, asked->slot_size);
+    if (asked->capacity != 0 && asked->capacity != capacity)
+        used += (size_t)snprintf(text + used, sizeof text - used, ", capacity %u (not %u)",
+                                 capacity, asked->capacity);
+    if (asked->delivery != SHMQ_DELIVERY_ANY && (asked->delivery == SHMQ_LOSSLESS) != !!lossless)
+        used += (size_t)snprintf(text + used, sizeof text - used, ", lossless=%s (not %s)",
+                                 lossless ? "True" : "False", lossless ? "False" : "True");
+    if (used == 0) /* it changed meanwhile */
+        return raise_code(st, -EMEDIUMTYPE, name);
+    return PyErr_Format(st->IncompatibleQueue, "queue %R exists with %s", name, text + 2);
+}
+
+/* Explains -ENOSPC at creation: how much the queue needed and how much
+ * /dev/shm had. Returns NULL with OSError(ENOSPC, text, name) set. */
+static PyObject *no_space_error(PyObject *name, const struct shmq_config *config)
+{
+    int64_t needed = shmq_queue_size(config);
+    struct statvfs fs;
+    PyObject *text;
+    if (needed >= 0 && statvfs(SHM_DIR, &fs) == 0)
+        text = PyUnicode_FromFormat("not enough space in " SHM_DIR ": the queue needs %llu bytes "
+                                    "(%llu MiB), " SHM_DIR " has %llu bytes (%llu MiB) free",
+                                    (unsigned long long)needed,
+                                    (unsigned long long)needed >> 20,
+                                    (unsigned long long)fs.f_bavail * fs.f_frsize,
+                                    ((unsigned long long)fs.f_bavail * fs.f_frsize) >> 20);
+    else
+        text = PyUnicode_FromString(shmq_strerror(-ENOSPC));
+    if (text == NULL)
+        return NULL;
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iOO", ENOSPC, text, name);
+    Py_DECREF(text);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
 
 static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -258,16 +391,32 @@ static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         Py_DECREF(self);
+        if (rc == -EMEDIUMTYPE)
+            return incompatible_error(st, name, cname, &config);
+        if (rc == -ENOSPC)
+            return no_space_error(name, &config);
         return raise_code(st, rc, name);
     }
     self->name = Py_NewRef(name);
     return (PyObject *)self;
 }
 
+/* Closes the handle, or, while a call of this process waits with it,
+ * interrupts that wait and leaves the closing to it. Async-signal-safe in
+ * the sense that matters here: a signal handler may call it during the wait. */
 static void Producer_close_handle(ProducerObject *self)
 {
     if (self->producer == NULL)
         return;
+    if (self->busy && self->busy_pid == getpid()) {
+        if (!self->close_pending) {
+            self->close_pending = 1;
+            shmq_producer_interrupt(self->producer);
+        }
+        return;
+    }
+    self->busy = 0;
+    self->close_pending = 0;
     /* The core ends the stream and unlinks (unlink_on_close) only where
      * this process is the producer, never in a child after fork(). */
     shmq_producer_close(self->producer);
@@ -283,11 +432,110 @@ static void Producer_dealloc(ProducerObject *self)
     Py_DECREF(type);
 }
 
-/* published: how many of a batch went out before it stopped (Full). */
+/* Checks the handle is open and not in use by a thread that released the GIL. */
+static int producer_usable_slow(ProducerObject *self)
+{
+    /* A thread that was waiting when another thread called fork() does not
+     * exist in the child: the mark it left there is stale. */
+    if (self->busy && self->busy_pid != getpid()) {
+        self->busy = 0;
+        if (self->close_pending)
+            Producer_close_handle(self);
+    }
+    if (self->producer == NULL || self->close_pending) {
+        closed_error("Producer");
+        return 0;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Producer is in use by another thread (a blocking "
+                        "publish or loan is waiting for room)");
+        return 0;
+    }
+    return 1;
+}
+
+/* The usual answer, yes, in one test; the rest only when something is set. */
+static inline int producer_usable(ProducerObject *self)
+{
+    if (self->producer != NULL && self->busy == 0)
+        return 1;
+    return producer_usable_slow(self);
+}
+
+/* One blocking call of the producer, run by the core with the whole timeout. */
+enum producer_call { CALL_PUBLISH, CALL_PUBLISH_MANY, CALL_CLAIM };
+
+struct producer_wait {
+    enum producer_call call;
+    const void *data;               /* CALL_PUBLISH */
+    size_t length;
+    uint64_t sequence;
+    const void *const *messages;    /* CALL_PUBLISH_MANY */
+    const size_t *lengths;
+    size_t count;
+    size_t published;
+    size_t size;                    /* CALL_CLAIM */
+    void *claimed;
+};
+
+/*
+ * Makes the call without the GIL, the handle busy, and our wait check
+ * installed. Returns the core's result (0, SHMQ_FULL, -ETIMEDOUT, ...), or
+ * PYTHON_ERROR (a signal handler raised), or CLOSED_WHILE_WAITING: close()
+ * came meanwhile; the handle is closed now (after abandoning what the call
+ * claimed), and ValueError is set, unless the call had already published
+ * (then it returns 0 and the caller reports its success).
+ */
+static int producer_wait(ProducerObject *self, struct producer_wait *w, int64_t timeout_ns)
+{
+    struct released_gil gil;
+    int rc;
+    self->busy = 1;
+    self->busy_pid = getpid();
+    shmq_producer_set_wait_check(self->producer, run_signal_handlers, &gil);
+    gil.tstate = PyEval_SaveThread();
+    switch (w->call) {
+    case CALL_PUBLISH:
+        rc = shmq_producer_publish_wait(self->producer, w->data, w->length, &w->sequence,
+                                        timeout_ns);
+        break;
+    case CALL_PUBLISH_MANY:
+        rc = shmq_producer_publish_many_wait(self->producer, w->messages, w->lengths, w->count,
+                                             &w->published, timeout_ns);
+        break;
+    default:
+        rc = shmq_producer_claim_wait(self->producer, w->size, &w->claimed, timeout_ns);
+        break;
+    }
+    PyEval_RestoreThread(gil.tstate);
+    shmq_producer_set_wait_check(self->producer, NULL, NULL);
+    self->busy = 0;
+    if (w->call == CALL_PUBLISH_MANY && w->published > 0)
+        w->sequence = shmq_producer_next_sequence(self->producer) - 1;
+    if (rc == -EINTR)
+        rc = interrupted_by_python();
+    if (!self->close_pending)
+        return rc;
+    if (w->call == CALL_CLAIM && rc == 0)
+        shmq_producer_abort(self->producer);
+    Producer_close_handle(self);
+    if (rc == 0 && w->call != CALL_CLAIM)
+        return 0;
+    if (rc != PYTHON_ERROR)
+        PyErr_SetString(PyExc_ValueError, w->call == CALL_CLAIM
+                        ? "Producer was closed while the loan waited for room; nothing was lent"
+                        : "Producer was closed while waiting for room");
+    return CLOSED_WHILE_WAITING;
+}
+
+/* The exception for a publish result; published: how many of a batch went
+ * out before it stopped (Full.published). Returns NULL. */
 static PyObject *publish_error(ProducerObject *self, int rc, size_t length, size_t published)
 {
     module_state *st = state_of_type(Py_TYPE(self));
-    if (rc == SHMQ_FULL) {
+    if (rc == PYTHON_ERROR || rc == CLOSED_WHILE_WAITING)
+        return NULL;
+    if (rc == SHMQ_FULL || rc == -ETIMEDOUT) {
         PyObject *exc = PyObject_CallFunction(st->Full, "s", "no room in the lossless queue: a "
                                               "registered consumer has not read what the next "
                                               "message would overwrite");
@@ -304,45 +552,22 @@ static PyObject *publish_error(ProducerObject *self, int rc, size_t length, size
         Py_DECREF(exc);
         return NULL;
     }
-    if (rc == -EMSGSIZE)
+    if (rc == -EMSGSIZE && self->producer != NULL)
         return PyErr_Format(st->MessageTooLarge, "message of %zu bytes exceeds slot_size %u of queue %R",
                             length, shmq_producer_slot_size(self->producer), self->name);
+    if (rc == -EINPROGRESS) {
+        PyErr_SetString(PyExc_RuntimeError, self->stuck
+                        ? "the buffer of an earlier loan is still exported (a memoryview or array "
+                          "made from it is alive): it can still write into its slot, so nothing "
+                          "is published until it is released"
+                        : "a loan is open on this Producer: leave its with-block first");
+        return NULL;
+    }
     return raise_code(st, rc, self->name);
 }
 
-/* Lossless and full: waits for room without the GIL, in slices, checking
- * for signals after each; returns 0 (room), SHMQ_FULL (the timeout ran
- * out: timeout_ns 0 never waits) or PYTHON_ERROR. */
-static int wait_for_room(ProducerObject *self, int64_t timeout_ns)
-{
-    if (timeout_ns == 0)
-        return SHMQ_FULL;
-    int64_t deadline = timeout_ns > 0 ? monotonic_ns() + timeout_ns : INT64_MAX;
-    for (;;) {
-        int64_t slice = WAIT_SLICE_NS;
-        if (timeout_ns > 0) {
-            int64_t left = deadline - monotonic_ns();
-            if (left <= 0)
-                return SHMQ_FULL;
-            slice = left < slice ? left : slice;
-        }
-        int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = shmq_producer_wait_room(self->producer, slice);
-        Py_END_ALLOW_THREADS
-        if (PyErr_CheckSignals() < 0)
-            return PYTHON_ERROR;
-        if (rc == 0)
-            return 0;
-        if (rc != -ETIMEDOUT && rc != -EINTR)
-            return rc;
-    }
-}
-
-/* publish(data, timeout=None): one message; on a lossless queue waits up
- * to timeout for room. The common call, publish(data), takes the fast path. */
-/* The rest of publish() once the first attempt is made: wait for room on a
- * full lossless queue, and turn the result into a sequence or an error. */
+/* The rest of publish() once the first attempt found a full lossless queue:
+ * wait for room, and turn the result into a sequence or an error. */
 static PyObject *publish_finish(ProducerObject *self, int rc, const void *bytes, size_t length,
                                 uint64_t sequence, PyObject *timeout)
 {
@@ -350,15 +575,12 @@ static PyObject *publish_finish(ProducerObject *self, int rc, const void *bytes,
         int64_t timeout_ns;
         if (parse_timeout(timeout ? timeout : Py_None, &timeout_ns) < 0)
             return NULL;
-        while (rc == SHMQ_FULL) {
-            rc = wait_for_room(self, timeout_ns);
-            if (rc != 0)
-                break;
-            rc = shmq_producer_publish(self->producer, bytes, length, &sequence);
+        if (timeout_ns != 0) {
+            struct producer_wait w = {.call = CALL_PUBLISH, .data = bytes, .length = length};
+            rc = producer_wait(self, &w, timeout_ns);
+            sequence = w.sequence;
         }
     }
-    if (rc == PYTHON_ERROR)
-        return NULL;
     if (rc < 0)
         return publish_error(self, rc, length, 0);
     return PyLong_FromUnsignedLongLong(sequence);
@@ -372,8 +594,8 @@ static PyObject *Producer_publish(ProducerObject *self, PyObject *const *args, P
 {
     static const char *const names[] = {"data", "timeout"};
     PyObject *argv[2] = {NULL, NULL};
-    if (self->producer == NULL)
-        return closed_error("Producer");
+    if (!producer_usable(self))
+        return NULL;
     if (nargs == 1 && kwnames == NULL)
         argv[0] = args[0];
     else if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0)
@@ -390,6 +612,10 @@ static PyObject *Producer_publish(ProducerObject *self, PyObject *const *args, P
     Py_buffer view;
     if (PyObject_GetBuffer(argv[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
+    if (!producer_usable(self)) { /* a __buffer__ in Python may have closed us */
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     int rc = shmq_producer_publish(self->producer, view.buf, (size_t)view.len, &sequence);
     PyObject *result = publish_finish(self, rc, view.buf, (size_t)view.len, sequence, argv[1]);
     PyBuffer_Release(&view);
@@ -402,8 +628,8 @@ static PyObject *Producer_publish_many(ProducerObject *self, PyObject *const *ar
     static const char *const names[] = {"messages", "timeout"};
     PyObject *argv[2];
     int64_t timeout_ns;
-    if (self->producer == NULL)
-        return closed_error("Producer");
+    if (!producer_usable(self))
+        return NULL;
     if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0 ||
         parse_timeout(argv[1] ? argv[1] : Py_None, &timeout_ns) < 0)
         return NULL;
@@ -437,32 +663,33 @@ static PyObject *Producer_publish_many(ProducerObject *self, PyObject *const *ar
         lengths[i] = (size_t)views[held].len;
         held++;
     }
+    /* An item's __buffer__ may have run Python code that closed us. */
+    if (!producer_usable(self))
+        goto done;
+    /* First without waiting (and with the GIL): the usual case fits. */
     size_t done = 0;
-    int rc;
-    for (;;) {
-        size_t more = 0;
-        rc = shmq_producer_publish_many_wait(self->producer, pointers + done, lengths + done,
-                                             (size_t)n - done, &more, 0);
-        done += more;
-        if (rc != SHMQ_FULL)
-            break;
-        rc = wait_for_room(self, timeout_ns);
-        if (rc != 0)
-            break;
+    int rc = shmq_producer_publish_many_wait(self->producer, pointers, lengths, (size_t)n, &done, 0);
+    uint64_t last = done > 0 ? shmq_producer_next_sequence(self->producer) - 1 : 0;
+    if (rc == SHMQ_FULL && timeout_ns != 0) {
+        struct producer_wait w = {.call = CALL_PUBLISH_MANY, .messages = pointers + done,
+                                  .lengths = lengths + done, .count = (size_t)n - done};
+        rc = producer_wait(self, &w, timeout_ns);
+        done += w.published;
+        last = w.published > 0 ? w.sequence : last;
     }
     if (rc == -EMSGSIZE) {
         size_t longest = 0;
         for (Py_ssize_t i = 0; i < n; i++)
             longest = lengths[i] > longest ? lengths[i] : longest;
         publish_error(self, rc, longest, 0);
-    } else if (rc == PYTHON_ERROR)
-        ;
+    } else if (rc == PYTHON_ERROR || rc == CLOSED_WHILE_WAITING)
+        annotate_exception("published", done); /* how many went out before it */
     else if (rc < 0)
         publish_error(self, rc, 0, done);
     else if (n == 0)
         result = Py_NewRef(Py_None);
-    else
-        result = PyLong_FromUnsignedLongLong(shmq_producer_next_sequence(self->producer) - 1);
+    else /* the handle may be closed by now, after the batch went out */
+        result = PyLong_FromUnsignedLongLong(last);
 done:
     for (Py_ssize_t i = 0; i < held; i++)
         PyBuffer_Release(&views[i]);
@@ -480,7 +707,8 @@ static int lent_out(int lent, Py_ssize_t exports, const char *what)
     if (!lent && exports == 0)
         return 0;
     PyErr_Format(PyExc_BufferError, "cannot close the %s: %s", what,
-                 lent ? "a loan or view is open" : "a buffer from a loan or view is still exported");
+                 exports > 0 ? "a buffer from a loan or view is still exported"
+                             : "a loan or view is open");
     return -1;
 }
 
@@ -501,10 +729,7 @@ static PyObject *Producer_exit(ProducerObject *self, PyObject *const *args, Py_s
 {
     (void)args;
     (void)nargs;
-    if (lent_out(self->lent, self->exports, "Producer") < 0)
-        return NULL;
-    Producer_close_handle(self);
-    Py_RETURN_NONE;
+    return Producer_close(self, NULL);
 }
 
 static PyObject *Producer_reduce(ProducerObject *self, PyObject *Py_UNUSED(ignored))
@@ -518,54 +743,91 @@ static PyObject *Producer_reduce(ProducerObject *self, PyObject *Py_UNUSED(ignor
 
 static PyObject *Producer_repr(ProducerObject *self)
 {
-    if (self->producer == NULL)
+    if (self->producer == NULL || self->close_pending)
         return PyUnicode_FromFormat("<shmq.Producer name=%R closed>", self->name);
+    if (self->busy) /* its sequence moves under another thread */
+        return PyUnicode_FromFormat("<shmq.Producer name=%R slot_size=%u capacity=%u waiting>",
+                                    self->name, shmq_producer_slot_size(self->producer),
+                                    shmq_producer_capacity(self->producer));
     return PyUnicode_FromFormat("<shmq.Producer name=%R slot_size=%u capacity=%u next_sequence=%llu>",
                                 self->name, shmq_producer_slot_size(self->producer),
                                 shmq_producer_capacity(self->producer),
                                 (unsigned long long)shmq_producer_next_sequence(self->producer));
 }
 
-/* Producer.consumers: one dict per live consumer holding an entry. */
-static PyObject *consumer_list(ProducerObject *self)
+/* One consumer entry as a dict (Producer.consumers, inspect()). */
+static PyObject *consumer_info_dict(const struct shmq_consumer_info *info)
 {
-    struct shmq_consumer_info info[SHMQ_CONSUMER_LIST_MAX];
-    int n = shmq_producer_consumers(self->producer, info, SHMQ_CONSUMER_LIST_MAX);
-    if (n < 0)
-        return raise_code(state_of_type(Py_TYPE(self)), n, self->name);
-    PyObject *list = PyList_New(0);
+    return Py_BuildValue("{sIsIsksOsKsKsK}", "index", info->index, "pid", info->pid,
+                         "uid", (unsigned long)info->uid,
+                         "registered", info->registered ? Py_True : Py_False,
+                         "position", (unsigned long long)info->position,
+                         "lag", (unsigned long long)info->lag,
+                         "lost", (unsigned long long)info->lost);
+}
+
+static PyObject *consumer_info_list(const struct shmq_consumer_info *info, int n)
+{
+    PyObject *list = PyList_New(n);
     for (int i = 0; list != NULL && i < n; i++) {
-        PyObject *d = Py_BuildValue("{sIsIsOsKsKsK}", "index", info[i].index, "pid", info[i].pid,
-                                    "registered", info[i].registered ? Py_True : Py_False,
-                                    "position", (unsigned long long)info[i].position,
-                                    "lag", (unsigned long long)info[i].lag,
-                                    "lost", (unsigned long long)info[i].lost);
-        if (d == NULL || PyList_Append(list, d) < 0)
+        PyObject *d = consumer_info_dict(&info[i]);
+        if (d == NULL)
             Py_CLEAR(list);
-        Py_XDECREF(d);
+        else
+            PyList_SET_ITEM(list, i, d);
     }
     return list;
 }
 
+/* Producer.consumers: one dict per live consumer holding an entry. */
+static PyObject *consumer_list(ProducerObject *self)
+{
+    if (!producer_usable(self))
+        return NULL;
+    struct shmq_consumer_info *info = PyMem_New(struct shmq_consumer_info, SHMQ_CONSUMER_LIST_MAX);
+    if (info == NULL)
+        return PyErr_NoMemory();
+    int n = shmq_producer_consumers(self->producer, info, SHMQ_CONSUMER_LIST_MAX);
+    PyObject *list = n < 0 ? raise_code(state_of_type(Py_TYPE(self)), n, self->name)
+                           : consumer_info_list(info, n < SHMQ_CONSUMER_LIST_MAX ? n : SHMQ_CONSUMER_LIST_MAX);
+    PyMem_Free(info);
+    return list;
+}
+
+/* Getters of what the core can change under a waiting thread refuse while
+ * it waits; the geometry is fixed and always readable. */
 #define PRODUCER_GETTER(field, expr)                                             \
     static PyObject *Producer_get_##field(ProducerObject *self, void *closure) \
     {                                                                            \
         (void)closure;                                                           \
-        if (self->producer == NULL)                                              \
+        if (self->producer == NULL || self->close_pending)                       \
             return closed_error("Producer");                                     \
+        return expr;                                                             \
+    }
+#define PRODUCER_MOVING_GETTER(field, expr)                                      \
+    static PyObject *Producer_get_##field(ProducerObject *self, void *closure) \
+    {                                                                            \
+        (void)closure;                                                           \
+        if (!producer_usable(self))                                              \
+            return NULL;                                                         \
         return expr;                                                             \
     }
 PRODUCER_GETTER(slot_size, PyLong_FromUnsignedLong(shmq_producer_slot_size(self->producer)))
 PRODUCER_GETTER(capacity, PyLong_FromUnsignedLong(shmq_producer_capacity(self->producer)))
-PRODUCER_GETTER(next_sequence,
-                PyLong_FromUnsignedLongLong(shmq_producer_next_sequence(self->producer)))
-PRODUCER_GETTER(wakeups, PyLong_FromUnsignedLongLong(shmq_producer_wakeups(self->producer)))
 PRODUCER_GETTER(lossless, PyBool_FromLong(shmq_producer_lossless(self->producer)))
-PRODUCER_GETTER(last_sequence, shmq_producer_next_sequence(self->producer) == 0
-                                   ? Py_NewRef(Py_None)
-                                   : PyLong_FromUnsignedLongLong(
-                                         shmq_producer_next_sequence(self->producer) - 1))
-PRODUCER_GETTER(consumers, consumer_list(self))
+PRODUCER_MOVING_GETTER(next_sequence,
+                       PyLong_FromUnsignedLongLong(shmq_producer_next_sequence(self->producer)))
+PRODUCER_MOVING_GETTER(wakeups, PyLong_FromUnsignedLongLong(shmq_producer_wakeups(self->producer)))
+PRODUCER_MOVING_GETTER(last_sequence, shmq_producer_next_sequence(self->producer) == 0
+                                          ? Py_NewRef(Py_None)
+                                          : PyLong_FromUnsignedLongLong(
+                                                shmq_producer_next_sequence(self->producer) - 1))
+
+static PyObject *Producer_get_consumers(ProducerObject *self, void *closure)
+{
+    (void)closure;
+    return consumer_list(self);
+}
 
 static PyObject *Producer_get_name(ProducerObject *self, void *closure)
 {
@@ -576,7 +838,7 @@ static PyObject *Producer_get_name(ProducerObject *self, void *closure)
 static PyObject *Producer_get_closed(ProducerObject *self, void *closure)
 {
     (void)closure;
-    return PyBool_FromLong(self->producer == NULL);
+    return PyBool_FromLong(self->producer == NULL || self->close_pending);
 }
 
 static PyMethodDef Producer_methods[] = {
@@ -584,18 +846,27 @@ static PyMethodDef Producer_methods[] = {
      "publish($self, /, data, timeout=None)\n--\n\nPublish one message (any C-contiguous "
      "bytes-like object) and return its sequence number. Raises MessageTooLarge if it exceeds "
      "slot_size. On a lossless queue, waits up to timeout seconds (None: forever; 0: not at all) "
-     "for every registered consumer to have room, without the GIL, and raises Full when the "
-     "time runs out. Ctrl-C interrupts the wait."},
+     "for every registered consumer to have room, without the GIL, and raises Full (also a "
+     "queue.Full; .published is 0) when the time runs out. Ctrl-C interrupts the wait. close() "
+     "from another thread or from a signal handler ends the wait with ValueError (\"Producer "
+     "was closed while waiting for room\"); nothing was published then. Raises RuntimeError "
+     "while another thread waits with this producer, or while the buffer of an earlier loan "
+     "is still exported (see loan)."},
     {"publish_many", (PyCFunction)(void (*)(void))Producer_publish_many,
      METH_FASTCALL | METH_KEYWORDS,
      "publish_many($self, /, messages, timeout=None)\n--\n\nPublish every message of an "
      "iterable in order and return the last sequence number (None if empty). All sizes are "
      "checked first: on MessageTooLarge nothing is published. On a lossless queue, waits for "
-     "room as publish does; Full.published says how many went out before it stopped."},
+     "room as publish does. Whatever ends the batch early carries .published, how many of its "
+     "first messages went out: Full when the timeout runs out, the exception of a signal "
+     "handler (KeyboardInterrupt from Ctrl-C), and the ValueError of a close() meanwhile."},
     {"close", (PyCFunction)Producer_close, METH_NOARGS,
      "close($self, /)\n--\n\nEnd the stream (consumers that have read everything stop "
      "iterating) and release the queue (idempotent). Unlinks it if unlink_on_close. In a "
-     "child after fork() it only releases the child's copy."},
+     "child after fork() it only releases the child's copy. Called from another thread, or "
+     "from a signal handler, while a publish or loan waits for room, it interrupts that wait, "
+     "which then closes the handle and raises ValueError. Raises BufferError while a loan or a "
+     "buffer made from one is alive."},
     {"__enter__", return_self, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
     {"__exit__", (PyCFunction)(void (*)(void))Producer_exit, METH_FASTCALL, "__exit__($self, exc_type, exc, tb, /)\n--\n\n"},
     {"__reduce__", (PyCFunction)Producer_reduce, METH_NOARGS, NULL},
@@ -604,7 +875,13 @@ static PyMethodDef Producer_methods[] = {
      "`with producer.loan(size) as buf:` gives a writable memoryview of exactly size bytes; "
      "leaving the block publishes it (its sequence is then last_sequence), leaving it by an "
      "exception abandons it (nothing is published; the next publish takes its sequence). "
-     "Raises MessageTooLarge over slot_size; on a lossless queue waits for room like publish."},
+     "Raises MessageTooLarge over slot_size; on a lossless queue waits for room like publish "
+     "(Full when the timeout runs out). A buffer made from the memoryview (a numpy array, a "
+     "slice) that outlives the block could still write into the slot: then leaving the block "
+     "raises BufferError, nothing is published, and until that buffer is released the "
+     "producer publishes nothing (publish, publish_many and loan raise RuntimeError); its "
+     "release abandons the loan. A loan opened before fork() cannot be published in the "
+     "child (ProducerBusy)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -619,11 +896,12 @@ static PyGetSetDef Producer_getset[] = {
     {"last_sequence", (getter)Producer_get_last_sequence, NULL,
      "Sequence number of the last message published (None before the first).", NULL},
     {"consumers", (getter)Producer_get_consumers, NULL,
-     "The live consumers that hold an entry: dicts of index, pid (display only), registered, "
-     "position, lag and lost. The broadcast analogue of qsize().", NULL},
+     "The live consumers that hold an entry: dicts of index, pid (display only), uid, "
+     "registered, position, lag and lost. The broadcast analogue of qsize().", NULL},
     {"wakeups", (getter)Producer_get_wakeups, NULL,
      "FUTEX_WAKE calls made so far to wake sleeping consumers (one per sleep episode).", NULL},
-    {"closed", (getter)Producer_get_closed, NULL, "True after close().", NULL},
+    {"closed", (getter)Producer_get_closed, NULL,
+     "True after close() (also while a waiting call is about to close the handle).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -635,10 +913,12 @@ PyDoc_STRVAR(Producer_doc,
 "Creates the queue if it does not exist (slot_size bytes per message, default\n"
 "1024; capacity slots, a power of two, default 8192; max_consumers listed\n"
 "consumers, default 64), or attaches to it and continues its sequence. A given\n"
-"slot_size or capacity that differs from an existing queue raises\n"
-"IncompatibleQueue. Raises ProducerBusy while another live producer holds the\n"
-"queue, and PermissionError for a queue owned by another user or open wider\n"
-"than `mode`.");
+"slot_size, capacity or lossless that differs from an existing queue raises\n"
+"IncompatibleQueue, which says which one differs. Raises ProducerBusy while\n"
+"another live producer holds the queue, PermissionError for a queue owned by\n"
+"another user or open wider than `mode`, and OSError(ENOSPC) when /dev/shm has\n"
+"no room for the ring (the message says how much it needed and how much was\n"
+"free). OSErrors carry errno and, as filename, the queue name.");
 
 static PyType_Slot Producer_slots[] = {
     {Py_tp_new, Producer_new},
@@ -667,17 +947,66 @@ typedef struct {
     pid_t busy_pid;    /* ... in this process (a forked child never finishes it) */
     int close_pending; /* close() was called while busy */
     int lent;          /* a view() is open */
+    int pending;       /* a core error a poll_many met after it had consumed
+                          messages: the next call raises it */
+    int cancel_next;   /* _interrupt() came with no wait in progress: the next
+                          _wait_for_async returns at once */
+    unsigned interrupts; /* how many times _interrupt() interrupted a wait */
     Py_ssize_t exports; /* buffers of views still exported */
+    /* How it was opened, for pickling. */
+    int registered_entry;
+    int check_owner;
+    uid_t owner;
+    uint32_t spin;
 } ConsumerObject;
+
+/* timeout and wait: None -> forever (-1); a number of seconds >= 0; value
+ * NULL (not given) -> 0. */
+static int parse_seconds(PyObject *value, const char *what, int64_t *ns)
+{
+    if (value == NULL) {
+        *ns = 0;
+        return 0;
+    }
+    if (value == Py_None) {
+        *ns = -1;
+        return 0;
+    }
+    if (PyBool_Check(value) || !(PyFloat_Check(value) || PyLong_Check(value))) {
+        PyErr_Format(PyExc_TypeError, "%s must be a number of seconds or None, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    double seconds = PyFloat_AsDouble(value);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a number or None, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    if (!(seconds >= 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be non-negative (or None to wait forever)", what);
+        return -1;
+    }
+    *ns = seconds >= 9e9 ? -1 : (int64_t)(seconds * 1e9);
+    return 0;
+}
+
+static int64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"name", "start", "spin", "owner", "register", NULL};
+    static char *keywords[] = {"name", "start", "spin", "owner", "register", "wait", NULL};
     module_state *st = state_of_type(type);
-    PyObject *name, *start = NULL, *spin_arg = NULL, *owner = NULL;
+    PyObject *name, *start = NULL, *spin_arg = NULL, *owner = NULL, *wait = NULL;
     int register_entry = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O$OOp:Consumer", keywords, &name, &start,
-                                     &spin_arg, &owner, &register_entry))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O$OOpO:Consumer", keywords, &name, &start,
+                                     &spin_arg, &owner, &register_entry, &wait))
         return NULL;
     struct shmq_consumer_options options = {.start = SHMQ_START_LATEST, .no_entry = !register_entry};
     if (spin_arg != NULL) {
@@ -702,14 +1031,20 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
                          Py_TYPE(owner)->tp_name);
             return NULL;
         }
-        unsigned long uid = PyLong_AsUnsignedLong(owner);
-        if (uid == (unsigned long)-1 && PyErr_Occurred()) {
+        unsigned long long uid = PyLong_AsUnsignedLongLong(owner);
+        if (uid == (unsigned long long)-1 && PyErr_Occurred())
             PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "owner must be a uid (a non-negative int), not %R", owner);
+        /* uid_t is 32 bits, and (uid_t)-1 means "no user" to the kernel:
+         * a larger value must not wrap round to some other user. */
+        else if (uid < (unsigned long long)(uid_t)-1) {
+            options.check_owner = 1;
+            options.owner = (uid_t)uid;
+        }
+        if (!options.check_owner) {
+            PyErr_Format(PyExc_ValueError, "owner must be a uid from 0 to %lu, not %R",
+                         (unsigned long)(uid_t)-1 - 1, owner);
             return NULL;
         }
-        options.check_owner = 1;
-        options.owner = (uid_t)uid;
     }
     if (start != NULL && PyLong_Check(start) && !PyBool_Check(start)) {
         /* A sequence number: how a pickled Consumer re-attaches where it was. */
@@ -733,33 +1068,65 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
                      "start must be 'latest', 'earliest' or a sequence number, not %R", start);
         return NULL;
     }
+    if (parse_seconds(wait, "wait", &options.wait_ns) < 0)
+        return NULL;
     const char *cname = queue_name(st, name);
     if (cname == NULL)
         return NULL;
     ConsumerObject *self = (ConsumerObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
+    self->registered_entry = register_entry;
+    self->check_owner = options.check_owner;
+    self->owner = options.owner;
+    self->spin = options.spin;
+    struct released_gil gil;
+    options.wait_check = run_signal_handlers;
+    options.wait_context = &gil;
     int rc;
-    Py_BEGIN_ALLOW_THREADS
+    gil.tstate = PyEval_SaveThread();
     rc = shmq_consumer_open_with(&self->consumer, cname, &options);
-    Py_END_ALLOW_THREADS
+    PyEval_RestoreThread(gil.tstate);
     if (rc < 0) {
         Py_DECREF(self);
-        if (rc == -EPERM && options.check_owner)
-            return PyErr_Format(PyExc_PermissionError,
-                                "queue %R is not owned by uid %lu", name, (unsigned long)options.owner);
+        if (rc == -EINTR) { /* a signal handler raised */
+            interrupted_by_python();
+            return NULL;
+        }
+        if (rc == -EPERM && options.check_owner) {
+            PyObject *text = PyUnicode_FromFormat("queue %R is not owned by uid %lu", name,
+                                                  (unsigned long)options.owner);
+            if (text == NULL)
+                return NULL;
+            PyObject *exc = PyObject_CallFunction(PyExc_PermissionError, "iOO", EPERM, text, name);
+            Py_DECREF(text);
+            if (exc != NULL) {
+                PyErr_SetObject(PyExc_PermissionError, exc);
+                Py_DECREF(exc);
+            }
+            return NULL;
+        }
         return raise_code(st, rc, name);
     }
     self->name = Py_NewRef(name);
     return (PyObject *)self;
 }
 
+/* Closes the handle, or, while a call of this process waits with it,
+ * interrupts that wait and leaves the closing to it (see WAITING above). */
 static void Consumer_close_handle(ConsumerObject *self)
 {
-    if (self->busy) {
-        self->close_pending = 1; /* the waiting thread closes it when it returns */
+    if (self->consumer == NULL)
+        return;
+    if (self->busy && self->busy_pid == getpid()) {
+        if (!self->close_pending) {
+            self->close_pending = 1;
+            shmq_consumer_interrupt(self->consumer);
+        }
         return;
     }
+    self->busy = 0;
+    self->close_pending = 0;
     shmq_consumer_close(self->consumer);
     self->consumer = NULL;
 }
@@ -773,18 +1140,18 @@ static void Consumer_dealloc(ConsumerObject *self)
     Py_DECREF(type);
 }
 
-/* Checks the handle is open and not in use by a thread that released the GIL. */
+static PyObject *poll_error(ConsumerObject *self, int rc, size_t length, size_t buf_size);
+
+/* Checks the handle is open, not in use by a thread that released the GIL,
+ * and owes no error; raises otherwise. */
 static int consumer_usable_slow(ConsumerObject *self)
 {
     /* A thread that was waiting when another thread called fork() does not
      * exist in the child: the mark it left there is stale. */
     if (self->busy && self->busy_pid != getpid()) {
         self->busy = 0;
-        if (self->close_pending) {
-            self->close_pending = 0;
-            shmq_consumer_close(self->consumer);
-            self->consumer = NULL;
-        }
+        if (self->close_pending)
+            Consumer_close_handle(self);
     }
     if (self->consumer == NULL || self->close_pending) {
         closed_error("Consumer");
@@ -800,53 +1167,59 @@ static int consumer_usable_slow(ConsumerObject *self)
                         "Consumer is in use by another thread (blocking poll in progress)");
         return 0;
     }
+    if (self->pending) {
+        int code = self->pending;
+        self->pending = 0;
+        poll_error(self, code, 0, 0);
+        return 0;
+    }
     return 1;
 }
 
 /* The usual answer, yes, in one test; the rest only when something is set. */
 static inline int consumer_usable(ConsumerObject *self)
 {
-    if (self->consumer != NULL && (self->busy | self->lent | self->close_pending) == 0)
+    if (self->consumer != NULL && (self->busy | self->lent | self->close_pending | self->pending) == 0)
         return 1;
     return consumer_usable_slow(self);
 }
 
-/* timeout: None -> wait forever (-1); a number of seconds >= 0. */
-static int parse_timeout(PyObject *timeout, int64_t *ns)
+/*
+ * Waits in the core, once, up to timeout_ns (-1: forever), until a poll has
+ * something to report; flags as shmq_consumer_wait_flags. Without the GIL,
+ * the handle busy, our wait check installed. Returns 0, SHMQ_ENDED,
+ * -ETIMEDOUT, SHMQ_INTERRUPTED (by _interrupt()), PYTHON_ERROR (a signal
+ * handler raised), or CLOSED_WHILE_WAITING (close() came meanwhile: the
+ * handle is closed now, ValueError set).
+ */
+static int consumer_wait(ConsumerObject *self, int64_t timeout_ns, unsigned flags)
 {
-    if (timeout == NULL) {
-        *ns = 0;
-        return 0;
+    struct released_gil gil;
+    unsigned interrupts = self->interrupts;
+    int rc;
+    self->busy = 1;
+    self->busy_pid = getpid();
+    shmq_consumer_set_wait_check(self->consumer, run_signal_handlers, &gil);
+    do {
+        gil.tstate = PyEval_SaveThread();
+        rc = shmq_consumer_wait_flags(self->consumer, timeout_ns, flags);
+        PyEval_RestoreThread(gil.tstate);
+        /* An _interrupt() that reached the core just after an earlier wait
+         * had returned stays pending there, and ends this wait at once,
+         * before it sleeps: it was not meant for this one. (The core keeps
+         * one pending interrupt, not a count.) */
+    } while (rc == SHMQ_INTERRUPTED && !self->close_pending && self->interrupts == interrupts);
+    shmq_consumer_set_wait_check(self->consumer, NULL, NULL);
+    self->busy = 0;
+    if (rc == -EINTR)
+        rc = interrupted_by_python();
+    if (self->close_pending) {
+        Consumer_close_handle(self);
+        if (rc != PYTHON_ERROR)
+            PyErr_SetString(PyExc_ValueError, "Consumer was closed while waiting");
+        return CLOSED_WHILE_WAITING;
     }
-    if (timeout == Py_None) {
-        *ns = -1;
-        return 0;
-    }
-    if (PyBool_Check(timeout) || !(PyFloat_Check(timeout) || PyLong_Check(timeout))) {
-        PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds or None, not %.100s",
-                     Py_TYPE(timeout)->tp_name);
-        return -1;
-    }
-    double seconds = PyFloat_AsDouble(timeout);
-    if (seconds == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %.100s",
-                     Py_TYPE(timeout)->tp_name);
-        return -1;
-    }
-    if (!(seconds >= 0)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be non-negative (or None to wait forever)");
-        return -1;
-    }
-    *ns = seconds >= 9e9 ? -1 : (int64_t)(seconds * 1e9);
-    return 0;
-}
-
-static int64_t monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return rc;
 }
 
 /* One attempt to read, made with the GIL held; returns what the core's poll
@@ -854,60 +1227,40 @@ static int64_t monotonic_ns(void)
 typedef int (*attempt_fn)(ConsumerObject *self, void *arg);
 
 /*
- * Calls attempt() until it returns something other than SHMQ_EMPTY or
- * timeout_ns (-1: forever) runs out; with wait_flags 0 it also stops, with
- * SHMQ_ENDED, once the stream ended and everything was read (iteration),
- * with SHMQ_WAIT_PAST_END it waits on for a producer to reopen (poll). Between attempts it waits for the ring
- * without the GIL, in slices, checking for signals between slices. Returns
- * the last attempt's result (SHMQ_EMPTY when the time ran out), or
- * PYTHON_ERROR with a Python exception set (a signal handler raised, or the
- * handle was closed meanwhile).
+ * Makes attempt(); while it finds nothing (SHMQ_EMPTY) and timeout_ns (-1:
+ * forever) has not run out, waits in the core (consumer_wait) and attempts
+ * again. With wait_flags 0 it stops, with SHMQ_ENDED, once the stream ended
+ * and everything was read (iteration); with SHMQ_WAIT_PAST_END it waits on
+ * for a producer to reopen (poll). Returns the last attempt's result
+ * (SHMQ_EMPTY when the time ran out or _interrupt() ended the wait),
+ * SHMQ_ENDED, PYTHON_ERROR or CLOSED_WHILE_WAITING.
+ *
+ * The core waits the whole timeout in one call; the loop only goes round
+ * again when a wake-up found nothing to take (the message it saw was an
+ * overrun that resynced the reader past the end, say).
  */
-/* A PYTHON_ERROR (ValueError set) that iteration ends on quietly. */
-#define CLOSED_WHILE_WAITING (INT32_MIN + 1)
 static int poll_until(ConsumerObject *self, int64_t timeout_ns, attempt_fn attempt, void *arg,
                       unsigned wait_flags)
 {
     int rc = attempt(self, arg);
     if (rc != SHMQ_EMPTY || timeout_ns == 0)
         return rc;
-    int64_t deadline = timeout_ns > 0 ? monotonic_ns() + timeout_ns : INT64_MAX;
-    self->busy = 1;
-    self->busy_pid = getpid();
+    int64_t deadline = timeout_ns > 0 ? monotonic_ns() + timeout_ns : -1;
     for (;;) {
-        int64_t slice = WAIT_SLICE_NS;
-        if (timeout_ns > 0) {
-            int64_t left = deadline - monotonic_ns();
-            if (left <= 0)
-                break;
-            slice = left < slice ? left : slice;
-        }
-        int waited;
-        Py_BEGIN_ALLOW_THREADS
-        waited = shmq_consumer_wait_flags(self->consumer, slice, wait_flags);
-        Py_END_ALLOW_THREADS
-        /* Signals are checked after every slice, whatever the wait said. */
-        if (PyErr_CheckSignals() < 0) {
-            rc = PYTHON_ERROR;
-            break;
-        }
-        if (self->close_pending)
-            break;
+        int64_t left = -1;
+        if (deadline >= 0 && (left = deadline - monotonic_ns()) <= 0)
+            return SHMQ_EMPTY;
+        int waited = consumer_wait(self, left, wait_flags);
+        if (waited == -ETIMEDOUT || waited == SHMQ_INTERRUPTED)
+            return SHMQ_EMPTY;
+        if (waited != 0 && waited != SHMQ_ENDED)
+            return waited;
         rc = attempt(self, arg);
         if (rc == SHMQ_EMPTY && waited == SHMQ_ENDED)
-            rc = SHMQ_ENDED;
+            return SHMQ_ENDED;
         if (rc != SHMQ_EMPTY)
-            break;
+            return rc;
     }
-    self->busy = 0;
-    if (self->close_pending) {
-        if (rc == PYTHON_ERROR)
-            PyErr_Clear();
-        Consumer_close_handle(self);
-        closed_error("Consumer");
-        return CLOSED_WHILE_WAITING;
-    }
-    return rc;
 }
 
 /* poll() into a new bytes object of exactly the message's size. */
@@ -1056,6 +1409,8 @@ static PyObject *Consumer_poll_many(ConsumerObject *self, PyObject *const *args,
         PyErr_SetString(PyExc_ValueError, "max_messages must be non-negative");
         return NULL;
     }
+    if (!consumer_usable(self)) /* __index__ may have run Python code */
+        return NULL;
     PyObject *list = PyList_New(0);
     if (list == NULL || max_messages == 0)
         return list;
@@ -1065,6 +1420,16 @@ static PyObject *Consumer_poll_many(ConsumerObject *self, PyObject *const *args,
         int rc = poll_until(self, i == 0 ? timeout_ns : 0, attempt_bytes, &nb, SHMQ_WAIT_PAST_END);
         if (rc == SHMQ_EMPTY || rc == SHMQ_ENDED)
             break;
+        if (rc < 0 && i > 0) {
+            /* What was consumed is returned, never dropped; the error waits
+             * for the next call. A MemoryError left the message in the ring
+             * (nothing to keep); a later poll meets it again. */
+            if (rc == -ENOMEM && PyErr_Occurred())
+                PyErr_Clear();
+            else if (rc != PYTHON_ERROR && rc != CLOSED_WHILE_WAITING)
+                self->pending = rc;
+            break;
+        }
         if (rc < 0) {
             Py_DECREF(list);
             return poll_error(self, rc, 0, 0);
@@ -1092,6 +1457,10 @@ static PyObject *Consumer_poll_into(ConsumerObject *self, PyObject *const *args,
     Py_buffer view;
     if (writable_buffer(argv[0], &view) < 0)
         return NULL;
+    if (!consumer_usable(self)) { /* a __buffer__ in Python may have closed us */
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     struct into_buffer ib = {view.buf, (size_t)view.len, 0};
     int rc = poll_until(self, timeout_ns, attempt_into, &ib, SHMQ_WAIT_PAST_END);
     PyBuffer_Release(&view);
@@ -1131,6 +1500,10 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
     Py_buffer view;
     if (writable_buffer(argv[0], &view) < 0)
         return NULL;
+    if (!consumer_usable(self)) { /* __index__ or __buffer__ may have run Python code */
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     PyObject *result = NULL;
     size_t *lengths = PyMem_New(size_t, (size_t)(max_messages ? max_messages : 1));
     if (lengths == NULL) {
@@ -1144,8 +1517,10 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
         int rc = poll_until(self, timeout_ns, attempt_into, &ib, SHMQ_WAIT_PAST_END);
         lengths[0] = ib.length;
         if (rc == 0) {
-            /* -EMSGSIZE or -EBADMSG here only end the batch: the next call
-             * reports them (a bad slot is already counted in lost). */
+            /* -EMSGSIZE here only ends the batch: the message stays, and
+             * the next call reports it. A corrupt slot met here is skipped
+             * and counted in lost, but the core's poll_many does not say
+             * so once it has copied messages. */
             int more = shmq_consumer_poll_many(self->consumer, (unsigned char *)view.buf + lengths[0],
                                                (size_t)view.len - lengths[0], lengths + 1,
                                                (size_t)max_messages - 1);
@@ -1186,20 +1561,72 @@ static PyObject *Consumer_iternext(ConsumerObject *self)
     return msg;
 }
 
-/* Pickles by name and position: unpickling attaches a new consumer (in any
- * process) that reads on from where this one was. */
+static int set_int_item(PyObject *dict, const char *key, unsigned long value)
+{
+    PyObject *number = PyLong_FromUnsignedLong(value);
+    int rc = number == NULL ? -1 : PyDict_SetItemString(dict, key, number);
+    Py_XDECREF(number);
+    return rc;
+}
+
+/* Pickles by name and position, with the options it was opened with
+ * (spin, owner, register): unpickling attaches a new consumer (in any
+ * process) that reads on from where this one was, as this one would. */
 static PyObject *Consumer_reduce(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->consumer == NULL)
         return closed_error("Consumer");
-    return Py_BuildValue("O(OK)", (PyObject *)Py_TYPE(self), self->name,
-                         (unsigned long long)shmq_consumer_position(self->consumer));
+    PyObject *make = Py_NewRef((PyObject *)Py_TYPE(self));
+    PyObject *options = PyDict_New();
+    if (options == NULL)
+        goto fail;
+    if (self->spin != 0 && set_int_item(options, "spin", self->spin) < 0)
+        goto fail;
+    if (self->check_owner && set_int_item(options, "owner", (unsigned long)self->owner) < 0)
+        goto fail;
+    if (!self->registered_entry && PyDict_SetItemString(options, "register", Py_False) < 0)
+        goto fail;
+    if (PyDict_GET_SIZE(options) > 0) {
+        /* functools.partial(cls, **options): picklable under every protocol. */
+        PyObject *functools = PyImport_ImportModule("functools");
+        PyObject *partial = functools ? PyObject_GetAttrString(functools, "partial") : NULL;
+        Py_XDECREF(functools);
+        PyObject *bound = NULL;
+        if (partial != NULL) {
+            PyObject *cls = PyTuple_Pack(1, make);
+            if (cls != NULL)
+                bound = PyObject_Call(partial, cls, options);
+            Py_XDECREF(cls);
+            Py_DECREF(partial);
+        }
+        if (bound == NULL)
+            goto fail;
+        Py_SETREF(make, bound);
+    }
+    Py_DECREF(options);
+    PyObject *result = Py_BuildValue("N(OK)", make, self->name,
+                                     (unsigned long long)shmq_consumer_position(self->consumer));
+    return result;
+fail:
+    Py_XDECREF(options);
+    Py_DECREF(make);
+    return NULL;
 }
 
-static int attempt_nothing(ConsumerObject *self, void *arg)
+/* wait() and _wait_for_async(): True when a poll has something, False on
+ * timeout, at the end of the stream, or when _interrupt() ended the wait. */
+static PyObject *wait_for_message(ConsumerObject *self, PyObject *timeout)
 {
-    (void)arg;
-    return shmq_consumer_wait_flags(self->consumer, 0, SHMQ_WAIT_PAST_END) == 0 ? 0 : SHMQ_EMPTY;
+    int64_t timeout_ns;
+    if (parse_timeout(timeout == NULL ? Py_None : timeout, &timeout_ns) < 0)
+        return NULL;
+    int rc = timeout_ns == 0 ? shmq_consumer_wait_flags(self->consumer, 0, 0)
+                             : consumer_wait(self, timeout_ns, 0);
+    if (rc == 0)
+        Py_RETURN_TRUE;
+    if (rc == SHMQ_ENDED || rc == -ETIMEDOUT || rc == SHMQ_INTERRUPTED)
+        Py_RETURN_FALSE;
+    return poll_error(self, rc, 0, 0);
 }
 
 static PyObject *Consumer_wait(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -1207,19 +1634,40 @@ static PyObject *Consumer_wait(ConsumerObject *self, PyObject *const *args, Py_s
 {
     static const char *const names[] = {"timeout"};
     PyObject *timeout;
-    int64_t timeout_ns;
     if (!consumer_usable(self))
         return NULL;
     if (parse_args(args, nargs, kwnames, names, 0, &timeout, 1) < 0)
         return NULL;
-    if (parse_timeout(timeout == NULL ? Py_None : timeout, &timeout_ns) < 0)
+    return wait_for_message(self, timeout);
+}
+
+/* For shmq._aio: wait() that an _interrupt() made before it started ends at
+ * once. Runs in an executor thread; the event loop cancels it with
+ * _interrupt(). */
+static PyObject *Consumer_wait_for_async(ConsumerObject *self, PyObject *timeout)
+{
+    if (!consumer_usable(self))
         return NULL;
-    int rc = poll_until(self, timeout_ns, attempt_nothing, NULL, 0);
-    if (rc == 0)
-        Py_RETURN_TRUE;
-    if (rc == SHMQ_EMPTY || rc == SHMQ_ENDED)
+    if (self->cancel_next) {
+        self->cancel_next = 0;
         Py_RETURN_FALSE;
-    return poll_error(self, rc, 0, 0);
+    }
+    return wait_for_message(self, timeout);
+}
+
+/* For shmq._aio: ends the wait in progress on this consumer (it returns
+ * False), or, with none in progress, the next _wait_for_async. Never
+ * closes anything. */
+static PyObject *Consumer_interrupt(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->consumer == NULL)
+        Py_RETURN_NONE;
+    if (self->busy && self->busy_pid == getpid()) {
+        self->interrupts++;
+        shmq_consumer_interrupt(self->consumer);
+    } else
+        self->cancel_next = 1;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Consumer_close(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
@@ -1295,13 +1743,20 @@ static PyObject *Consumer_get_closed(ConsumerObject *self, void *closure)
 
 static PyMethodDef Consumer_methods[] = {
     {"poll", (PyCFunction)(void (*)(void))Consumer_poll, METH_FASTCALL | METH_KEYWORDS,
-     "poll($self, /, timeout=0)\n--\n\nReturn the next message, or None if none arrives "
-     "within timeout seconds (0: don't wait; None: wait forever), or at once if the producer "
-     "closed the stream and everything was read. Releases the GIL while waiting; Ctrl-C "
-     "interrupts it. Raises CorruptSlot for a damaged slot (counted in lost)."},
+     "poll($self, /, timeout=0)\n--\n\nReturn the next message (bytes), or None.\n\n"
+     "poll(timeout=None) waits as long as it takes; poll(timeout=1.5) waits up to 1.5 "
+     "seconds. poll() alone does not block: it returns None at once when nothing is there. "
+     "None also comes at once when the producer closed the stream and everything was read "
+     "(unless a timeout is given: then it waits for a producer to reopen the queue). Waits "
+     "without the GIL; Ctrl-C interrupts the wait, and close() from another thread or a "
+     "signal handler ends it with ValueError (\"Consumer was closed while waiting\"). "
+     "Raises CorruptSlot for a damaged slot (counted in lost)."},
     {"poll_many", (PyCFunction)(void (*)(void))Consumer_poll_many, METH_FASTCALL | METH_KEYWORDS,
      "poll_many($self, /, max_messages, timeout=0)\n--\n\nWait up to timeout for the first "
-     "message, then return it with every message already available, up to max_messages."},
+     "message, then return it with every message already available, up to max_messages (an "
+     "empty list when none came in time). What it consumed is always returned: an error "
+     "met after the first message (CorruptSlot) ends the batch and is raised by the next "
+     "call on this consumer."},
     {"poll_into", (PyCFunction)(void (*)(void))Consumer_poll_into, METH_FASTCALL | METH_KEYWORDS,
      "poll_into($self, /, buffer, timeout=0)\n--\n\nCopy the next message into a writable "
      "buffer and return its length, or None on timeout. Raises MessageTooLarge (and keeps the "
@@ -1310,13 +1765,16 @@ static PyMethodDef Consumer_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "poll_many_into($self, /, buffer, max_messages=1024, timeout=0)\n--\n\nCopy as many "
      "whole messages as fit (up to max_messages) back to back into a writable buffer and return "
-     "their lengths; waits up to timeout for the first one."},
+     "their lengths; waits up to timeout for the first one (an empty list on timeout)."},
     {"wait", (PyCFunction)(void (*)(void))Consumer_wait, METH_FASTCALL | METH_KEYWORDS,
      "wait($self, /, timeout=None)\n--\n\nWait up to timeout seconds (None: forever) until a "
      "poll has something to return, without consuming it. False on timeout, or at once when "
      "the producer closed the stream and everything was read. Releases the GIL."},
     {"close", (PyCFunction)Consumer_close, METH_NOARGS,
-     "close($self, /)\n--\n\nDetach from the queue (idempotent). Never unlinks it."},
+     "close($self, /)\n--\n\nDetach from the queue (idempotent). Never unlinks it. Called "
+     "from another thread, or from a signal handler, while a call waits with this consumer, "
+     "it interrupts that wait, which then closes the handle and raises ValueError (iteration "
+     "just stops). Raises BufferError while a view or a buffer made from one is alive."},
     {"__reduce__", (PyCFunction)Consumer_reduce, METH_NOARGS, NULL},
     {"view", (PyCFunction)(void (*)(void))Consumer_view, METH_FASTCALL | METH_KEYWORDS,
      "view($self, /, timeout=0)\n--\n\nRead the next message in place: `with consumer.view() as "
@@ -1325,6 +1783,12 @@ static PyMethodDef Consumer_methods[] = {
      "registered consumer's view cannot be overwritten. Otherwise the exit re-checks the slot "
      "and raises Overwritten if the producer rewrote it meanwhile: discard what the block "
      "computed (the message counts as lost)."},
+    {"_wait_for_async", (PyCFunction)Consumer_wait_for_async, METH_O,
+     "_wait_for_async($self, timeout, /)\n--\n\nwait(timeout) for poll_async's executor "
+     "thread: an _interrupt() that came before it started ends it at once."},
+    {"_interrupt", (PyCFunction)Consumer_interrupt, METH_NOARGS,
+     "_interrupt($self, /)\n--\n\nEnd the wait in progress on this consumer (it returns "
+     "False), or else the next _wait_for_async. For poll_async's cancellation."},
     {"__enter__", return_self, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
     {"__exit__", (PyCFunction)(void (*)(void))Consumer_exit, METH_FASTCALL, "__exit__($self, exc_type, exc, tb, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},
@@ -1347,26 +1811,38 @@ static PyGetSetDef Consumer_getset[] = {
     {"producer_alive", (getter)Consumer_get_producer_alive, NULL,
      "Whether a live producer holds the queue (asks the kernel about its lock; no pids).", NULL},
     {"ended", (getter)Consumer_get_ended, NULL,
-     "Whether the producer closed the stream (a producer that reopens it clears this).", NULL},
+     "Whether the producer closed the stream; a producer that reopens the queue clears it. "
+     "A consumer that attached after the end sees True until then: a poll with a timeout "
+     "waits for the next producer run, while iteration stops at once.", NULL},
     {"unlinked", (getter)Consumer_get_unlinked, NULL,
      "Whether the queue was unlinked since this consumer attached (its name may now be "
      "another queue's).", NULL},
-    {"closed", (getter)Consumer_get_closed, NULL, "True after close().", NULL},
+    {"closed", (getter)Consumer_get_closed, NULL,
+     "True after close() (also while a waiting call is about to close the handle).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 PyDoc_STRVAR(Consumer_doc,
-"Consumer(name, start='latest', *, spin=0, owner=None, register=True)\n"
+"Consumer(name, start='latest', *, spin=0, owner=None, register=True, wait=0)\n"
 "--\n\n"
 "A reader of queue `name`; every consumer sees every message.\n\n"
 "start='latest' reads what is published after it attaches; 'earliest' starts\n"
-"at the oldest message the producer will not overwrite next. A consumer that\n"
-"falls more than a ring behind skips ahead and counts what it missed in `lost`;\n"
-"it never returns a torn message. spin: iterations to spin before a blocking\n"
-"poll sleeps (at most 1,000,000). owner: refuse (PermissionError) a queue not\n"
-"owned by this uid. register=False: take no consumer entry (not listed).\n"
+"at the oldest message the producer will not overwrite next; an int starts at\n"
+"that sequence number. A consumer that falls more than a ring behind skips\n"
+"ahead and counts what it missed in `lost`; it never returns a torn message.\n"
+"spin: iterations to spin before a blocking poll sleeps (at most 1,000,000).\n"
+"owner: refuse (PermissionError) a queue not owned by this uid (ValueError for\n"
+"a number that is no uid). register=False: take no consumer entry (not listed;\n"
+"on a lossless queue, a lossy observer that never holds the producer back).\n"
+"wait: seconds to wait for the queue to appear (None: forever; 0, the\n"
+"default: not at all), raising QueueNotFound when it does not; Ctrl-C\n"
+"interrupts the wait.\n\n"
 "The ring is mapped read-only. Iterating blocks for each next message and\n"
-"stops when the producer closes the stream.");
+"stops when the producer closes the stream. `ended` says the producer closed\n"
+"the stream; a consumer that attached after the end sees ended=True until a\n"
+"producer reopens the queue: a poll with a timeout waits for that next run,\n"
+"while iteration stops at once. Pickling keeps name, position, spin, owner\n"
+"and register.");
 
 static PyType_Slot Consumer_slots[] = {
     {Py_tp_new, Consumer_new},
@@ -1397,13 +1873,26 @@ static PyType_Spec Consumer_spec = {
  * moves the consumer past the viewed message, where a lossy view can learn
  * that the producer overwrote it meanwhile (Overwritten). The owner counts
  * what is lent out, so that close() cannot unmap it.
+ *
+ * ESCAPED BUFFERS. Python cannot revoke an exported buffer: a numpy array or
+ * a slice made from a loan's memoryview can outlive the with-block and still
+ * write into the slot. So a loan whose buffer is still exported at exit is
+ * neither committed nor abandoned: the core's claim stays open (STUCK), so
+ * that the producer publishes nothing into that slot, and every publish
+ * raises RuntimeError saying why. The release of the last export (or the
+ * collection of the lease) abandons it. A view's buffer is read-only: the
+ * consumer moves on at once, and exit only reports the escape.
+ *
+ * An entered lease and its memoryview refer to each other until exit; the
+ * lease is a GC type, so that a lease whose exit never runs is collected,
+ * abandoning what it held, instead of keeping its owner unusable forever.
  */
 enum { LEASE_LOAN, LEASE_VIEW };
-enum { LEASE_READY, LEASE_ENTERED, LEASE_DONE };
+enum { LEASE_READY, LEASE_ENTERED, LEASE_STUCK, LEASE_DONE };
 
 typedef struct {
     PyObject_HEAD
-    PyObject *owner; /* the ProducerObject or ConsumerObject */
+    PyObject *owner; /* the ProducerObject or ConsumerObject; NULL once cleared */
     int kind;
     int state;
     void *data;      /* NULL: a view that found no message */
@@ -1420,7 +1909,7 @@ static Py_ssize_t *owner_exports(LeaseObject *self)
 
 static PyObject *new_lease(module_state *st, PyObject *owner, int kind, void *data, size_t size)
 {
-    LeaseObject *self = PyObject_New(LeaseObject, st->lease_type);
+    LeaseObject *self = PyObject_GC_New(LeaseObject, st->lease_type);
     if (self == NULL)
         return NULL;
     self->owner = Py_NewRef(owner);
@@ -1436,12 +1925,13 @@ static PyObject *new_lease(module_state *st, PyObject *owner, int kind, void *da
         else
             ((ConsumerObject *)owner)->lent = 1;
     }
+    PyObject_GC_Track(self);
     return (PyObject *)self;
 }
 
 static int Lease_getbuffer(LeaseObject *self, Py_buffer *view, int flags)
 {
-    if (self->state != LEASE_ENTERED || self->data == NULL) {
+    if (self->state != LEASE_ENTERED || self->data == NULL || self->owner == NULL) {
         PyErr_SetString(PyExc_BufferError, "the loan or view is not open");
         return -1;
     }
@@ -1453,50 +1943,93 @@ static int Lease_getbuffer(LeaseObject *self, Py_buffer *view, int flags)
     return 0;
 }
 
+/* A loan is over without a commit: nothing of it was published, and its
+ * slot is the producer's again. Called when the last export of a stuck loan
+ * is gone, or at collection. */
+static void abandon_loan(LeaseObject *self)
+{
+    ProducerObject *producer = (ProducerObject *)self->owner;
+    self->state = LEASE_DONE;
+    producer->stuck = 0;
+    producer->lent = 0;
+    if (producer->producer != NULL)
+        shmq_producer_abort(producer->producer);
+}
+
 static void Lease_releasebuffer(LeaseObject *self, Py_buffer *view)
 {
     (void)view;
     self->exports--;
+    if (self->owner == NULL)
+        return;
     (*owner_exports(self))--;
+    if (self->exports == 0 && self->state == LEASE_STUCK)
+        abandon_loan(self);
+}
+
+/* Releases the memoryview __enter__ handed out; one made from it may live
+ * on (the lease's exports count it). */
+static int release_view(LeaseObject *self)
+{
+    if (self->view == NULL)
+        return 0;
+    PyObject *r = PyObject_CallMethodNoArgs(self->view, state_of_type(Py_TYPE(self))->release_name);
+    if (r == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_BufferError))
+            return -1;
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    Py_CLEAR(self->view);
+    return 0;
 }
 
 /* Ends the lease once: commit (a loan left normally), abort, or release (a
- * view). Returns 0, or -1 with an exception set. */
+ * view); a loan whose buffer escaped gets stuck instead (see above).
+ * Returns 0, or -1 with an exception set. */
 static int Lease_finish(LeaseObject *self, int failed)
 {
-    if (self->state == LEASE_DONE || self->data == NULL) {
-        self->state = LEASE_DONE;
+    if (self->state == LEASE_DONE || self->state == LEASE_STUCK || self->data == NULL ||
+        self->owner == NULL) {
+        if (self->state != LEASE_STUCK)
+            self->state = LEASE_DONE;
         return 0;
     }
-    int still_exported = 0;
-    if (self->view != NULL) {
-        PyObject *r = PyObject_CallMethodNoArgs(self->view, state_of_type(Py_TYPE(self))->release_name);
-        if (r == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_BufferError))
-                return -1;
-            PyErr_Clear();
-        }
-        Py_XDECREF(r);
-        Py_CLEAR(self->view);
-    }
-    still_exported = self->exports > 0;
-    self->state = LEASE_DONE;
+    if (release_view(self) < 0)
+        return -1;
+    int still_exported = self->exports > 0;
     if (self->kind == LEASE_LOAN) {
         ProducerObject *producer = (ProducerObject *)self->owner;
+        if (still_exported) {
+            self->state = LEASE_STUCK;
+            producer->stuck = 1;
+            if (failed)
+                return 0;
+            PyErr_SetString(PyExc_BufferError,
+                            "the loan's buffer is still exported (a memoryview or array made from "
+                            "it is alive), so nothing was published; the producer publishes "
+                            "nothing until that buffer is released");
+            return -1;
+        }
+        self->state = LEASE_DONE;
         producer->lent = 0;
         if (producer->producer == NULL)
             return 0;
-        if (failed || still_exported) {
+        if (failed) {
             shmq_producer_abort(producer->producer);
-            if (still_exported && !failed)
-                PyErr_SetString(PyExc_BufferError,
-                                "the loan's buffer is still exported (a memoryview or array made "
-                                "from it is alive), so nothing was published");
-            return still_exported && !failed ? -1 : 0;
+            return 0;
         }
-        shmq_producer_commit(producer->producer);
+        int rc = shmq_producer_commit(producer->producer);
+        if (rc < 0) {
+            /* -ECHILD: a loan opened before fork() cannot be published from
+             * the child; it is abandoned there. */
+            shmq_producer_abort(producer->producer);
+            raise_code(state_of_type(Py_TYPE(self)), rc, producer->name);
+            return -1;
+        }
         return 0;
     }
+    self->state = LEASE_DONE;
     ConsumerObject *consumer = (ConsumerObject *)self->owner;
     consumer->lent = 0;
     if (consumer->consumer == NULL)
@@ -1533,15 +2066,60 @@ static PyObject *Lease_enter(LeaseObject *self, PyObject *Py_UNUSED(ignored))
 
 static PyObject *Lease_exit(LeaseObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (self->state == LEASE_READY) {
+        /* Nothing was written through a view it never handed out: publish
+         * nothing (a loan's slot holds stale bytes). */
+        if (Lease_finish(self, 1) < 0)
+            return NULL;
+        PyErr_SetString(PyExc_RuntimeError, "__exit__ without __enter__: the loan or view was "
+                        "abandoned, nothing was published");
+        return NULL;
+    }
     int failed = nargs > 0 && args[0] != Py_None;
     if (Lease_finish(self, failed) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
+static int Lease_traverse(LeaseObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->owner);
+    Py_VISIT(self->view);
+    return 0;
+}
+
+/* The collector found the lease in garbage (an entered lease whose exit
+ * never ran, held by its own memoryview): abandon what it holds while the
+ * owner is still here, then let go of both. */
+static int Lease_clear(LeaseObject *self)
+{
+    if (self->owner != NULL && self->data != NULL && self->state != LEASE_DONE) {
+        if (self->kind == LEASE_LOAN)
+            abandon_loan(self);
+        else {
+            ConsumerObject *consumer = (ConsumerObject *)self->owner;
+            self->state = LEASE_DONE;
+            consumer->lent = 0;
+            if (consumer->consumer != NULL)
+                shmq_consumer_release(consumer->consumer);
+        }
+    }
+    self->state = LEASE_DONE;
+    Py_CLEAR(self->view); /* may release an export: the owner is still counted */
+    if (self->owner != NULL) {
+        /* Exports that outlive this (garbage as well) stop counting against
+         * the owner now. */
+        *owner_exports(self) -= self->exports;
+        Py_CLEAR(self->owner);
+    }
+    return 0;
+}
+
 static void Lease_dealloc(LeaseObject *self)
 {
     PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
     /* Never entered or never left: abandon the loan, move past the view. */
     PyObject *type_, *value, *traceback;
     PyErr_Fetch(&type_, &value, &traceback);
@@ -1550,13 +2128,13 @@ static void Lease_dealloc(LeaseObject *self)
     PyErr_Restore(type_, value, traceback);
     Py_XDECREF(self->view);
     Py_XDECREF(self->owner);
-    PyObject_Free(self);
+    PyObject_GC_Del(self);
     Py_DECREF(type);
 }
 
 static PyObject *Lease_repr(LeaseObject *self)
 {
-    static const char *const states[] = {"ready", "open", "done"};
+    static const char *const states[] = {"ready", "open", "stuck", "done"};
     return PyUnicode_FromFormat("<shmq.%s %zd bytes %s>", self->kind == LEASE_LOAN ? "Loan" : "View",
                                 self->size, states[self->state]);
 }
@@ -1569,6 +2147,8 @@ static PyMethodDef Lease_methods[] = {
 
 static PyType_Slot Lease_slots[] = {
     {Py_tp_dealloc, Lease_dealloc},
+    {Py_tp_traverse, Lease_traverse},
+    {Py_tp_clear, Lease_clear},
     {Py_tp_repr, Lease_repr},
     {Py_tp_methods, Lease_methods},
     {Py_bf_getbuffer, Lease_getbuffer},
@@ -1580,7 +2160,8 @@ static PyType_Slot Lease_slots[] = {
 static PyType_Spec Lease_spec = {
     .name = "shmq.Lease",
     .basicsize = sizeof(LeaseObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION |
+             Py_TPFLAGS_HAVE_GC,
     .slots = Lease_slots,
 };
 
@@ -1591,8 +2172,8 @@ static PyObject *Producer_loan(PyObject *producer, PyObject *const *args, Py_ssi
     static const char *const names[] = {"size", "timeout"};
     PyObject *argv[2];
     int64_t timeout_ns;
-    if (self->producer == NULL)
-        return closed_error("Producer");
+    if (!producer_usable(self))
+        return NULL;
     if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0 ||
         parse_timeout(argv[1] ? argv[1] : Py_None, &timeout_ns) < 0)
         return NULL;
@@ -1603,20 +2184,22 @@ static PyObject *Producer_loan(PyObject *producer, PyObject *const *args, Py_ssi
         PyErr_Format(PyExc_ValueError, "loan size must be non-negative, not %zd", size);
         return NULL;
     }
+    if (!producer_usable(self)) /* __index__ may have run Python code */
+        return NULL;
     if (self->lent) {
-        PyErr_SetString(PyExc_RuntimeError, "a loan is already open on this Producer");
+        PyErr_SetString(PyExc_RuntimeError, self->stuck
+                        ? "the buffer of an earlier loan is still exported (a memoryview or array "
+                          "made from it is alive): no new loan until it is released"
+                        : "a loan is already open on this Producer");
         return NULL;
     }
     void *data;
     int rc = shmq_producer_claim(self->producer, (size_t)size, &data);
-    while (rc == SHMQ_FULL) {
-        rc = wait_for_room(self, timeout_ns);
-        if (rc != 0)
-            break;
-        rc = shmq_producer_claim(self->producer, (size_t)size, &data);
+    if (rc == SHMQ_FULL && timeout_ns != 0) {
+        struct producer_wait w = {.call = CALL_CLAIM, .size = (size_t)size};
+        rc = producer_wait(self, &w, timeout_ns);
+        data = w.claimed;
     }
-    if (rc == PYTHON_ERROR)
-        return NULL;
     if (rc < 0)
         return publish_error(self, rc, (size_t)size, 0);
     PyObject *lease = new_lease(state_of_type(Py_TYPE(self)), (PyObject *)self, LEASE_LOAN, data,
@@ -1699,12 +2282,60 @@ static PyObject *shmq_exists_py(PyObject *module, PyObject *name)
     return PyBool_FromLong(rc);
 }
 
+/* inspect(name): shmq_inspect as a dict. */
+static PyObject *shmq_inspect_py(PyObject *module, PyObject *name)
+{
+    module_state *st = state_of_module(module);
+    const char *cname = queue_name(st, name);
+    if (cname == NULL)
+        return NULL;
+    struct shmq_consumer_info *entries = PyMem_New(struct shmq_consumer_info, SHMQ_CONSUMER_LIST_MAX);
+    if (entries == NULL)
+        return PyErr_NoMemory();
+    struct shmq_queue_info info;
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = shmq_inspect(cname, &info, entries, SHMQ_CONSUMER_LIST_MAX);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (n < 0) {
+        raise_code(st, n, name);
+        goto done;
+    }
+    PyObject *consumers = consumer_info_list(entries, n < SHMQ_CONSUMER_LIST_MAX ? n : SHMQ_CONSUMER_LIST_MAX);
+    if (consumers == NULL)
+        goto done;
+    result = Py_BuildValue(
+        "{sOsIsIsIsOsKsKsOsOsksksKsKsN}",
+        "name", name, "slot_size", info.slot_size, "capacity", info.capacity,
+        "max_consumers", info.max_consumers, "lossless", info.lossless ? Py_True : Py_False,
+        "first_sequence", (unsigned long long)info.first_sequence,
+        "head", (unsigned long long)info.head,
+        "producer_alive", info.producer_alive ? Py_True : Py_False,
+        "ended", info.ended ? Py_True : Py_False, "owner_uid", (unsigned long)info.owner_uid,
+        "mode", (unsigned long)info.mode, "ring_bytes", (unsigned long long)info.ring_bytes,
+        "state_bytes", (unsigned long long)info.state_bytes, "consumers", consumers);
+done:
+    PyMem_Free(entries);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"unlink", (PyCFunction)(void (*)(void))shmq_unlink_py, METH_VARARGS | METH_KEYWORDS,
      "unlink($module, /, name, *, force=False)\n--\n\nRemove queue `name` from /dev/shm; open "
      "handles keep working. Raises ProducerBusy while a live producer holds it (unless force), "
      "QueueNotFound if there is none."},
     {"exists", shmq_exists_py, METH_O, "exists($module, name, /)\n--\n\nWhether queue `name` exists."},
+    {"inspect", shmq_inspect_py, METH_O,
+     "inspect($module, name, /)\n--\n\nLook at queue `name` without taking anything and "
+     "without writing: a dict of name, slot_size, capacity, max_consumers, lossless, "
+     "first_sequence, head (the sequence published next), producer_alive, ended, owner_uid, "
+     "mode (permission bits), ring_bytes, state_bytes and consumers, a list of dicts (index, "
+     "pid, uid, registered, position, lag, lost) for each live consumer that holds an entry. "
+     "The ring is validated as a consumer validates it, and liveness comes from the kernel's "
+     "locks. Raises QueueNotFound; IncompatibleQueue for a segment that is no usable queue "
+     "(foreign, corrupt, half-initialised, or not a regular file: a FIFO never hangs it); "
+     "PermissionError; ValueError for a bad name; OSError otherwise."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1763,10 +2394,18 @@ static int module_exec(PyObject *module)
                                     "The producer overwrote a message while it was read in place "
                                     "(Consumer.view): discard what was computed from it.",
                                     PyTuple_Pack(1, st->ShmqError));
+    /* Also a queue.Full, so that code written for queue.Queue catches it. */
+    PyObject *queue_module = PyImport_ImportModule("queue");
+    PyObject *queue_full = queue_module ? PyObject_GetAttrString(queue_module, "Full") : NULL;
+    Py_XDECREF(queue_module);
+    if (queue_full == NULL)
+        return -1;
     st->Full = new_exception(module, "shmq.Full",
                              "A lossless queue had no room before the timeout ran out; "
-                             ".published says how many messages of a batch went out.",
-                             PyTuple_Pack(1, st->ShmqError));
+                             ".published says how many messages of a batch went out. Also a "
+                             "queue.Full.",
+                             PyTuple_Pack(2, st->ShmqError, queue_full));
+    Py_DECREF(queue_full);
     st->TooManyConsumers = new_exception(module, "shmq.TooManyConsumers",
                                          "Every consumer entry of the lossless queue is taken "
                                          "(max_consumers).",
