@@ -412,6 +412,9 @@ def test_view_with_a_live_numpy_array_raises_at_exit_and_close_waits_for_it(name
 
 
 def test_loan_with_a_live_numpy_array_publishes_nothing_and_close_waits_for_it(name):
+    """The array still points into the slot: while it lives the producer
+    publishes nothing (the claim stays open, so no later message can land in
+    the slot the array writes to), and its release abandons the loan."""
     p = shmq.Producer(name, slot_size=64, capacity=4)
     c = shmq.Consumer(name, start="earliest")
     try:
@@ -423,12 +426,16 @@ def test_loan_with_a_live_numpy_array_publishes_nothing_and_close_waits_for_it(n
         with pytest.raises(BufferError):
             p.close()
         assert not p.closed
+        for refused in (lambda: p.publish(b"x"), lambda: p.publish_many([b"x"]), lambda: p.loan(1)):
+            with pytest.raises(RuntimeError, match="still exported"):
+                refused()
+        arr[:] = 9  # writes into the slot, which no message may use meanwhile
+        del arr
+        p.publish(b"after")
+        assert c.poll() == b"after" and p.last_sequence == 0
         with pytest.raises(BufferError):
             with p.loan(1):
                 p.close()
-        del arr
-        p.publish(b"after")
-        assert c.poll() == b"after"
         p.close()
         assert p.closed
     finally:
@@ -530,6 +537,12 @@ def test_ring_bigger_than_dev_shm_is_refused_at_creation(name):
     with pytest.raises(OSError) as info:
         shmq.Producer(name, slot_size=slot, capacity=capacity)
     assert info.value.errno == errno.ENOSPC, info.value
+    assert info.value.filename == name
+    # It says how much the queue needed and how much /dev/shm had.
+    needed = re.search(r"needs (\d+) bytes", str(info.value))
+    free = re.search(r"has (\d+) bytes .*free", str(info.value))
+    assert needed and free, str(info.value)
+    assert int(needed.group(1)) >= slot * capacity > int(free.group(1))
     assert not shmq.exists(name)
 
 

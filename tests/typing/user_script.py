@@ -45,6 +45,14 @@ def view_in_place(c: shmq.Consumer) -> bytes:
         return msg.tobytes()
 
 
+def describe(name: str) -> str:
+    """Type-checked only (main does not call it): inspect's dict is typed by key."""
+    info = shmq.inspect(name)
+    head: int = info["head"]
+    registered: List[bool] = [entry["registered"] for entry in info["consumers"]]
+    return f"{info['name']}: head {head}, {sum(registered)} registered, alive {info['producer_alive']}"
+
+
 async def read_async(c: shmq.Consumer) -> List[bytes]:
     got: List[bytes] = []
     first: Optional[bytes] = await c.poll_async(timeout=1.0)
@@ -59,7 +67,7 @@ def main(name: str) -> int:
     with shmq.Producer(name, slot_size=128, capacity=64, mode=0o600, lossless=True,
                        max_consumers=4) as p:
         assert p.lossless
-        with shmq.Consumer(name, start="earliest", spin=0, register=True) as c:
+        with shmq.Consumer(name, start="earliest", spin=0, register=True, wait=1.0) as c:
             publish_arrays(p)
             loan_in_place(p)
             assert np.array_equal(read_into_numpy(c), np.linspace(0.0, 1.0, 8))
