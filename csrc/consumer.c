@@ -410,6 +410,11 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
         length = &ignored;
     if (c->peeked)
         return -EINPROGRESS;
+    if (c->pending_error) {
+        int rc = c->pending_error;
+        c->pending_error = 0;
+        return rc;
+    }
     uint64_t origin = c->position;
     int garbage = 0, laps = 0;
     while (garbage < MAX_RESYNCS) {
@@ -473,8 +478,13 @@ int shmq_consumer_poll_many(struct shmq_consumer *c, void *buf, size_t buf_size,
         int rc = shmq_consumer_poll(c, out ? out + used : NULL, buf_size - used, &lengths[n]);
         if (rc == SHMQ_EMPTY || (rc == -EMSGSIZE && n > 0))
             break;
-        if (rc < 0)
+        if (rc < 0) {
+            /* What was copied is returned now; the error, whose loss is
+             * already counted, is reported by the next call. */
+            if (n > 0)
+                c->pending_error = rc;
             return n > 0 ? (int)n : rc;
+        }
         used += lengths[n];
         n++;
     }

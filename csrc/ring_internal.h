@@ -114,6 +114,7 @@ struct shmq_consumer {
     int entry_index; /* -1: none */
     int registered; /* lossless, and the producer waits for us */
     int peeked; /* the message at position is lent out (shmq_consumer_peek) */
+    int pending_error; /* what ended the last poll_many batch early, for the next poll */
     struct shmq_geometry geometry;
     uint64_t position;
     uint64_t lost;

@@ -393,7 +393,9 @@ int shmq_consumer_poll_wait(struct shmq_consumer *consumer, void *buf, size_t bu
  * after the other; lengths[i] gets the i-th one's length. Never blocks.
  * Returns the number of messages copied (0 when none is available); or, when
  * none was copied, -EMSGSIZE if even the first message does not fit (nothing
- * consumed), or SHMQ_CORRUPT as shmq_consumer_poll. */
+ * consumed), or SHMQ_CORRUPT as shmq_consumer_poll. An error met after some
+ * messages were copied (SHMQ_CORRUPT, its loss already counted) ends the
+ * batch, which is returned, and is returned by the next poll call. */
 int shmq_consumer_poll_many(struct shmq_consumer *consumer, void *buf, size_t buf_size,
                             size_t *lengths, size_t max_messages);
 
