@@ -1,32 +1,62 @@
 /*
- * libFuzzer target: attach and header validation, and reading slots, over
- * shared memory built from the fuzzer's bytes. tests/fuzz/run.sh builds and
- * runs it; tests/fuzz/README.md says how to replay a finding.
+ * libFuzzer target: attach and header validation, reading slots, and the
+ * consumer state of layout 3, over shared memory built from the fuzzer's
+ * bytes. tests/fuzz/run.sh builds and runs it; tests/fuzz/README.md says how
+ * to replay a finding.
  *
  * WHAT ONE INPUT DOES
- *   1. Builds a valid queue by hand, in /dev/shm, from the geometry the
- *      prelude asks for: the ring through the core's own header code
- *      (shmq_header_init), `published` messages stamped through a producer
- *      bound to that mapping (so slots hold real, checkable payloads), and a
- *      consumer-state object tagged with the ring's instance. Starting from a
+ *   1. Builds a valid queue by hand from the geometry the prelude asks for:
+ *      the ring, in /dev/shm, through the core's own header code
+ *      (shmq_header_init), with `published` messages stamped through a
+ *      producer bound to that mapping (so slots hold real, checkable
+ *      payloads); and its consumer state through the core's own producer-side
+ *      code (shmq_consumers_producer_open): the empty lock file
+ *      NAME.consumers and the wake page, one page of System V memory whose id
+ *      it stores in the ring (line 4, wake_shm); and NAME.producer, as a
+ *      producer that made the queue and left leaves it. Starting from a
  *      valid queue puts every input past the magic and size checks, so
  *      coverage starts deep instead of waiting for the fuzzer to guess them.
- *   2. Damages it: up to 16 patches, each a 1/2/4/8-byte value written at an
- *      offset inside one area of the ring (identity line, control lines,
- *      slot headers, anywhere) or of the consumer-state object (header, wake
- *      page, entries, anywhere); optionally resizes either object, widens
- *      their modes or leaves the consumer state out.
+ *   2. Damages it with up to 16 patches, each a 1/2/4/8-byte value written at
+ *      an offset inside one area of a target:
+ *        ring       identity line, control lines (head, futex word, stream
+ *                   state, wake_shm), slot headers, anywhere;
+ *        wake page  attached by the harness (shmat) by the id the ring names,
+ *                   if this process made it: the wake line, the producer's
+ *                   line, the tag, anywhere;
+ *        entry      the page of the real consumer's entry (its own System V
+ *                   page, found from the consumer handle): position, pid and
+ *                   state, lost/instance/index, anywhere;
+ *        lock file  which nobody maps: its bytes (pwrite), its size
+ *                   (ftruncate), its mode (fchmod); locks planted in an
+ *                   entry's id range (SHMQ_ENTRY_ID_BASE + i * SPAN + d,
+ *                   d a raw number, next to the consumer's own id, the wake
+ *                   page's or a decoy's; one byte, two, to the range's end or
+ *                   all of it; write or read locks); a lock on an entry's
+ *                   live byte i (or a read lock on NAME.producer's byte 0);
+ *                   the ring's wake_shm set to a garbage id, a decoy
+ *                   segment (two pages or half a page with a good tag, one
+ *                   page untagged or tagged for another instance), the
+ *                   consumer's entry, -1 or the harness's own wake page.
+ *      Flags can also shrink or grow the ring before anyone maps it, fill
+ *      the lock file with garbage, widen the modes, leave out the lock file,
+ *      the wake page or both, and plant a FIFO, a directory or a symlink
+ *      under NAME.consumers or NAME.producer.
  *   3. Opens a consumer (start latest, earliest or at a sequence, with or
  *      without an entry and an owner check) and, if asked, attaches a
  *      producer before or after it. The queue may be lossless, so that the
- *      producer reads the consumers' entries (backpressure.c) too. Patches marked "live" are written only now, through the harness's
- *      own writable mapping, while the consumer is attached: that is how a
- *      header field read twice, or a stamp or length trusted without a check,
- *      would show up as an out-of-bounds access.
- *   4. Runs up to 32 operations: poll, poll_many, poll_wait(timeout 0),
- *      poll_alloc, wait(timeout 0), peek/release, the accessors, and
- *      through the producer publish, publish_many, wait_room(0),
- *      claim/commit/abort and the list of consumers.
+ *      producer lists the live entries and reads the consumers' positions
+ *      (backpressure.c). Entry patches are written once the consumer has
+ *      its page; patches marked "live" only once everyone is open, through
+ *      the harness's own writable mappings: that is how a field read twice,
+ *      or a stamp or length trusted without a check, would show up as an
+ *      out-of-bounds access.
+ *   4. Runs up to 32 operations: poll, poll_many, poll_wait(0), poll_alloc,
+ *      wait (timeout 0 or 1 us, so the consumer sleeps on the wake page),
+ *      peek/release, the accessors, and through the producer publish,
+ *      publish_many, wait_room and publish_wait (0 or 1 us, so a lossless
+ *      producer waits on the wake page and probes liveness),
+ *      claim/commit/abort, the producer's list of consumers and
+ *      shmq_inspect; and letting go of the locks the harness planted.
  *
  * WHAT IT ASSERTS (a failed check abort()s, so libFuzzer keeps the input)
  *   - Every return code is one the manual (csrc/shmq.h) documents for that
@@ -40,11 +70,25 @@
  *   - While no patch touched the identity line or the slots, every delivered
  *     message is byte for byte the one published under its sequence (or,
  *     before first_sequence, the empty stamp a new ring starts with).
- *   - Lossless, with nothing patched: the registered consumer loses nothing.
+ *   - System V ids are checked before use: a wake page a consumer or
+ *     producer attached is one page, the ring owner's, tagged with the
+ *     ring's instance (decoys of another size or tag are refused); a sound
+ *     wake page the ring names is used, not replaced; a consumer's entry
+ *     page is one page of mode 0600, the owner's, made by this process, told
+ *     by a lock at its id byte, and holds the consumer's index and instance.
+ *   - Lossless, with nothing a producer trusts patched (wake page, lock
+ *     file bytes and size, planted locks and wake_shm ids are not trusted):
+ *     the registered consumer loses nothing. Two locks in a live entry's id
+ *     range make the producer wait (SHMQ_FULL, -ETIMEDOUT), never crash;
+ *     with no registered consumer and no entry a producer could read, it
+ *     always has room. The producer lists an entry it can tell, with the
+ *     consumer's pid and position.
  *   - A refused publish or claim publishes nothing; a batch cut short by a
  *     full lossless ring published exactly its first messages.
  *   - Nothing leaks: LeakSanitizer checks memory; the lowest free descriptor
- *     is the same after every input; both objects are gone from /dev/shm.
+ *     is the same after every input; no System V segment made by this
+ *     process outlives the input; no file of the queue is left in /dev/shm;
+ *     nobody maps the lock file.
  *   ASan and UBSan (-fno-sanitize-recover) watch every access and operation.
  *
  * INPUT FORMAT (bytes past the end of the input read as zero, so every input,
@@ -57,7 +101,7 @@
  *     4  u8   consumer entries: 1 + v % 4
  *     5  u8   messages stamped before anyone attaches: v % (2 * capacity + 1)
  *     6  s8   ring size change in 8-byte steps (FLAG_RESIZE_RING)
- *     7  s8   consumer-state size change in 512-byte steps (FLAG_RESIZE_CONSUMERS)
+ *     7  u8   lock file filled with v * 97 garbage bytes (FLAG_FILL_LOCK_FILE)
  *     8  u64  first_sequence
  *     16 u64  the ring's instance number (| 1)
  *     24 u8   patches: v % 17
@@ -65,15 +109,21 @@
  *     26 u16  salt mixed into every payload
  *     28 u8   more flags (MORE_* below)
  *     29 s16  start position, relative to first_sequence (MORE_START_AT)
- *     31      unused
+ *     31 u8   odd files: bits 0-1 what sits under NAME.consumers, bits 2-3
+ *             under NAME.producer (ODD_*: the normal file, a FIFO, a
+ *             directory, a symlink to the ring)
  *   patches, 11 bytes each: where u8 | offset u16 | value u64
- *     where bit 0: 0 ring, 1 consumer state; bits 1-2: width 1 << v;
- *     bits 3-4: area; bit 5: live (written after the consumer opened)
- *   operations, 2 bytes each: op u8 (op % 12 picks one of run_op's) | arg u8
+ *     where bits 0 and 6: target (bit 0 + 2 * bit 6: ring, wake page, entry,
+ *     lock file); bits 1-2: width 1 << v; bits 3-4: area; bit 5: live;
+ *     bit 7: variant (lock file: truncate or chmod instead of pwrite, read
+ *     lock instead of write lock)
+ *   operations, 2 bytes each: op u8 (op % 13 picks one of run_op's) | arg u8
  *
  * Each fuzzer process uses one queue name, "fuzz-TAG-PID", created and
  * unlinked within every input; TAG comes from $SHMQ_FUZZ_TAG so that run.sh
- * can sweep /dev/shm after a crash, the one exit that skips our unlink.
+ * can sweep /dev/shm after a crash, the one exit that skips our unlink. Its
+ * System V pages are marked for removal as soon as they are mapped; run.sh
+ * looks for any left with the fuzzer's pid as creator.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -82,7 +132,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -93,15 +145,19 @@
 #define OP_SIZE 2u
 #define MAX_PATCHES 16u
 #define MAX_OPS 32u
+#define MAX_ENTRIES 4u
+/* A short wait: long enough to go through a sleep round (the wake page, the
+ * futex, a lossless producer's liveness probe), short enough for speed. */
+#define SHORT_WAIT_NS 1000
 
 enum {
-    FLAG_NO_CONSUMER_STATE = 1u << 0, /* leave the consumer-state object out */
+    FLAG_NO_CONSUMER_STATE = 1u << 0, /* neither the lock file nor the wake page */
     FLAG_START_EARLIEST = 1u << 1,
     FLAG_PRODUCER = 1u << 2,          /* attach a producer too */
     FLAG_PRODUCER_FIRST = 1u << 3,    /* ... before the consumer, not after */
     FLAG_RESIZE_RING = 1u << 4,
-    FLAG_RESIZE_CONSUMERS = 1u << 5,
-    FLAG_WIDE_MODES = 1u << 6,        /* ring 0644, consumer state 0666 */
+    FLAG_FILL_LOCK_FILE = 1u << 5,    /* garbage in the lock file, which nobody maps */
+    FLAG_WIDE_MODES = 1u << 6,        /* ring 0644, lock file 0666 */
     FLAG_NO_ENTRY = 1u << 7,          /* the consumer claims no entry */
 };
 
@@ -112,11 +168,28 @@ enum {
     MORE_LOSSLESS = 1u << 3,          /* a lossless queue */
     MORE_START_AT = 1u << 4,          /* the consumer starts at a given sequence */
     MORE_PRODUCER_DELIVERY = 1u << 5, /* the producer asks for the other delivery: -EMEDIUMTYPE */
+    MORE_NO_WAKE_PAGE = 1u << 6,      /* the ring names no wake page (wake_shm -1) */
+    MORE_NO_LOCK_FILE = 1u << 7,      /* no NAME.consumers (a producer makes one) */
 };
 
-/* Ring areas a patch can aim at, and consumer-state areas. */
+/* What sits under NAME.consumers / NAME.producer (prelude byte 31). */
+enum { ODD_NONE, ODD_FIFO, ODD_DIRECTORY, ODD_SYMLINK };
+
+/* Patch targets, and their areas. */
+enum { TARGET_RING, TARGET_WAKE, TARGET_ENTRY, TARGET_LOCKS };
 enum { RING_IDENTITY, RING_CONTROL_LINES, RING_SLOT_HEADERS, RING_ANYWHERE };
-enum { STATE_HEADER, STATE_WAKE, STATE_ENTRIES, STATE_ANYWHERE };
+enum { WAKE_SLEEPERS, WAKE_PRODUCER, WAKE_TAG, WAKE_ANYWHERE };
+enum { ENTRY_POSITION, ENTRY_PID_STATE, ENTRY_REST, ENTRY_ANYWHERE };
+enum { LOCKS_FILE, LOCKS_ID_RANGE, LOCKS_LIVE_BYTE, LOCKS_WAKE_ID };
+/* Where a planted id lock points (value & 3). */
+enum { PLANT_RAW, PLANT_NEAR_OWN, PLANT_WAKE, PLANT_DECOY };
+/* What LOCKS_WAKE_ID stores (value & 7). */
+enum { WAKE_ID_RAW, WAKE_ID_DECOY_0, WAKE_ID_DECOY_1, WAKE_ID_DECOY_2, WAKE_ID_DECOY_3,
+       WAKE_ID_ENTRY, WAKE_ID_NONE, WAKE_ID_OURS };
+/* Decoy segments, all this process's and one page unless said: two pages
+ * with a good tag, untagged, tagged for another instance, half a page with
+ * a good tag. */
+enum { DECOY_TWO_PAGES, DECOY_UNTAGGED, DECOY_OTHER_INSTANCE, DECOY_HALF_PAGE, DECOYS };
 
 /* The input, read as a stream that yields zeros past its end. */
 struct reader {
@@ -154,11 +227,27 @@ static uint64_t read_u64(struct reader *r) { uint64_t v; read_bytes(r, &v, 8); r
 
 static char queue_name[96];
 static char ring_path[128];
-static char state_path[128];
+static char locks_path[160];
+static char producer_path[160];
+static pid_t self;
 
 static void unlink_queue(void)
 {
     shmq_unlink(queue_name, SHMQ_UNLINK_FORCE);
+}
+
+/* What the harness itself planted under the queue's names: a directory is
+ * the one thing shmq_unlink cannot remove. */
+static void remove_odd_files(void)
+{
+    rmdir(locks_path);
+    rmdir(producer_path);
+}
+
+static void at_exit(void)
+{
+    unlink_queue();
+    remove_odd_files();
 }
 
 /* The message stamped under `sequence`: its length and its bytes, so that a
@@ -187,16 +276,53 @@ static int lowest_fd(void)
     return fd;
 }
 
+/* System V segments this process made that still exist (mapped, or not yet
+ * marked for removal): none may outlive an input. */
+static int own_segments(void)
+{
+    struct shm_info info;
+    int highest = shmctl(0, SHM_INFO, (struct shmid_ds *)(void *)&info);
+    int n = 0;
+    for (int index = 0; index <= highest; index++) {
+        struct shmid_ds ds;
+        if (shmctl(index, SHM_STAT, &ds) >= 0 && ds.shm_cpid == self)
+            n++;
+    }
+    return n;
+}
+
+/* Whether this process maps anything of `path` (the lock file: nobody may). */
+static int mapped_here(const char *path)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (f == NULL)
+        return 0;
+    char line[512];
+    int found = 0;
+    size_t n = strlen(path);
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        char *end = strchr(line, '\n');
+        if (end != NULL)
+            *end = '\0';
+        size_t length = strlen(line);
+        found = length >= n && strcmp(line + length - n, path) == 0;
+    }
+    fclose(f);
+    return found;
+}
+
 /* ------------------------------------------------------- the seed corpus */
 
 /* Seeds, in the format above: valid queues of several geometries, each with
  * a mix of operations, some with the patches that reach the deeper checks
  * (a live stamp that laps the reader, an impossible length, a head far
- * ahead, a consumer-state header that disagrees with the ring, a raised
- * wake flag, a foreign layout version). SHMQ_FUZZ_WRITE_SEEDS=DIR writes
- * them to DIR and exits; run.sh does that before every run. */
+ * ahead, a foreign layout version, a raised wake flag, a retagged wake
+ * page, decoy wake ids, an entry's position or state rewritten, garbage in
+ * the lock file, planted locks that stall a lossless producer or leave it
+ * room, read locks, odd files). SHMQ_FUZZ_WRITE_SEEDS=DIR writes them to DIR
+ * and exits; run.sh does that before every run. */
 struct seed {
-    uint8_t flags, capacity_log2, published, more;
+    uint8_t flags, capacity_log2, published, more, entries, fill, odd;
     uint16_t slot_size;
     uint64_t first_sequence;
     const char *patches; /* PATCH_SIZE bytes each */
@@ -218,42 +344,118 @@ struct seed {
 /* publish_many until a lossless ring is full, then read and publish again */
 #define SEED_OPS_FILL "\6\x07\6\x07\6\x07\x0a\x01\x0a\0\0\0\1\x70\6\x07\x0b\x04\x07\0"
 #define SEED_OPS_MIXED "\5\0\0\0\6\x07\1\x70\5\x80\6\x83\0\x03\2\0\6\x05\3\0\4\x10\1\x11"
-/* where | offset u16 | value u64 */
+/* short waits: the consumer sleeps on the wake page, a lossless producer
+ * waits for room and probes; spin, list with shmq_inspect */
+#define SEED_OPS_SHORT "\7\x02\6\x07\x0a\x02\x0a\x03\7\x03\4\xff\7\x02\0\0\x0b\x84\5\0\7\x02"
+/* fill, let go of the planted locks, wait for room (the producer probes and
+ * forgets an entry nobody holds), fill again */
+#define SEED_OPS_RELEASE "\6\x07\x0a\x03\x0c\0\x0a\x03\x0a\x02\6\x07\x0b\x84"
+/* where | offset u16 | value u64; where: target (0x00 ring, 0x01 wake page,
+ * 0x40 entry, 0x41 lock file) | width (0x00 1, 0x02 2, 0x04 4, 0x06 8) |
+ * area (0x00, 0x08, 0x10, 0x18) | live 0x20 | variant 0x80 */
 #define PATCH_LIVE_STAMP "\x36\0\0\xff\xff\xff\xff\xff\xff\xff\x7f"
 #define PATCH_LIVE_LENGTH "\x34\x08\0\xff\xff\xff\xff\0\0\0\0"
 #define PATCH_LIVE_HEAD "\x2e\0\0\0\x10\0\0\0\0\0\0"
-#define PATCH_ENTRY_COUNT "\x05\x0c\0\x07\0\0\0\0\0\0\0"
-#define PATCH_WAKE_FLAG "\x0d\0\0\x01\0\0\0\0\0\0\0"
-#define PATCH_VERSION "\x04\x08\0\x03\0\0\0\0\0\0\0"
+#define PATCH_VERSION "\x04\x08\0\x02\0\0\0\0\0\0\0"
+#define PATCH_WAKE_FLAG "\x25\0\0\x01\0\0\0\0\0\0\0"
+#define PATCH_PRODUCER_WAITING "\x2d\0\0\x01\0\0\0\0\0\0\0"
+#define PATCH_WAKE_AT "\x2d\x08\0\0\0\0\0\0\0\0\x80"
+#define PATCH_WAKE_RETAG "\x17\x08\0\x07\0\0\0\0\0\0\0"
+#define PATCH_ENTRY_AHEAD "\x46\0\0\0\0\0\0\0\x10\0\0"
+#define PATCH_ENTRY_UNREGISTER "\x4c\x04\0\0\0\0\0\0\0\0\0"
+#define PATCH_ENTRY_LIVE_BEHIND "\x66\0\0\0\0\0\0\0\0\0\0"
+#define PATCH_LOCKS_WRITE_LIVE "\x67\x03\0\xa5\xa5\xa5\xa5\xa5\xa5\xa5\xa5"
+#define PATCH_LOCKS_TRUNCATE_LIVE "\xe1\0\0\x88\x13\0\0\0\0\0\0"
+#define PATCH_LOCKS_CHMOD "\xc1\0\0\xb6\x01\0\0\0\0\0\x40"
+#define PATCH_PLANT_NEXT_TO_OWN "\x69\0\0\x09\0\0\0\0\0\0\0"
+#define PATCH_PLANT_WHOLE_RANGE_0 "\x4f\0\0\0\0\0\0\0\0\0\0"
+#define PATCH_PLANT_BYTE_0 "\x51\0\0\0\0\0\0\0\0\0\0"
+#define PATCH_PLANT_BYTE_1 "\x51\x01\0\0\0\0\0\0\0\0\0"
+#define PATCH_PLANT_ID_5_OF_1 "\x49\0\x01\x14\0\0\0\0\0\0\0"
+#define PATCH_PLANT_WAKE_ID_OF_1 "\x49\0\x01\x02\0\0\0\0\0\0\0"
+#define PATCH_READ_LOCK_PRODUCER "\xf1\0\0\0\0\0\0\0\0\0\0"
+#define PATCH_WAKE_ID_TWO_PAGES "\x59\0\0\x01\0\0\0\0\0\0\0"
+#define PATCH_WAKE_ID_HALF_PAGE "\x79\0\0\x04\0\0\0\0\0\0\0"
+#define PATCH_WAKE_ID_ENTRY "\x79\0\0\x05\0\0\0\0\0\0\0"
+#define PATCH_WAKE_ID_GARBAGE "\x59\0\0\x38\x22\0\0\0\0\0\0"
 
 #define EARLIEST FLAG_START_EARLIEST
+#define PRODUCER FLAG_PRODUCER
+#define FIRST FLAG_PRODUCER_FIRST
+#define LOSSLESS MORE_LOSSLESS
+#define ODD(consumers, producer) ((consumers) | (producer) << 2)
 static const struct seed seeds[] = {
     {.flags = EARLIEST, .capacity_log2 = 2, .published = 5, .slot_size = 24,
      PATCHES(""), OPS(SEED_OPS_READ)},
     {.flags = EARLIEST, .published = 4, .slot_size = 8, .first_sequence = UINT64_MAX - 2,
      PATCHES(""), OPS(SEED_OPS_READ)},
-    {.flags = EARLIEST | FLAG_PRODUCER, .published = 3, .slot_size = 16,
+    {.flags = EARLIEST | PRODUCER, .published = 3, .slot_size = 16,
      PATCHES(""), OPS(SEED_OPS_MIXED)},
-    {.flags = FLAG_PRODUCER | FLAG_PRODUCER_FIRST | FLAG_NO_CONSUMER_STATE, .capacity_log2 = 3,
+    {.flags = PRODUCER | FIRST | FLAG_NO_CONSUMER_STATE, .capacity_log2 = 3,
      .published = 9, .slot_size = 40, .first_sequence = 7, PATCHES(""), OPS(SEED_OPS_MIXED)},
     {.flags = EARLIEST | FLAG_NO_ENTRY, .capacity_log2 = 1, .published = 4,
      .more = MORE_CHECK_OWNER, .slot_size = 200,
      PATCHES(PATCH_LIVE_STAMP PATCH_LIVE_LENGTH), OPS(SEED_OPS_READ)},
-    {.flags = EARLIEST | FLAG_PRODUCER, .capacity_log2 = 2, .published = 8, .slot_size = 33,
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 2, .published = 8, .slot_size = 33,
      .first_sequence = 100, PATCHES(PATCH_LIVE_HEAD PATCH_WAKE_FLAG), OPS(SEED_OPS_MIXED)},
-    {.flags = FLAG_PRODUCER | FLAG_PRODUCER_FIRST, .capacity_log2 = 1, .published = 2,
+    {.flags = PRODUCER | FIRST, .capacity_log2 = 1, .published = 2,
      .more = MORE_PRODUCER_GEOMETRY, .slot_size = 64,
-     PATCHES(PATCH_ENTRY_COUNT), OPS(SEED_OPS_READ)},
-    {.flags = FLAG_PRODUCER | FLAG_WIDE_MODES, .capacity_log2 = 1, .published = 2,
+     PATCHES(PATCH_WAKE_RETAG), OPS(SEED_OPS_READ)},
+    {.flags = PRODUCER | FLAG_WIDE_MODES, .capacity_log2 = 1, .published = 2,
      .slot_size = 64, PATCHES(PATCH_VERSION), OPS(SEED_OPS_READ)},
     {.flags = FLAG_RESIZE_RING | EARLIEST, .capacity_log2 = 1, .published = 2,
      .more = MORE_WRONG_OWNER, .slot_size = 64, PATCHES(""), OPS(SEED_OPS_READ)},
-    {.flags = EARLIEST | FLAG_PRODUCER, .capacity_log2 = 1, .published = 3, .slot_size = 48,
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 1, .published = 3, .slot_size = 48,
      PATCHES(""), OPS(SEED_OPS_ZERO_COPY)},
-    {.flags = FLAG_PRODUCER, .capacity_log2 = 1, .more = MORE_LOSSLESS, .slot_size = 32,
+    {.flags = PRODUCER, .capacity_log2 = 1, .more = LOSSLESS, .slot_size = 32,
      PATCHES(""), OPS(SEED_OPS_FILL)},
-    {.flags = FLAG_PRODUCER | FLAG_PRODUCER_FIRST, .capacity_log2 = 2, .published = 6,
-     .more = MORE_LOSSLESS | MORE_START_AT, .slot_size = 20, PATCHES(""), OPS(SEED_OPS_ZERO_COPY)},
+    {.flags = PRODUCER | FIRST, .capacity_log2 = 2, .published = 6,
+     .more = LOSSLESS | MORE_START_AT, .slot_size = 20, PATCHES(""), OPS(SEED_OPS_ZERO_COPY)},
+    /* A second id lock next to the registered consumer's: the producer waits,
+     * until the lock goes. */
+    {.flags = PRODUCER, .capacity_log2 = 1, .more = LOSSLESS, .slot_size = 16,
+     PATCHES(PATCH_PLANT_NEXT_TO_OWN), OPS(SEED_OPS_FILL SEED_OPS_SHORT SEED_OPS_RELEASE)},
+    /* A live byte with one id lock naming no page: the producer has room. */
+    {.flags = PRODUCER | FIRST | FLAG_NO_ENTRY, .capacity_log2 = 1, .more = LOSSLESS,
+     .entries = 1, .slot_size = 16, PATCHES(PATCH_PLANT_BYTE_1 PATCH_PLANT_ID_5_OF_1),
+     OPS(SEED_OPS_FILL)},
+    /* The consumer's entry rewritten: ahead, unregistered, then far behind. */
+    {.flags = PRODUCER, .capacity_log2 = 2, .published = 3, .more = LOSSLESS, .slot_size = 8,
+     PATCHES(PATCH_ENTRY_AHEAD PATCH_ENTRY_UNREGISTER PATCH_ENTRY_LIVE_BEHIND),
+     OPS(SEED_OPS_FILL SEED_OPS_SHORT)},
+    /* Garbage in the lock file, before and while everyone is open. */
+    {.flags = PRODUCER | FLAG_FILL_LOCK_FILE, .capacity_log2 = 1, .more = LOSSLESS,
+     .fill = 77, .slot_size = 24, PATCHES(PATCH_LOCKS_WRITE_LIVE PATCH_LOCKS_TRUNCATE_LIVE),
+     OPS(SEED_OPS_FILL SEED_OPS_SHORT)},
+    /* The ring names decoy wake pages: refused by their size. */
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 2, .published = 2, .slot_size = 32,
+     PATCHES(PATCH_WAKE_ID_TWO_PAGES PATCH_WAKE_ID_HALF_PAGE PATCH_WAKE_ID_ENTRY),
+     OPS(SEED_OPS_READ SEED_OPS_SHORT)},
+    /* The wake page's words set by a hostile consumer. */
+    {.flags = PRODUCER | FIRST, .capacity_log2 = 1, .more = LOSSLESS, .slot_size = 16,
+     PATCHES(PATCH_WAKE_FLAG PATCH_PRODUCER_WAITING PATCH_WAKE_AT),
+     OPS(SEED_OPS_SHORT SEED_OPS_FILL)},
+    /* A FIFO as the lock file, a symlink as the producer lock. */
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 1, .published = 2, .slot_size = 16,
+     .odd = ODD(ODD_FIFO, ODD_SYMLINK), PATCHES(""), OPS(SEED_OPS_READ)},
+    {.flags = PRODUCER | FIRST, .capacity_log2 = 1, .published = 2, .slot_size = 16,
+     .odd = ODD(ODD_SYMLINK, ODD_FIFO), PATCHES(""), OPS(SEED_OPS_SHORT)},
+    /* All of entry 0's id range and its byte taken: the consumer takes entry 1
+     * and the producer waits for entry 0. */
+    {.flags = PRODUCER, .capacity_log2 = 1, .more = LOSSLESS, .entries = 1, .slot_size = 16,
+     PATCHES(PATCH_PLANT_WHOLE_RANGE_0 PATCH_PLANT_BYTE_0), OPS(SEED_OPS_FILL SEED_OPS_RELEASE)},
+    /* Read locks fake no producer; garbage and retagged wake ids. */
+    {.flags = EARLIEST, .capacity_log2 = 1, .published = 3, .slot_size = 16,
+     PATCHES(PATCH_READ_LOCK_PRODUCER PATCH_WAKE_ID_GARBAGE), OPS(SEED_OPS_SHORT)},
+    /* No wake page: the consumer picks up the producer's at its next sleep. */
+    {.flags = PRODUCER | EARLIEST, .capacity_log2 = 1, .published = 1, .more = MORE_NO_WAKE_PAGE,
+     .slot_size = 16, PATCHES(""), OPS(SEED_OPS_SHORT)},
+    /* No lock file until the producer makes one; a live byte whose id lock
+     * names the wake page; the lock file's mode changed. */
+    {.flags = PRODUCER | FIRST, .capacity_log2 = 1, .more = LOSSLESS | MORE_NO_LOCK_FILE,
+     .entries = 1, .slot_size = 16,
+     PATCHES(PATCH_PLANT_BYTE_1 PATCH_PLANT_WAKE_ID_OF_1 PATCH_LOCKS_CHMOD),
+     OPS(SEED_OPS_FILL SEED_OPS_SHORT)},
 };
 
 static void put(uint8_t *out, size_t at, const void *value, size_t n)
@@ -266,21 +468,27 @@ static void write_seeds(const char *dir)
     for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++) {
         const struct seed *s = &seeds[i];
         uint8_t out[PRELUDE_SIZE + MAX_PATCHES * PATCH_SIZE + MAX_OPS * OP_SIZE] = {0};
-        uint8_t entries = 1, ring_delta = (uint8_t)-8, patches = s->patch_count, ops = s->op_count;
+        uint8_t ring_delta = (uint8_t)-8, patches = s->patch_count, ops = s->op_count;
         uint64_t instance = 0x5eed0000u + i;
         uint16_t salt = (uint16_t)(17 * i);
+        if (patches > MAX_PATCHES || ops > MAX_OPS) {
+            fprintf(stderr, "fuzz_attach: seed %zu is too long\n", i);
+            exit(1);
+        }
         put(out, 0, &s->flags, 1);
         put(out, 1, &s->capacity_log2, 1);
         put(out, 2, &s->slot_size, 2);
-        put(out, 4, &entries, 1);
+        put(out, 4, &s->entries, 1);
         put(out, 5, &s->published, 1);
         put(out, 6, &ring_delta, 1);
+        put(out, 7, &s->fill, 1);
         put(out, 8, &s->first_sequence, 8);
         put(out, 16, &instance, 8);
         put(out, 24, &patches, 1);
         put(out, 25, &ops, 1);
         put(out, 26, &salt, 2);
         put(out, 28, &s->more, 1);
+        put(out, 31, &s->odd, 1);
         size_t at = PRELUDE_SIZE;
         put(out, at, s->patches, (size_t)patches * PATCH_SIZE);
         at += (size_t)patches * PATCH_SIZE;
@@ -308,11 +516,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (tag == NULL || tag[0] == '\0' || strlen(tag) > 32 ||
         strspn(tag, "0123456789abcdefghijklmnopqrstuvwxyz") != strlen(tag))
         tag = "x";
-    snprintf(queue_name, sizeof(queue_name), "fuzz-%s-%d", tag, (int)getpid());
+    self = getpid();
+    snprintf(queue_name, sizeof(queue_name), "fuzz-%s-%d", tag, (int)self);
     snprintf(ring_path, sizeof(ring_path), "/dev/shm/" SHMQ_NAME_PREFIX "%s", queue_name);
-    snprintf(state_path, sizeof(state_path), "%s" SHMQ_CONSUMERS_SUFFIX, ring_path);
-    unlink_queue();
-    atexit(unlink_queue);
+    snprintf(locks_path, sizeof(locks_path), "%s" SHMQ_CONSUMERS_SUFFIX, ring_path);
+    snprintf(producer_path, sizeof(producer_path), "%s" SHMQ_PRODUCER_SUFFIX, ring_path);
+    at_exit();
+    atexit(at_exit);
     return 0;
 }
 
@@ -321,11 +531,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 struct prelude {
     uint8_t flags;
     uint8_t more;
+    uint8_t odd;
     struct shmq_config config;
     uint64_t instance;
     uint32_t published;
     int8_t ring_delta;
-    int8_t state_delta;
+    uint8_t fill;
     uint32_t patches;
     uint32_t ops;
     uint32_t salt;
@@ -338,10 +549,10 @@ static void read_prelude(struct reader *r, struct prelude *p)
     p->flags = read_u8(r);
     p->config.capacity = 2u << (read_u8(r) % 6);
     p->config.slot_size = read_u16(r) % 257;
-    p->config.max_consumers = 1 + read_u8(r) % 4;
+    p->config.max_consumers = 1 + read_u8(r) % MAX_ENTRIES;
     p->published = read_u8(r) % (2 * p->config.capacity + 1);
     p->ring_delta = (int8_t)read_u8(r);
-    p->state_delta = (int8_t)read_u8(r);
+    p->fill = read_u8(r);
     p->config.first_sequence = read_u64(r);
     p->instance = read_u64(r) | 1;
     p->patches = read_u8(r) % (MAX_PATCHES + 1);
@@ -349,23 +560,186 @@ static void read_prelude(struct reader *r, struct prelude *p)
     p->salt = read_u16(r);
     p->more = read_u8(r);
     p->start_delta = (int16_t)read_u16(r);
+    p->odd = read_u8(r);
     if (p->more & MORE_LOSSLESS)
         p->config.delivery = SHMQ_LOSSLESS;
     r->at = PRELUDE_SIZE;
 }
 
-/* The harness's own writable mappings of the two objects. */
+/* A System V segment the harness mapped itself, detached after the input. */
+struct mapping {
+    int id;
+    unsigned char *base;
+    size_t size;
+};
+
+/* A lock the harness holds in an entry's id range: [start, start + length)
+ * relative to the range, a write lock or a read lock. */
+struct plant {
+    uint64_t start;
+    uint64_t length;
+    int write;
+};
+
+/* The harness's own view of the queue: writable mappings, its own lock
+ * descriptions, and what it planted. */
 struct queue {
     struct shmq_geometry geometry;
     struct shmq_region *ring;
-    struct shmq_consumer_state state; /* state.region NULL: none */
+    /* What the core's producer-side code made: the lock file (which the
+     * harness then closes or removes as asked) and the wake page. */
+    struct shmq_consumer_state state;
+    int wake_id;      /* the wake page the harness made, or -1 */
+    int locks_fd;     /* the harness's own description of NAME.consumers, or -1 */
+    int producer_fd;  /* NAME.producer, read-locked by a patch, or -1 */
+    struct mapping maps[12];
+    unsigned map_count;
+    int decoys[DECOYS]; /* ids, or -1 until made */
     int payloads_trusted; /* no patch touched geometry or slots */
+    int intact;           /* no patch touched what a lossless producer trusts */
+    int ring_resized;
+    int entry_patched;
+    int producer_read_locked;
+    /* What the harness holds per entry: a write lock on its live byte, and
+     * the locks it took in its id range, in order. */
+    uint8_t live_planted[MAX_ENTRIES];
+    struct plant plants[MAX_ENTRIES][MAX_PATCHES];
+    unsigned plant_count[MAX_ENTRIES];
 };
+
+static struct shmq_control *control_of(const struct queue *q)
+{
+    return (struct shmq_control *)shmq_region_base(q->ring);
+}
+
+/* The wake page id the ring names now (the harness's own mapping: it never
+ * looks past the control page, which survives any resize of the ring). */
+static int ring_wake_id(const struct queue *q)
+{
+    return shmq_load_acquire(&control_of(q)->wake_shm);
+}
+
+/* The instance the ring's header states now: patches may have changed it
+ * since the harness wrote it, and openers take it from there. */
+static uint64_t ring_instance(const struct queue *q)
+{
+    uint64_t instance;
+    const unsigned char *identity = (const unsigned char *)control_of(q);
+    memcpy(&instance, identity + offsetof(struct shmq_identity, instance), sizeof(instance));
+    return instance;
+}
+
+/* Attaches segment `id` writable for patching, only if this process made
+ * it: a garbage id must never make the harness write into a stranger's
+ * segment. Returns its base (and *size, at most a page), or NULL. */
+static unsigned char *harness_attach(struct queue *q, int id, size_t *size)
+{
+    for (unsigned i = 0; i < q->map_count; i++) {
+        if (q->maps[i].id == id) {
+            *size = q->maps[i].size;
+            return q->maps[i].base;
+        }
+    }
+    struct shmid_ds ds;
+    if (id < 0 || q->map_count == sizeof(q->maps) / sizeof(q->maps[0]) ||
+        shmctl(id, IPC_STAT, &ds) != 0 || ds.shm_cpid != self)
+        return NULL;
+    void *base = shmat(id, NULL, 0);
+    if (base == (void *)-1)
+        return NULL;
+    size_t bytes = ds.shm_segsz < q->geometry.page_size ? ds.shm_segsz : q->geometry.page_size;
+    q->maps[q->map_count++] = (struct mapping){.id = id, .base = base, .size = bytes};
+    *size = bytes;
+    return base;
+}
+
+/* A segment that is not the queue's wake page, made (once per input) to be
+ * named where the ring names its wake page, or where a lock names an
+ * entry's page. Marked for removal at once, like the real ones. */
+static int decoy(struct queue *q, unsigned kind)
+{
+    kind %= DECOYS;
+    if (q->decoys[kind] >= 0)
+        return q->decoys[kind];
+    size_t page = q->geometry.page_size;
+    size_t size = kind == DECOY_TWO_PAGES ? 2 * page : kind == DECOY_HALF_PAGE ? page / 2 : page;
+    int id = shmget(IPC_PRIVATE, size, IPC_CREAT | IPC_EXCL | 0600);
+    if (id < 0)
+        return -1;
+    size_t mapped;
+    struct shmq_wake_page *w = (struct shmq_wake_page *)harness_attach(q, id, &mapped);
+    shmctl(id, IPC_RMID, NULL);
+    if (w == NULL)
+        return -1;
+    if (kind != DECOY_UNTAGGED) {
+        w->magic = SHMQ_WAKE_MAGIC;
+        w->ring_instance = kind == DECOY_OTHER_INSTANCE ? ring_instance(q) ^ 2 : ring_instance(q);
+    }
+    q->decoys[kind] = id;
+    return id;
+}
+
+/* Whether segment `id` is a wake page anyone should take for this ring:
+ * one page, the owner's, made by this process, tagged with the instance
+ * the ring states. */
+static int good_wake_page(struct queue *q, int id)
+{
+    struct shmid_ds ds;
+    if (id < 0 || shmctl(id, IPC_STAT, &ds) != 0 || ds.shm_segsz != q->geometry.page_size ||
+        ds.shm_perm.cuid != geteuid() || ds.shm_perm.uid != geteuid() || ds.shm_cpid != self)
+        return 0;
+    size_t size;
+    const struct shmq_wake_page *w = (const struct shmq_wake_page *)harness_attach(q, id, &size);
+    return w != NULL && w->magic == SHMQ_WAKE_MAGIC && w->ring_instance == ring_instance(q);
+}
+
+/* Whether a producer would map segment `id` as an entry (consumer_state.c,
+ * attach_entry): one page, the owner's, no access for group or others. */
+static int sound_entry_page(const struct queue *q, int64_t id)
+{
+    struct shmid_ds ds;
+    return id >= 0 && id <= INT32_MAX && shmctl((int)id, IPC_STAT, &ds) == 0 &&
+           ds.shm_segsz == q->geometry.page_size && ds.shm_perm.uid == geteuid() &&
+           (ds.shm_perm.mode & 0077) == 0;
+}
+
+/* Opens the lock file as a hostile consumer would, for its bytes and its
+ * locks: a description of the harness's own, never mapped. */
+static void open_locks(struct queue *q)
+{
+    q->locks_fd = open(locks_path, O_RDWR | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (q->locks_fd >= 0 && (fstat(q->locks_fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+        close(q->locks_fd);
+        q->locks_fd = -1;
+    }
+}
+
+/* Puts a FIFO, a directory or a symlink to the ring under `path`. */
+static void plant_odd(const char *path, unsigned kind)
+{
+    if (kind == ODD_NONE)
+        return;
+    unlink(path);
+    switch (kind) {
+    case ODD_FIFO: mkfifo(path, 0600); break;
+    case ODD_DIRECTORY: mkdir(path, 0700); break;
+    default:
+        if (symlink(ring_path, path) != 0)
+            FAIL("symlink %s: %s", path, strerror(errno));
+        break;
+    }
+}
 
 /* Builds a valid queue from the prelude; 0, or -1 if the host refused. */
 static int build_queue(struct queue *q, const struct prelude *p)
 {
     memset(q, 0, sizeof(*q));
+    q->wake_id = -1;
+    q->locks_fd = -1;
+    q->producer_fd = -1;
+    for (unsigned i = 0; i < DECOYS; i++)
+        q->decoys[i] = -1;
     if (shmq_geometry_plan(&q->geometry, &p->config) < 0)
         FAIL("geometry_plan refused capacity %u slot_size %u", p->config.capacity,
              p->config.slot_size);
@@ -388,84 +762,49 @@ static int build_queue(struct queue *q, const struct prelude *p)
         if (shmq_producer_publish(&stamper, payload, length, NULL) != 0)
             FAIL("stamping message %u failed", i);
     }
-    if (!(p->flags & FLAG_NO_CONSUMER_STATE) &&
-        shmq_consumers_create(&q->state, queue_name, &q->geometry, 0600) < 0)
+    if (!(p->flags & FLAG_NO_CONSUMER_STATE)) {
+        /* The lock file and the wake page, as a producer makes them. */
+        if (shmq_consumers_producer_open(&q->state, queue_name, &q->geometry,
+                                         (struct shmq_control *)base, 0600) < 0)
+            return -1;
+        q->wake_id = q->state.wake_id;
+        if (p->more & MORE_NO_WAKE_PAGE)
+            shmq_store_release(&control_of(q)->wake_shm, -1);
+        if (p->more & MORE_NO_LOCK_FILE)
+            unlink(locks_path);
+    }
+    /* The harness is nobody's producer: the lock file stays open only for
+     * what it plants itself. A producer that made the queue leaves its lock
+     * file, NAME.producer, which consumers watch from their open on. */
+    shmq_region_close(q->state.locks);
+    q->state.locks = NULL;
+    struct shmq_region *lock;
+    if (shmq_producer_lock_take(&lock, queue_name) < 0)
         return -1;
+    shmq_region_close(lock);
+    plant_odd(locks_path, p->odd & 3);
+    plant_odd(producer_path, (p->odd >> 2) & 3);
+    open_locks(q);
     shmq_header_publish(base);
     q->payloads_trusted = 1;
+    q->intact = 1;
     return 0;
 }
 
 static void close_queue(struct queue *q)
 {
+    for (unsigned i = 0; i < q->map_count; i++)
+        shmdt(q->maps[i].base);
+    q->map_count = 0;
+    if (q->locks_fd >= 0)
+        close(q->locks_fd);
+    if (q->producer_fd >= 0)
+        close(q->producer_fd);
+    q->locks_fd = q->producer_fd = -1;
     shmq_region_close(q->ring);
     shmq_consumers_close(&q->state);
     q->ring = NULL;
 }
-
-/* Writes one patch; live ones wait until the consumer is open. */
-static void apply_patch(struct queue *q, uint8_t where, uint16_t offset, uint64_t value)
-{
-    size_t width = (size_t)1 << ((where >> 1) & 3);
-    unsigned area = (where >> 3) & 3;
-    unsigned char *base;
-    size_t size, start, length;
-    if ((where & 1) == 0) {
-        const struct shmq_geometry *g = &q->geometry;
-        base = shmq_region_base(q->ring);
-        size = shmq_region_size(q->ring);
-        switch (area) {
-        case RING_IDENTITY: start = 0; length = SHMQ_LINE; break;
-        case RING_CONTROL_LINES: start = SHMQ_LINE; length = 3 * SHMQ_LINE; break;
-        case RING_SLOT_HEADERS: {
-            /* The stamp and length words of one slot. */
-            size_t slot = offset / SHMQ_SLOT_HEADER % g->capacity;
-            start = g->slots_offset + slot * g->slot_stride;
-            length = SHMQ_SLOT_HEADER;
-            break;
-        }
-        default: start = 0; length = size; break;
-        }
-        if (area != RING_CONTROL_LINES)
-            q->payloads_trusted = 0;
-    } else {
-        if (q->state.region == NULL)
-            return;
-        base = shmq_region_base(q->state.region);
-        size = shmq_region_size(q->state.region);
-        size_t page = q->geometry.page_size;
-        switch (area) {
-        case STATE_HEADER: start = 0; length = 64; break;
-        /* The wake flag's line and the lossless producer's line. */
-        case STATE_WAKE: start = page; length = 2 * SHMQ_LINE; break;
-        case STATE_ENTRIES: start = 2 * page; length = size > 2 * page ? size - 2 * page : 0; break;
-        default: start = 0; length = size; break;
-        }
-    }
-    if (length < width || start + length > size)
-        return;
-    size_t at = start + (offset % (length - width + 1));
-    at -= at % width; /* aligned, as the atomics reading it expect; every start is */
-    memcpy(base + at, &value, width);
-}
-
-/* Changes an object's size: never after anyone mapped it (a consumer that
- * touches a page past a shrunken end gets SIGBUS, which RELIABILITY.md puts
- * down to fallocate at creation, not to the reader). */
-static void resize(const char *path, int64_t delta)
-{
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    struct stat st;
-    if (fstat(fd, &st) == 0) {
-        int64_t size = (int64_t)st.st_size + delta;
-        if (ftruncate(fd, size < 0 ? 0 : size) != 0)
-            FAIL("ftruncate %s: %s", path, strerror(errno));
-    }
-    close(fd);
-}
-
 /* ------------------------------------------------------------ the checks */
 
 static int open_code_ok(int rc)
@@ -572,12 +911,19 @@ static void *alloc_message(void *context, size_t length)
 
 /* -------------------------------------------------------------- the ops */
 
+/* What a lossless producer must find when it looks for room: either, no
+ * room ever (a live entry whose page it cannot tell), or room always (no
+ * registered consumer, and no entry page it could read). */
+enum room { ROOM_EITHER, ROOM_NEVER, ROOM_ALWAYS };
+
 struct session {
     const struct prelude *prelude;
     struct queue *queue;
     struct shmq_consumer *consumer;
     struct shmq_producer *producer;
     struct tally tally;
+    enum room room;
+    int listed; /* the entry the producer must list with our pid, or -1 */
 };
 
 static void op_poll(struct session *s, uint8_t op, uint8_t arg)
@@ -666,6 +1012,15 @@ static void op_poll_alloc(struct session *s, uint8_t arg)
     check_progress(c, &s->tally, "poll_alloc");
 }
 
+/* A lossless producer's answer against what it must find (enum room). */
+static void check_room(const struct session *s, int had_room, const char *what)
+{
+    EXPECT(!(s->room == ROOM_NEVER && had_room),
+           "%s found room with a live entry whose page nobody can tell", what);
+    EXPECT(!(s->room == ROOM_ALWAYS && !had_room),
+           "%s found no room with no registered consumer and no entry page to read", what);
+}
+
 /* Publishes through the producer: one message (op 5) or a batch (op 6). */
 static void op_publish(struct session *s, uint8_t op, uint8_t arg)
 {
@@ -710,46 +1065,93 @@ static void op_publish(struct session *s, uint8_t op, uint8_t arg)
                (unsigned long long)last, (unsigned long long)(next + done - 1));
     else
         EXPECT(last == UINT64_MAX, "a publish of nothing set its sequence");
+    check_room(s, done > 0, "publish");
 }
 
-/* wait_room(0), or publish_wait(0), which must not wait. */
+/* wait_room or publish_wait, with timeout 0 (which must not wait) or a
+ * short one (a lossless producer then raises producer_waiting in the wake
+ * page, sleeps, and probes the entries that hold it back). */
 static void op_room(struct session *s, uint8_t arg)
 {
     struct shmq_producer *p = s->producer;
     if (p == NULL)
         return;
+    int64_t timeout = (arg & 2) ? SHORT_WAIT_NS : 0;
+    int full = timeout == 0 ? SHMQ_FULL : -ETIMEDOUT;
     int rc;
     if (arg & 1) {
-        rc = shmq_producer_wait_room(p, 0);
-        EXPECT(rc == 0 || (rc == SHMQ_FULL && shmq_producer_lossless(p)),
-               "wait_room(0) returned %d (%s)", rc, shmq_strerror(rc));
+        rc = shmq_producer_wait_room(p, timeout);
+        EXPECT(rc == 0 || (rc == full && shmq_producer_lossless(p)),
+               "wait_room(%lld) returned %d (%s)", (long long)timeout, rc, shmq_strerror(rc));
+        check_room(s, rc == 0, "wait_room");
         return;
     }
     uint64_t next = shmq_producer_next_sequence(p);
     uint8_t payload[SHMQ_DEFAULT_SLOT_SIZE];
     size_t length = pattern_length(next, s->prelude->salt, shmq_producer_slot_size(p));
     fill_pattern(payload, length, next, s->prelude->salt);
-    rc = shmq_producer_publish_wait(p, payload, length, NULL, 0);
-    EXPECT(rc == 0 || (rc == SHMQ_FULL && shmq_producer_lossless(p)),
-           "publish_wait(0) returned %d (%s)", rc, shmq_strerror(rc));
-    EXPECT(shmq_producer_next_sequence(p) - next == (rc == 0), "publish_wait moved the sequence wrongly");
+    rc = shmq_producer_publish_wait(p, payload, length, NULL, timeout);
+    EXPECT(rc == 0 || (rc == full && shmq_producer_lossless(p)),
+           "publish_wait(%lld) returned %d (%s)", (long long)timeout, rc, shmq_strerror(rc));
+    EXPECT(shmq_producer_next_sequence(p) - next == (rc == 0),
+           "publish_wait moved the sequence wrongly");
+    check_room(s, rc == 0, "publish_wait");
 }
 
-/* The producer's list of consumers: it reads every entry, which consumers
- * write. */
+/* The producer's list of consumers (it maps every live entry's page, which
+ * consumers write), and, with the top bit of arg, shmq_inspect (which does
+ * the same from outside). */
 static void op_list(struct session *s, uint8_t arg)
 {
     struct shmq_producer *p = s->producer;
-    if (p == NULL)
-        return;
-    struct shmq_consumer_info infos[4];
-    size_t max = arg % 5;
-    int n = shmq_producer_consumers(p, max ? infos : NULL, max);
-    EXPECT(n >= 0 && (size_t)n <= max, "consumers(%zu) returned %d", max, n);
-    for (int i = 0; i < n; i++) {
-        EXPECT(infos[i].index < SHMQ_CONSUMER_ENTRIES_MAX && (infos[i].registered & ~1) == 0,
-               "consumers: entry %u registered %d", infos[i].index, infos[i].registered);
-        EXPECT((int64_t)infos[i].lag >= 0, "consumers: lag %llu", (unsigned long long)infos[i].lag);
+    uint32_t entries = s->queue->geometry.consumer_entries;
+    struct shmq_consumer_info infos[MAX_ENTRIES];
+    size_t max = (arg & 0x7f) % (MAX_ENTRIES + 1);
+    if (p != NULL) {
+        int n = shmq_producer_consumers(p, max ? infos : NULL, max);
+        EXPECT(n >= 0 && (size_t)n <= max, "consumers(%zu) returned %d", max, n);
+        for (int i = 0; i < n; i++) {
+            EXPECT(infos[i].index < entries && (infos[i].registered & ~1) == 0,
+                   "consumers: entry %u registered %d", infos[i].index, infos[i].registered);
+            EXPECT((int64_t)infos[i].lag >= 0, "consumers: lag %llu",
+                   (unsigned long long)infos[i].lag);
+        }
+        if (s->listed >= 0) {
+            n = shmq_producer_consumers(p, infos, MAX_ENTRIES);
+            int found = 0;
+            for (int i = 0; i < n; i++) {
+                if (infos[i].index != (uint32_t)s->listed)
+                    continue;
+                found = 1;
+                EXPECT(infos[i].pid == (uint32_t)getpid() && infos[i].uid == geteuid() &&
+                           infos[i].registered == shmq_consumer_registered(s->consumer),
+                       "consumers: entry %d has pid %u uid %u registered %d", s->listed,
+                       infos[i].pid, (unsigned)infos[i].uid, infos[i].registered);
+                EXPECT((int64_t)(infos[i].position - shmq_consumer_position(s->consumer)) <= 0,
+                       "consumers: entry %d is at %llu, ahead of its consumer at %llu", s->listed,
+                       (unsigned long long)infos[i].position,
+                       (unsigned long long)shmq_consumer_position(s->consumer));
+            }
+            EXPECT(found, "consumers: the consumer's entry %d is not listed (%d listed)",
+                   s->listed, n);
+        }
+    }
+    if (arg & 0x80) {
+        struct shmq_queue_info info;
+        int n = shmq_inspect(queue_name, &info, max ? infos : NULL, max);
+        EXPECT(n >= 0 || n == -EPROTO || n == -ENODATA || n == -EPROTONOSUPPORT || n == -EBADMSG,
+               "inspect returned %d (%s)", n, shmq_strerror(n));
+        if (n >= 0) {
+            EXPECT((uint32_t)n <= info.max_consumers, "inspect: %d live of %u entries", n,
+                   info.max_consumers);
+            for (int i = 0; i < n && (size_t)i < max; i++)
+                EXPECT(infos[i].index < info.max_consumers, "inspect: entry %u", infos[i].index);
+            if (s->queue->payloads_trusted)
+                EXPECT(info.capacity == s->queue->geometry.capacity &&
+                           info.max_consumers == entries && info.owner_uid == geteuid(),
+                       "inspect: capacity %u, %u entries, owner %u", info.capacity,
+                       info.max_consumers, (unsigned)info.owner_uid);
+        }
     }
 }
 
@@ -813,6 +1215,7 @@ static void op_claim(struct session *s, uint8_t arg)
     }
     EXPECT(rc == 0 || (rc == SHMQ_FULL && shmq_producer_lossless(p)), "claim returned %d (%s)", rc,
            shmq_strerror(rc));
+    check_room(s, rc == 0, "claim");
     if (rc != 0)
         return;
     EXPECT(data != NULL && ((uintptr_t)data & 15) == 0, "claim lent a misaligned loan");
@@ -841,33 +1244,55 @@ static void op_misc(struct session *s, uint8_t arg)
     struct shmq_consumer *c = s->consumer;
     int rc = shmq_consumer_ended(c);
     EXPECT(rc == 0 || rc == 1, "ended returned %d", rc);
+    /* Read locks on NAME.producer or the ring fake no producer. */
     rc = shmq_consumer_producer_alive(c);
     EXPECT(rc == (s->producer != NULL), "producer_alive returned %d with%s a producer", rc,
            s->producer ? "" : "out");
     rc = shmq_consumer_unlinked(c);
     EXPECT(rc == 0, "unlinked returned %d", rc);
     rc = shmq_consumer_entry(c);
-    EXPECT(rc >= -1 && rc < (int)SHMQ_CONSUMER_ENTRIES_MAX, "entry returned %d", rc);
+    EXPECT(rc >= -1 && rc < (int)s->queue->geometry.consumer_entries, "entry returned %d", rc);
     rc = shmq_consumer_registered(c);
     EXPECT(rc == 0 || (rc == 1 && shmq_consumer_lossless(c) && shmq_consumer_entry(c) >= 0),
            "registered returned %d", rc);
     (void)shmq_consumer_backlog(c);
     shmq_consumer_set_spin(c, arg);
+    EXPECT(!mapped_here(locks_path), "someone maps the lock file %s", locks_path);
 }
 
-/* wait(0) must not wait: 0, -ETIMEDOUT, or the end of the stream. */
+/* wait(0) must not wait: 0, -ETIMEDOUT, or the end of the stream; a short
+ * wait goes to sleep (wake flag, futex, relay) and says the same. */
 static void op_wait(struct session *s, uint8_t arg)
 {
     unsigned flags = (arg & 1) ? SHMQ_WAIT_PAST_END : 0;
-    int rc = shmq_consumer_wait_flags(s->consumer, 0, flags);
+    int64_t timeout = (arg & 2) ? SHORT_WAIT_NS : 0;
+    int rc = shmq_consumer_wait_flags(s->consumer, timeout, flags);
     EXPECT(rc == 0 || rc == -ETIMEDOUT || (rc == SHMQ_ENDED && !(flags & SHMQ_WAIT_PAST_END)),
-           "wait(0, %u) returned %d (%s)", flags, rc, shmq_strerror(rc));
+           "wait(%lld, %u) returned %d (%s)", (long long)timeout, flags, rc, shmq_strerror(rc));
     check_progress(s->consumer, &s->tally, "wait");
+}
+
+/* Lets go of every lock the harness planted, as a hostile consumer that
+ * exits: a lossless producer that waited for an entry it could not tell
+ * notices, at its next probe, that nobody holds it any more. */
+static void op_release_plants(struct session *s)
+{
+    struct queue *q = s->queue;
+    if (q->locks_fd < 0)
+        return;
+    close(q->locks_fd);
+    open_locks(q);
+    memset(q->live_planted, 0, sizeof(q->live_planted));
+    memset(q->plant_count, 0, sizeof(q->plant_count));
+    /* The producer may still hold what it last saw until it looks again;
+     * none of it can have given it room it must not have. */
+    if (s->room == ROOM_NEVER)
+        s->room = ROOM_EITHER;
 }
 
 static void run_op(struct session *s, uint8_t op, uint8_t arg)
 {
-    switch (op % 12) {
+    switch (op % 13) {
     case 0: op_poll(s, 0, arg); break;
     case 1: op_poll_many(s, arg); break;
     case 2: op_poll(s, 2, arg); break;
@@ -882,76 +1307,467 @@ static void run_op(struct session *s, uint8_t op, uint8_t arg)
 #endif
     case 10: op_room(s, arg); break;
     case 11: op_list(s, arg); break;
+    case 12: op_release_plants(s); break;
     default: break;
     }
+}
+
+/* ----------------------------------------------------------- the patches */
+
+struct patch {
+    uint8_t where;
+    uint16_t offset;
+    uint64_t value;
+};
+
+static unsigned patch_target(uint8_t where) { return (where & 1) | ((where >> 5) & 2); }
+static int patch_live(uint8_t where) { return (where & 32) != 0; }
+
+/* Writes `width` bytes of value inside [start, start + length) of base, at
+ * `offset` folded into it, aligned as the atomics reading it expect (every
+ * start is). */
+static void write_in(unsigned char *base, size_t start, size_t length, size_t width,
+                     uint16_t offset, uint64_t value)
+{
+    if (length < width)
+        return;
+    size_t at = start + (offset % (length - width + 1));
+    at -= at % width;
+    memcpy(base + at, &value, width);
+}
+
+static int consumer_entry_id(const struct session *s)
+{
+    if (s->consumer == NULL || shmq_consumer_entry(s->consumer) < 0)
+        return -1;
+    return s->consumer->consumers.own_id;
+}
+
+/* Takes an OFD lock (F_WRLCK or F_RDLCK) on [start, start + length) of fd. */
+static int plant_lock(int fd, short type, uint64_t start, uint64_t length)
+{
+    struct flock range = {.l_type = type, .l_whence = SEEK_SET, .l_start = (off_t)start,
+                          .l_len = (off_t)length};
+    return fd >= 0 && fcntl(fd, F_OFD_SETLK, &range) == 0;
+}
+
+/* A lock in entry i's id range: one byte at the id d, two, from d to the
+ * range's end, or all of it; d a raw number, next to the consumer's own id,
+ * the wake page's, or a decoy's. */
+static void plant_id_lock(struct session *s, size_t width, uint16_t offset, uint64_t value,
+                          int read_lock)
+{
+    struct queue *q = s->queue;
+    uint32_t index = (uint32_t)(offset >> 8) % q->geometry.consumer_entries;
+    int64_t d;
+    switch (value & 3) {
+    case PLANT_NEAR_OWN: {
+        int own = consumer_entry_id(s);
+        d = own >= 0 ? own + (int64_t)((value >> 2) % 3) - 1
+                     : (int64_t)((value >> 2) % SHMQ_ENTRY_ID_SPAN);
+        break;
+    }
+    case PLANT_WAKE: d = ring_wake_id(q); break;
+    case PLANT_DECOY: d = decoy(q, (unsigned)(value >> 2)); break;
+    default: d = (int64_t)((value >> 2) % SHMQ_ENTRY_ID_SPAN); break;
+    }
+    if (d < 0 || (uint64_t)d >= SHMQ_ENTRY_ID_SPAN)
+        return;
+    uint64_t length;
+    switch (width) {
+    case 1: length = 1; break;
+    case 2: length = 2; if ((uint64_t)d > SHMQ_ENTRY_ID_SPAN - 2) d = SHMQ_ENTRY_ID_SPAN - 2; break;
+    case 4: length = SHMQ_ENTRY_ID_SPAN - (uint64_t)d; break;
+    default: d = 0; length = SHMQ_ENTRY_ID_SPAN; break;
+    }
+    uint64_t from = SHMQ_ENTRY_ID_BASE + (uint64_t)index * SHMQ_ENTRY_ID_SPAN;
+    if (!plant_lock(q->locks_fd, read_lock ? F_RDLCK : F_WRLCK, from + (uint64_t)d, length))
+        return;
+    struct plant *plant = &q->plants[index][q->plant_count[index]++];
+    *plant = (struct plant){.start = (uint64_t)d, .length = length, .write = !read_lock};
+}
+
+/* A lock on entry i's live byte, as a consumer that claims it holds; or,
+ * as variant, read locks (on that byte, the ring's byte 0 and
+ * NAME.producer's byte 0), which must count for nothing. */
+static void plant_live_lock(struct session *s, uint16_t offset, int read_lock)
+{
+    struct queue *q = s->queue;
+    uint32_t index = offset % q->geometry.consumer_entries;
+    if (!read_lock) {
+        if (plant_lock(q->locks_fd, F_WRLCK, index, 1))
+            q->live_planted[index] = 1;
+        return;
+    }
+    if (plant_lock(q->locks_fd, F_RDLCK, index, 1))
+        q->live_planted[index] = 0; /* our own write lock there, if any, became a read lock */
+    plant_lock(shmq_region_fd(q->ring), F_RDLCK, 0, 1);
+    if (q->producer_fd < 0) {
+        q->producer_fd = open(producer_path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+        struct stat st;
+        if (q->producer_fd >= 0 && (fstat(q->producer_fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+            close(q->producer_fd);
+            q->producer_fd = -1;
+        }
+    }
+    if (plant_lock(q->producer_fd, F_RDLCK, 0, 1))
+        q->producer_read_locked = 1;
+}
+
+/* The ring's wake_shm set to an id of the input's choice. */
+static void set_wake_id(struct session *s, uint64_t value)
+{
+    struct queue *q = s->queue;
+    int id;
+    switch (value & 7) {
+    case WAKE_ID_DECOY_0: case WAKE_ID_DECOY_1: case WAKE_ID_DECOY_2: case WAKE_ID_DECOY_3:
+        id = decoy(q, (unsigned)(value & 7) - WAKE_ID_DECOY_0);
+        if (id < 0)
+            return;
+        break;
+    case WAKE_ID_ENTRY:
+        id = consumer_entry_id(s);
+        if (id < 0)
+            return;
+        break;
+    case WAKE_ID_NONE: id = -1; break;
+    case WAKE_ID_OURS: id = q->wake_id; break;
+    default: id = (int)(uint32_t)(value >> 3); break;
+    }
+    shmq_store_release(&control_of(q)->wake_shm, id);
+}
+
+/* The lock file's bytes, size or mode. Nobody maps it, so bytes and size
+ * change nothing; a mode other than the producer's makes the next producer
+ * replace the file, which a consumer registered in the old one no longer
+ * holds back (so the run is no longer intact). */
+static void patch_lock_file(struct session *s, size_t width, uint16_t offset, uint64_t value,
+                            int variant)
+{
+    struct queue *q = s->queue;
+    if (q->locks_fd < 0)
+        return;
+    if (!variant) {
+        if (pwrite(q->locks_fd, &value, width, (off_t)offset * 64) != (ssize_t)width)
+            FAIL("pwrite %s: %s", locks_path, strerror(errno));
+    } else if (value & (UINT64_C(1) << 62)) {
+        q->intact = 0;
+        fchmod(q->locks_fd, (mode_t)(value & 0777));
+    } else if (ftruncate(q->locks_fd, (off_t)(value & 0xffffff)) != 0) {
+        FAIL("ftruncate %s: %s", locks_path, strerror(errno));
+    }
+}
+
+static void apply_patch(struct session *s, const struct patch *patch)
+{
+    struct queue *q = s->queue;
+    uint8_t where = patch->where;
+    size_t width = (size_t)1 << ((where >> 1) & 3);
+    unsigned area = (where >> 3) & 3;
+    int variant = (where & 0x80) != 0;
+    unsigned char *base;
+    size_t size, start, length;
+    switch (patch_target(where)) {
+    case TARGET_RING: {
+        /* A resized ring may end before the harness's mapping does: after
+         * the resize nothing is written through it but the control page. */
+        if (q->ring_resized)
+            return;
+        const struct shmq_geometry *g = &q->geometry;
+        base = shmq_region_base(q->ring);
+        size = shmq_region_size(q->ring);
+        switch (area) {
+        case RING_IDENTITY: start = 0; length = SHMQ_LINE; break;
+        case RING_CONTROL_LINES: start = SHMQ_LINE; length = 4 * SHMQ_LINE; break;
+        case RING_SLOT_HEADERS: {
+            /* The stamp and length words of one slot. */
+            size_t slot = patch->offset / SHMQ_SLOT_HEADER % g->capacity;
+            start = g->slots_offset + slot * g->slot_stride;
+            length = SHMQ_SLOT_HEADER;
+            break;
+        }
+        default: start = 0; length = size; break;
+        }
+        if (area != RING_CONTROL_LINES)
+            q->payloads_trusted = 0;
+        q->intact = 0;
+        break;
+    }
+    case TARGET_WAKE:
+        base = harness_attach(q, ring_wake_id(q), &size);
+        if (base == NULL)
+            return;
+        switch (area) {
+        case WAKE_SLEEPERS: start = 0; length = SHMQ_LINE; break;
+        case WAKE_PRODUCER: start = SHMQ_LINE; length = SHMQ_LINE; break;
+        case WAKE_TAG: start = 2 * SHMQ_LINE; length = 16; break;
+        default: start = 0; length = size; break;
+        }
+        break;
+    case TARGET_ENTRY:
+        base = harness_attach(q, consumer_entry_id(s), &size);
+        if (base == NULL)
+            return;
+        q->intact = 0;
+        q->entry_patched = 1;
+        switch (area) {
+        case ENTRY_POSITION: start = 0; length = 8; break;
+        case ENTRY_PID_STATE: start = 8; length = 8; break;
+        case ENTRY_REST: start = 16; length = sizeof(struct shmq_consumer_entry) - 16; break;
+        default: start = 0; length = size; break;
+        }
+        break;
+    default:
+        if (q->locks_fd < 0)
+            open_locks(q); /* the lock file a producer made since */
+        switch (area) {
+        case LOCKS_FILE: patch_lock_file(s, width, patch->offset, patch->value, variant); break;
+        case LOCKS_ID_RANGE: plant_id_lock(s, width, patch->offset, patch->value, variant); break;
+        case LOCKS_LIVE_BYTE: plant_live_lock(s, patch->offset, variant); break;
+        default: set_wake_id(s, patch->value); break;
+        }
+        return;
+    }
+    if (start + length > size)
+        return;
+    write_in(base, start, length, width, patch->offset, patch->value);
+}
+
+/* Patches are applied in three phases: before anyone opens (not live, not
+ * an entry's), once the consumer has its entry (entry patches not live),
+ * and once everyone is open (live). */
+enum { PHASE_BUILT, PHASE_CONSUMER_OPEN, PHASE_ALL_OPEN };
+
+static void apply_phase(struct session *s, const struct patch *patches, uint32_t n, int phase)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        int live = patch_live(patches[i].where);
+        int entry = patch_target(patches[i].where) == TARGET_ENTRY;
+        int when = live ? PHASE_ALL_OPEN : entry ? PHASE_CONSUMER_OPEN : PHASE_BUILT;
+        if (when == phase)
+            apply_patch(s, &patches[i]);
+    }
+}
+
+/* ------------------------------------------------------ what must follow */
+
+static int same_file(int a, int b)
+{
+    struct stat sa, sb;
+    return a >= 0 && b >= 0 && fstat(a, &sa) == 0 && fstat(b, &sb) == 0 &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static int locks_fd_of(const struct shmq_consumer_state *cs)
+{
+    return cs->locks != NULL ? shmq_region_fd(cs->locks) : -1;
+}
+
+/* How many bytes of entry i's id range the harness holds write locks on:
+ * 0, 1 (*single gets its id) or 2 (two or more). Its locks are one
+ * description's, so a later lock replaces an earlier one where they meet. */
+static int planted_ids(const struct queue *q, uint32_t index, int64_t *single)
+{
+    const struct plant *plants = q->plants[index];
+    unsigned n = q->plant_count[index];
+    uint64_t points[2 * MAX_PATCHES];
+    unsigned count = 0;
+    for (unsigned i = 0; i < n; i++) {
+        points[count++] = plants[i].start;
+        points[count++] = plants[i].start + plants[i].length;
+    }
+    uint64_t held = 0;
+    for (unsigned i = 0; i < count; i++) {
+        /* Each elementary piece [a, b): a a point, b the next point above. */
+        uint64_t a = points[i], b = UINT64_MAX;
+        for (unsigned j = 0; j < count; j++)
+            if (points[j] > a && points[j] < b)
+                b = points[j];
+        if (b == UINT64_MAX)
+            continue;
+        int write = 0;
+        for (unsigned k = 0; k < n; k++)
+            if (plants[k].start <= a && plants[k].start + plants[k].length >= b)
+                write = plants[k].write;
+        if (!write)
+            continue;
+        int duplicate = 0;
+        for (unsigned j = 0; j < i; j++)
+            duplicate |= points[j] == a;
+        if (duplicate)
+            continue;
+        if (held == 0 && b - a == 1)
+            *single = (int64_t)a;
+        held += b - a;
+    }
+    return held >= 2 ? 2 : (int)held;
+}
+
+/* What the producer must find when it looks for room, from what the
+ * harness knows the kernel holds (docs/consumer-state.md, consumer_state.c
+ * entry_id): an entry is live while its byte is write-locked, and its page
+ * can be told only while exactly one byte of its id range is. */
+static enum room expected_room(const struct session *s)
+{
+    const struct queue *q = s->queue;
+    struct shmq_producer *p = s->producer;
+    if (p == NULL || !shmq_producer_lossless(p) ||
+        !same_file(q->locks_fd, locks_fd_of(&p->consumers)))
+        return ROOM_EITHER;
+    int has_entry = shmq_consumer_entry(s->consumer) >= 0;
+    int own = has_entry && same_file(q->locks_fd, locks_fd_of(&s->consumer->consumers))
+                  ? shmq_consumer_entry(s->consumer)
+                  : -1;
+    int never = 0, always = !has_entry;
+    for (uint32_t i = 0; i < q->geometry.consumer_entries; i++) {
+        int64_t single = -1;
+        int ids = planted_ids(q, i, &single) + (own == (int)i);
+        int live = q->live_planted[i] || own == (int)i;
+        if (live && ids >= 2)
+            never = 1;
+        if (q->live_planted[i] && own != (int)i && ids == 1 && sound_entry_page(q, single))
+            always = 0; /* the producer reads that page, which may say "registered" */
+    }
+    return never ? ROOM_NEVER : always ? ROOM_ALWAYS : ROOM_EITHER;
+}
+
+/* The consumer's view of the consumer state, right after its open. */
+static void check_consumer_state(struct session *s, int named_wake, int good_named)
+{
+    struct queue *q = s->queue;
+    struct shmq_consumer *c = s->consumer;
+    const struct shmq_consumer_state *cs = &c->consumers;
+    if (cs->wake != NULL)
+        EXPECT(good_wake_page(q, cs->wake_id) && cs->wake->magic == SHMQ_WAKE_MAGIC &&
+                   cs->wake->ring_instance == ring_instance(q),
+               "the consumer took segment %d (the ring named %d) as its wake page", cs->wake_id,
+               named_wake);
+    if (good_named)
+        EXPECT(cs->wake != NULL && cs->wake_id == named_wake,
+               "the consumer refused the sound wake page %d", named_wake);
+    int index = shmq_consumer_entry(c);
+    if (index < 0)
+        return;
+    struct shmid_ds ds;
+    int id = cs->own_id;
+    EXPECT(id >= 0 && shmctl(id, IPC_STAT, &ds) == 0, "entry %d: its page %d is gone", index, id);
+    EXPECT(ds.shm_segsz == q->geometry.page_size && ds.shm_perm.uid == geteuid() &&
+               (ds.shm_perm.mode & 0777) == 0600 && (ds.shm_perm.mode & SHM_DEST) &&
+               ds.shm_cpid == self,
+           "entry %d: page %d has size %zu, uid %u, mode %o, creator %d", index, id,
+           (size_t)ds.shm_segsz, (unsigned)ds.shm_perm.uid, (unsigned)ds.shm_perm.mode,
+           (int)ds.shm_cpid);
+    const struct shmq_consumer_entry *e = cs->own;
+    uint32_t registered = shmq_consumer_registered(c) ? SHMQ_ENTRY_REGISTERED : 0;
+    EXPECT(e != NULL && e->index == (uint32_t)index && e->ring_instance == ring_instance(q) &&
+               e->pid == (uint32_t)getpid() && e->state == (2u | registered),
+           "entry %d: its page says index %u, instance %llx, pid %u, state %u", index,
+           e ? e->index : 0, e ? (unsigned long long)e->ring_instance : 0ull, e ? e->pid : 0,
+           e ? e->state : 0);
+    EXPECT(!shmq_consumer_lossless(c) || registered,
+           "a lossless consumer with entry %d is not registered", index);
+    if (same_file(q->locks_fd, locks_fd_of(cs))) {
+        /* Asked from another description, as the producer asks. */
+        struct flock live = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = index, .l_len = 1};
+        struct flock told = live;
+        told.l_start =
+            (off_t)(SHMQ_ENTRY_ID_BASE + (uint64_t)index * SHMQ_ENTRY_ID_SPAN + (uint64_t)id);
+        EXPECT(fcntl(q->locks_fd, F_OFD_GETLK, &live) == 0 && live.l_type == F_WRLCK &&
+                   fcntl(q->locks_fd, F_OFD_GETLK, &told) == 0 && told.l_type == F_WRLCK,
+               "entry %d: its byte or its id %d is not write-locked", index, id);
+    }
+}
+
+/* The producer's view of the wake page, right after its open: a sound one
+ * the ring named is kept; otherwise a new one is named. */
+static void check_producer_wake(struct session *s, int named_wake, int good_named)
+{
+    struct queue *q = s->queue;
+    const struct shmq_consumer_state *cs = &s->producer->consumers;
+    EXPECT(cs->wake != NULL && good_wake_page(q, cs->wake_id) && ring_wake_id(q) == cs->wake_id,
+           "the producer's wake page %d (the ring names %d) is not a sound one", cs->wake_id,
+           ring_wake_id(q));
+    if (good_named)
+        EXPECT(cs->wake_id == named_wake, "the producer replaced the sound wake page %d by %d",
+               named_wake, cs->wake_id);
 }
 
 static int attach_producer(struct session *s)
 {
     const struct prelude *p = s->prelude;
+    struct queue *q = s->queue;
     struct shmq_config config = {0};
     if (p->more & MORE_PRODUCER_GEOMETRY)
-        config.slot_size = s->queue->geometry.slot_size + 1;
+        config.slot_size = q->geometry.slot_size + 1;
     if (p->more & MORE_PRODUCER_DELIVERY)
         config.delivery = (p->more & MORE_LOSSLESS) ? SHMQ_LOSSY : SHMQ_LOSSLESS;
+    int named = ring_wake_id(q);
+    int good = good_wake_page(q, named);
     int rc = shmq_producer_open(&s->producer, queue_name, &config, 0);
-    int ok = open_code_ok(rc) || (rc == -EPERM && (p->flags & FLAG_WIDE_MODES)) ||
+    /* -EPERM: a ring opened wider than asked, or someone else's file (here a
+     * FIFO, directory or symlink) under NAME.producer, or, lossless, under
+     * NAME.consumers where it cannot be replaced. -EBUSY: the harness holds
+     * a read lock on NAME.producer, which only its owner can open (the
+     * harness is the owner): it fakes no producer, but blocks a new one. */
+    int ok = open_code_ok(rc) || (rc == -EBUSY && q->producer_read_locked) ||
+             (rc == -EPERM && ((p->flags & FLAG_WIDE_MODES) || (p->odd & 15) != 0)) ||
              (rc == -EMEDIUMTYPE && (p->more & (MORE_PRODUCER_GEOMETRY | MORE_PRODUCER_DELIVERY)));
     EXPECT(ok, "producer_open returned %d (%s)", rc, shmq_strerror(rc));
-    if (rc != 0)
+    if (rc != 0) {
         s->producer = NULL;
-    return rc;
+        return rc;
+    }
+    check_producer_wake(s, named, good);
+    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* Measured per input: libFuzzer's symbolizer may open pipes between inputs. */
     int fd_before = lowest_fd();
+    int segments_before = own_segments();
     struct reader r = {.data = data, .size = size};
     struct prelude p;
     read_prelude(&r, &p);
     struct queue q;
-    struct session s = {.prelude = &p, .queue = &q};
+    struct session s = {.prelude = &p, .queue = &q, .listed = -1};
     if (build_queue(&q, &p) < 0) {
         close_queue(&q);
         unlink_queue();
+        remove_odd_files();
         return 0;
     }
 
-    /* Patches: the ones written now; live ones are kept for later. */
-    uint8_t live_where[MAX_PATCHES];
-    uint16_t live_offset[MAX_PATCHES];
-    uint64_t live_value[MAX_PATCHES];
-    uint32_t live = 0;
+    struct patch patches[MAX_PATCHES];
     for (uint32_t i = 0; i < p.patches; i++) {
-        uint8_t where = read_u8(&r);
-        uint16_t offset = read_u16(&r);
-        uint64_t value = read_u64(&r);
-        if (where & 32) {
-            live_where[live] = where;
-            live_offset[live] = offset;
-            live_value[live++] = value;
-        } else {
-            apply_patch(&q, where, offset, value);
-        }
+        patches[i].where = read_u8(&r);
+        patches[i].offset = read_u16(&r);
+        patches[i].value = read_u64(&r);
     }
-    size_t ops_at = PRELUDE_SIZE + (size_t)p.patches * PATCH_SIZE;
+    size_t ops_at = r.at;
+    apply_phase(&s, patches, p.patches, PHASE_BUILT);
     if (p.flags & FLAG_RESIZE_RING) {
-        resize(ring_path, (int64_t)p.ring_delta * 8);
+        int fd = open(ring_path, O_RDWR | O_CLOEXEC);
+        struct stat st;
+        if (fd >= 0 && fstat(fd, &st) == 0 &&
+            ftruncate(fd, st.st_size + (off_t)p.ring_delta * 8) != 0)
+            FAIL("ftruncate %s: %s", ring_path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
         q.payloads_trusted = 0;
+        q.intact = 0;
+        q.ring_resized = 1;
     }
-    if ((p.flags & FLAG_RESIZE_CONSUMERS) && q.state.region != NULL)
-        resize(state_path, (int64_t)p.state_delta * 512);
+    if ((p.flags & FLAG_FILL_LOCK_FILE) && q.locks_fd >= 0) {
+        static uint8_t junk[255 * 97];
+        memset(junk, 0xa5 ^ p.fill, sizeof(junk));
+        if (pwrite(q.locks_fd, junk, (size_t)p.fill * 97, 0) < 0)
+            FAIL("pwrite %s: %s", locks_path, strerror(errno));
+    }
     if (p.flags & FLAG_WIDE_MODES) {
         chmod(ring_path, 0644);
-        chmod(state_path, 0666);
+        chmod(locks_path, 0666);
     }
-    /* From here the harness's mappings must not touch pages a resize cut
-     * off: only live patches write through them, and only when no resize
-     * happened. */
-    int may_patch_live = !(p.flags & (FLAG_RESIZE_RING | FLAG_RESIZE_CONSUMERS));
-    /* Lossless, undamaged: the registered consumer must lose nothing. */
-    int intact = p.patches == 0 && !(p.flags & (FLAG_RESIZE_RING | FLAG_RESIZE_CONSUMERS));
 
     if ((p.flags & FLAG_PRODUCER) && (p.flags & FLAG_PRODUCER_FIRST))
         attach_producer(&s);
@@ -965,9 +1781,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .check_owner = (p.more & (MORE_CHECK_OWNER | MORE_WRONG_OWNER)) != 0,
         .owner = (p.more & MORE_WRONG_OWNER) ? geteuid() + 1 : geteuid(),
     };
+    int named_wake = ring_wake_id(&q);
+    int good_named = good_wake_page(&q, named_wake);
     int rc = shmq_consumer_open_with(&s.consumer, queue_name, &options);
     /* A lossless queue refuses a consumer that cannot register: no usable
-     * consumer state (-EBADMSG, -EACCES), or no free entry (-EUSERS). */
+     * lock file (-EBADMSG), no free entry (-EUSERS), one it may not use
+     * (-EACCES). */
     int lossless_refusal = (p.more & MORE_LOSSLESS) && (rc == -EUSERS || rc == -EACCES);
     EXPECT(open_code_ok(rc) || (rc == -EPERM && (p.more & MORE_WRONG_OWNER)) || lossless_refusal,
            "consumer_open returned %d (%s)", rc, shmq_strerror(rc));
@@ -976,16 +1795,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         EXPECT(shmq_consumer_owner_uid(s.consumer) == geteuid(), "owner_uid is not ours");
         if (shmq_consumer_entry(s.consumer) >= 0)
             EXPECT(!(p.flags & FLAG_NO_ENTRY), "no_entry consumer claimed an entry");
+        check_consumer_state(&s, named_wake, good_named);
         s.tally.start_position = s.tally.position = shmq_consumer_position(s.consumer);
         s.tally.start_lost = s.tally.lost = shmq_consumer_lost(s.consumer);
+        apply_phase(&s, patches, p.patches, PHASE_CONSUMER_OPEN);
         if ((p.flags & FLAG_PRODUCER) && !(p.flags & FLAG_PRODUCER_FIRST))
             attach_producer(&s);
-        if (may_patch_live)
-            for (uint32_t i = 0; i < live; i++)
-                apply_patch(&q, live_where[i], live_offset[i], live_value[i]);
+        apply_phase(&s, patches, p.patches, PHASE_ALL_OPEN);
+        s.room = expected_room(&s);
+        int index = shmq_consumer_entry(s.consumer);
+        int64_t ignored;
+        if (s.producer != NULL && index >= 0 && !q.entry_patched &&
+            same_file(locks_fd_of(&s.producer->consumers), locks_fd_of(&s.consumer->consumers)) &&
+            same_file(q.locks_fd, locks_fd_of(&s.consumer->consumers)) &&
+            planted_ids(&q, (uint32_t)index, &ignored) == 0)
+            s.listed = index;
         /* Starting at a given sequence may start at one already
          * overwritten, which counts as lost (shmq.h, SHMQ_START_AT). */
-        int strict = intact && shmq_consumer_registered(s.consumer) && !(p.more & MORE_START_AT);
+        int strict = q.intact && shmq_consumer_registered(s.consumer) && !(p.more & MORE_START_AT);
         r.at = ops_at;
         for (uint32_t i = 0; i < p.ops; i++) {
             uint8_t op = read_u8(&r);
@@ -1000,9 +1827,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     shmq_producer_close(s.producer);
     close_queue(&q);
     unlink_queue();
-    EXPECT(access(ring_path, F_OK) != 0 && access(state_path, F_OK) != 0,
-           "a segment of %s is left in /dev/shm", queue_name);
+    remove_odd_files();
+    struct stat st;
+    EXPECT(lstat(ring_path, &st) != 0 && lstat(locks_path, &st) != 0 &&
+               lstat(producer_path, &st) != 0,
+           "a file of %s is left in /dev/shm", queue_name);
     int fd = lowest_fd();
     EXPECT(fd == fd_before, "descriptor leak: lowest free descriptor %d, was %d", fd, fd_before);
+    int segments = own_segments();
+    EXPECT(segments == segments_before,
+           "System V leak: %d segments made by this process live on, %d before the input",
+           segments, segments_before);
     return 0;
 }

@@ -1,14 +1,16 @@
 #!/bin/sh
 # Builds the libFuzzer target tests/fuzz/fuzz_attach.c with the core under
-# ASan + UBSan and fuzzes attach, header validation and slot reading for
-# SECONDS (default 60). tests/fuzz/README.md has the details.
+# ASan + UBSan and fuzzes attach, header validation, slot reading and the
+# consumer state of layout 3 (lock file, wake page, entry pages) for SECONDS
+# (default 60). tests/fuzz/README.md has the details.
 #
 #   sh tests/fuzz/run.sh [SECONDS]
 #
 # Exit: 0 nothing found; 1 a finding (a crash, a sanitizer report, a failed
-# invariant, a leak or a timeout), or a reproducer in tests/fuzz/crashers/
-# that still fails; 77 skipped (no clang with libFuzzer here). Installs
-# nothing: on Debian 12 the fuzzer needs `clang libclang-rt-14-dev`.
+# invariant, a leak or a timeout, a System V segment left behind), or a
+# reproducer in tests/fuzz/crashers/ that still fails; 77 skipped (no clang
+# with libFuzzer here). Installs nothing: on Debian 12 the fuzzer needs
+# `clang libclang-rt-14-dev`.
 #
 # Output under build/fuzz/: the binary, seeds/ (rewritten each run),
 # corpus/ (grows from run to run), artifacts/ (findings) and log.
@@ -50,15 +52,36 @@ echo "== building $bin with $cc ($("$cc" --version | head -n 1))"
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
     -Icsrc tests/fuzz/fuzz_attach.c csrc/*.c -lpthread -o "$bin" || exit 1
 
-# Each fuzzer process names its queue fuzz-TAG-PID and unlinks it after
-# every input; a crash is the one exit that skips that, so sweep ours.
+# Each fuzzer process names its queue fuzz-TAG-PID (the ring, NAME.consumers,
+# NAME.producer, and what the harness plants there: FIFOs, directories,
+# symlinks) and removes it after every input; a crash is the one exit that
+# skips that, so sweep ours. Its System V pages are marked for removal once
+# mapped, so the kernel frees them when it exits; any segment still listed
+# with a fuzzer process as creator afterwards was left behind: a finding.
 tag=r$$
-sweep() { rm -f /dev/shm/shmq-fuzz-"$tag"-*; }
+sweep() { rm -rf /dev/shm/shmq-fuzz-"$tag"-*; }
 trap sweep EXIT
 trap 'sweep; exit 1' INT TERM
 export SHMQ_FUZZ_TAG=$tag
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
+
+# run LOG ARGS...: runs the fuzzer in the background (to know its pid) and
+# returns its exit status; $left gets the ids of the System V segments it
+# made that outlive it, which are then removed.
+left=
+run() {
+    log=$1
+    shift
+    "$bin" "$@" > "$log" 2>&1 &
+    pid=$!
+    wait "$pid"
+    status=$?
+    left=$(ipcs -m -p 2> /dev/null | awk -v pid="$pid" '$3 == pid { print $1 }' | tr '\n' ' ')
+    for id in $left; do ipcrm -m "$id" 2> /dev/null; done
+    return "$status"
+}
+segments() { ipcs -m 2> /dev/null | grep -c '^0x'; }
 
 # Reproducers of past findings first: each must run clean before new
 # fuzzing means anything.
@@ -66,9 +89,12 @@ failed=0
 for crasher in tests/fuzz/crashers/*; do
     [ -f "$crasher" ] || continue
     [ "$(basename "$crasher")" = README.md ] && continue
-    if ! "$bin" "$crasher" > "$out/replay.log" 2>&1; then
+    if ! run "$out/replay.log" "$crasher"; then
         echo "FAIL fuzz: $crasher still fails:"
         grep -E 'fuzz_attach:|runtime error|ERROR:' "$out/replay.log" | grep -v 'Running' | head -n 5 | sed 's/^/    /'
+        failed=1
+    elif [ -n "$left" ]; then
+        echo "FAIL fuzz: $crasher left System V segments behind: $left"
         failed=1
     fi
 done
@@ -82,10 +108,12 @@ SHMQ_FUZZ_WRITE_SEEDS=$out/seeds "$bin" -runs=0 > /dev/null 2>&1 || { echo "cann
 
 echo "== fuzzing for $seconds s (log: $out/log)"
 started=$(date +%s)
-"$bin" -max_total_time="$seconds" -timeout=10 -error_exitcode=1 -timeout_exitcode=1 \
+before=$(segments)
+run "$out/log" -max_total_time="$seconds" -timeout=10 -error_exitcode=1 -timeout_exitcode=1 \
     -use_value_profile=1 -print_final_stats=1 -artifact_prefix="$out/artifacts/" \
-    "$out/corpus" "$out/seeds" > "$out/log" 2>&1
+    "$out/corpus" "$out/seeds"
 rc=$?
+after=$(segments)
 elapsed=$(( $(date +%s) - started ))
 
 runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/log")
@@ -97,11 +125,16 @@ corp=$(printf '%s\n' "$last" | sed -n 's/.* corp: \([0-9]*\).*/\1/p')
 pcs=$(sed -n 's/^INFO: Loaded 1 PC tables (\([0-9]*\) PCs).*/\1/p' "$out/log" | head -n 1)
 echo "executions: ${runs:-?} in $elapsed s (${rate:-?}/s)"
 echo "coverage:   ${cov:-?} of ${pcs:-?} instrumented edges, ${ft:-?} features, corpus ${corp:-?} inputs"
+echo "System V:   ${before:-?} segments before, ${after:-?} after (all users); left by the fuzzer: ${left:-none}"
 
 if [ "$rc" -ne 0 ]; then
     echo "FAIL fuzz: finding (exit $rc); the report:"
     grep -E 'fuzz_attach:|runtime error|ERROR: |SUMMARY|Test unit written' "$out/log" | head -n 12 | sed 's/^/    /'
     echo "    replay: $bin $out/artifacts/FILE (keep it in tests/fuzz/crashers/ once understood)"
+    exit 1
+fi
+if [ -n "$left" ]; then
+    echo "FAIL fuzz: System V segments made by the fuzzer outlived it (removed now): $left"
     exit 1
 fi
 echo "PASS fuzz: no finding"
