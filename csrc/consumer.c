@@ -773,7 +773,13 @@ int shmq_consumer_producer_alive(const struct shmq_consumer *c)
 {
     if (c->region == NULL)
         return -EINVAL;
-    return shmq_producer_watch_alive(&c->producer);
+    /* With no lock file seen yet, the watch looks for one by name: not once
+     * the ring we read was unlinked, when the name may be another queue's. */
+    if (c->producer.lock == NULL && !c->producer.listed && shmq_consumer_unlinked(c) == 1)
+        return 0;
+    /* The watch caches what it finds: a handle is used by one thread at a
+     * time (shmq.h, THREADS AND PROCESSES). */
+    return shmq_producer_watch_alive((struct shmq_producer_watch *)&c->producer);
 }
 
 int shmq_consumer_unlinked(const struct shmq_consumer *c)

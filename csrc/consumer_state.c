@@ -195,6 +195,9 @@ static int entry_id(const struct shmq_consumer_state *s, uint32_t index)
     uint64_t from = id_range(index), start;
     if (shmq_region_lock_find(s->locks, from, SHMQ_ENTRY_ID_SPAN, &start) != 1)
         return -ENOENT;
+    /* A lock that begins before the range covers it: planted, not told. */
+    if (start < from)
+        return -EBADMSG;
     uint64_t id = start - from, after = SHMQ_ENTRY_ID_SPAN - id - 1;
     /* Only non-empty ranges are asked about: a length of 0 means "to the
      * end of the file" to the kernel. */
@@ -400,15 +403,27 @@ void shmq_consumers_in_child(struct shmq_consumer_state *s)
         shmq_region_drop_lock(s->locks);
 }
 
-/* Copies live entry `index` for a listing: 0, or -ENOENT when it has none
- * we may read. */
+/* Copies live entry `index` for a listing, as the producer sees it: 0, or
+ * -ENOENT when it has no page we may read (info then says what is known:
+ * an entry whose page cannot be told, because someone planted a second id
+ * lock, is one a lossless producer waits for as for a consumer a lap
+ * behind, and is listed so). */
 int shmq_consumers_snapshot(const struct shmq_consumer_state *s, uint32_t index,
-                            struct shmq_consumer_info *info, uint64_t head)
+                            struct shmq_consumer_info *info, uint64_t head,
+                            const struct shmq_geometry *g)
 {
     memset(info, 0, sizeof(*info));
     info->index = index;
     info->uid = (uid_t)-1;
     int id = entry_id(s, index);
+    if (id == -EBADMSG) {
+        info->unclear = 1;
+        info->registered = g->lossless;
+        info->position = head - g->first_sequence >= g->capacity ? head - g->capacity
+                                                                  : g->first_sequence;
+        info->lag = g->capacity;
+        return -ENOENT;
+    }
     struct shmq_consumer_entry *entry;
     uid_t creator;
     if (id < 0 || attach_entry(s, id, &entry, &creator) < 0)
@@ -431,8 +446,9 @@ int shmq_queue_name_validate(const char *name)
     int rc = shmq_name_validate(name);
     if (rc < 0)
         return rc;
-    /* A queue's name must never be another queue's lock file. */
-    static const char *const ours[] = {SHMQ_CONSUMERS_SUFFIX, SHMQ_PRODUCER_SUFFIX};
+    /* A queue's name must never be another queue's lock file, nor the
+     * status file the Python bridge keeps beside a queue (NAME.bridge). */
+    static const char *const ours[] = {SHMQ_CONSUMERS_SUFFIX, SHMQ_PRODUCER_SUFFIX, ".bridge"};
     size_t n = strlen(name);
     for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++) {
         size_t suffix = strlen(ours[i]);

@@ -23,9 +23,9 @@ const char *shmq_strerror(int code)
     case -EBUSY: return "another live producer holds this queue";
     case -ENOENT: return "no queue with that name";
     case -EEXIST: return "a queue with that name already exists";
-    case -EINVAL: return "invalid argument or name (names: 1-200 of [A-Za-z0-9._-], starting with a letter or digit, not ending in .consumers)";
+    case -EINVAL: return "invalid argument or name (names: 1-200 of [A-Za-z0-9._-], starting with a letter or digit, not ending in .consumers, .producer or .bridge)";
     case -ENAMETOOLONG: return "name longer than 200 characters";
-    case -EPROTO: return "segment is not a shmq queue (bad magic)";
+    case -EPROTO: return "not a shmq queue (bad magic, or not a regular file: a FIFO, socket, directory or symlink under the name)";
     case -ENODATA: return "segment is empty or was never fully initialised";
     case -EPROTONOSUPPORT: return "segment has an unsupported layout version";
     case -EBADMSG: return "segment header is corrupt or does not match the segment size";

@@ -46,9 +46,10 @@ int shmq_inspect(const char *name, struct shmq_queue_info *info, struct shmq_con
         if (shmq_consumers_entry_live(cs, i) != 1)
             continue;
         info->state_bytes += c->geometry.page_size;
+        /* Listed even when its page is not ours to read (uid unknown), or
+         * cannot be told (unclear). */
         struct shmq_consumer_info entry;
-        if (shmq_consumers_snapshot(cs, i, &entry, info->head) < 0)
-            entry.uid = (uid_t)-1; /* live, but its page is not ours to read */
+        shmq_consumers_snapshot(cs, i, &entry, info->head, &c->geometry);
         if ((size_t)rc < max)
             out[rc] = entry;
         rc++;

@@ -60,6 +60,10 @@ static void producer_in_child(struct shmq_fork_link *link)
     p->refusal = -ECHILD;
     if (p->lock != NULL)
         shmq_region_drop_lock(p->lock);
+    /* A loan open at the fork left the child a pointer into the ring; its
+     * stores must never reach a slot the parent publishes. */
+    if (p->region != NULL)
+        shmq_region_detach_writes(p->region);
     shmq_consumers_in_child(&p->consumers);
 }
 
@@ -571,7 +575,8 @@ int shmq_producer_consumers(const struct shmq_producer *p, struct shmq_consumer_
     for (uint32_t i = 0; i < cs->entry_count && n < max; i++) {
         if (shmq_consumers_entry_live(cs, i) != 1)
             continue;
-        if (shmq_consumers_snapshot(cs, i, &out[n], p->next) == 0)
+        if (shmq_consumers_snapshot(cs, i, &out[n], p->next, &p->geometry) == 0 ||
+            out[n].unclear)
             n++;
     }
     return (int)n;

@@ -88,6 +88,8 @@ static int listed_in_proc_locks(dev_t dev, ino_t ino)
 int shmq_producer_watch_open(struct shmq_producer_watch *w, const char *name, uid_t owner)
 {
     memset(w, 0, sizeof(*w));
+    snprintf(w->name, sizeof(w->name), "%s", name);
+    w->owner = owner;
     int rc = shmq_region_open_object(&w->lock, name, PRODUCER_SUFFIX, SHMQ_REGION_LOCKS);
     if (rc == 0) {
         struct stat st;
@@ -112,8 +114,16 @@ int shmq_producer_watch_open(struct shmq_producer_watch *w, const char *name, ui
     return 0;
 }
 
-int shmq_producer_watch_alive(const struct shmq_producer_watch *w)
+int shmq_producer_watch_alive(struct shmq_producer_watch *w)
 {
+    /* No lock file when we opened (a queue made by hand, or one whose file
+     * was deleted): a producer that came since made one. */
+    if (w->lock == NULL && !w->listed && w->name[0] != '\0') {
+        char name[sizeof(w->name)];
+        memcpy(name, w->name, sizeof(name));
+        uid_t owner = w->owner;
+        shmq_producer_watch_open(w, name, owner);
+    }
     if (w->lock != NULL)
         return shmq_region_lock_held(w->lock, 0);
     if (w->listed)

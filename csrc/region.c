@@ -122,8 +122,11 @@ static int open_object(const char *path, int flags)
     int fd = shm_open(path, flags | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC, 0);
     if (fd >= 0)
         return fd;
-    /* A symlink under the name: not ours, as a FIFO is not. */
-    return errno == ELOOP ? -EPROTO : -errno;
+    /* A symlink under the name (ELOOP), a directory (shm_open says EINVAL,
+     * open EISDIR) or a socket (ENXIO): not ours, as a FIFO is not. The
+     * name itself was validated before. */
+    return errno == ELOOP || errno == EINVAL || errno == EISDIR || errno == ENXIO ? -EPROTO
+                                                                                  : -errno;
 }
 
 int shmq_region_open(struct shmq_region **out, const char *name, enum shmq_region_access access)
@@ -328,6 +331,17 @@ int shmq_region_make_writable(struct shmq_region *region, size_t offset, size_t 
     if (mprotect((char *)region->base + offset, length, PROT_READ | PROT_WRITE) != 0)
         return -errno;
     return 0;
+}
+
+void shmq_region_detach_writes(struct shmq_region *region)
+{
+    if (region->base == NULL)
+        return;
+    /* Same address, same contents, but copy-on-write: stores through it no
+     * longer reach the object. Read-only if even that fails. */
+    if (mmap(region->base, region->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+             region->fd, 0) == MAP_FAILED)
+        mprotect(region->base, region->size, PROT_READ);
 }
 
 void *shmq_region_base(const struct shmq_region *region) { return region->base; }

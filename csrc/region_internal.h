@@ -17,6 +17,10 @@ int shmq_region_lock_held_in(const struct shmq_region *region, uint64_t offset, 
  * one such lock, 0 none, or a negative errno. */
 int shmq_region_lock_find(const struct shmq_region *region, uint64_t offset, uint64_t length,
                           uint64_t *start);
+/* Turns the mapping into a private copy-on-write one at the same address,
+ * so that stores through pointers into it (a loan a forked child inherited)
+ * never reach the object again. Async-signal-safe. */
+void shmq_region_detach_writes(struct shmq_region *region);
 /* Releases the lock this region holds on one byte, keeping the others. */
 void shmq_region_unlock_byte(struct shmq_region *region, uint64_t offset);
 

@@ -54,6 +54,8 @@ struct shmq_producer_watch {
     dev_t dev;                /* otherwise where /proc/locks lists it */
     ino_t ino;
     int listed;
+    char name[SHMQ_NAME_MAX + 1]; /* to look again when there was no file */
+    uid_t owner;
 };
 
 /* A live consumer's entry as the producer sees it: mapped read-only. */
@@ -156,7 +158,8 @@ int shmq_consumers_entry_live(const struct shmq_consumer_state *state, uint32_t 
 void shmq_consumers_discover(struct shmq_consumer_state *state);
 void shmq_consumers_forget(struct shmq_consumer_state *state, uint32_t index);
 int shmq_consumers_snapshot(const struct shmq_consumer_state *state, uint32_t index,
-                            struct shmq_consumer_info *info, uint64_t head);
+                            struct shmq_consumer_info *info, uint64_t head,
+                            const struct shmq_geometry *geometry);
 void shmq_consumers_in_child(struct shmq_consumer_state *state);
 /* Gives up every lock (its entry) but keeps the mappings. */
 void shmq_consumers_release(struct shmq_consumer_state *state);
@@ -174,7 +177,7 @@ void shmq_sysv_page_remove(int id);
 /* producer_lock.c: NAME.producer */
 int shmq_producer_lock_take(struct shmq_region **lock, const char *name);
 int shmq_producer_watch_open(struct shmq_producer_watch *watch, const char *name, uid_t owner);
-int shmq_producer_watch_alive(const struct shmq_producer_watch *watch);
+int shmq_producer_watch_alive(struct shmq_producer_watch *watch);
 void shmq_producer_watch_close(struct shmq_producer_watch *watch);
 int shmq_producer_lock_held(const char *name, uid_t owner);
 int shmq_producer_lock_unlink(const char *name);

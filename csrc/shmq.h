@@ -164,7 +164,7 @@ struct shmq_config {
 
 /* Opens the producer side of queue `name`; at most one producer per queue.
  * Queue names follow the region rules (shmq_region.h) and must not end in
- * ".consumers" or ".producer".
+ * ".consumers", ".producer" or ".bridge" (the queue's own auxiliary files).
  * With SHMQ_CREATE a missing queue is created from `config` (NULL: defaults).
  * An existing queue is attached and its sequence continues after the last
  * message the previous producer stamped whole; a non-zero config->slot_size
@@ -261,7 +261,13 @@ struct shmq_consumer_info {
     uint64_t position; /* next sequence it will read */
     uint64_t lag;      /* messages published that it has not read */
     uint64_t lost;     /* what it lost to overrun */
-    uid_t uid;         /* the user the consumer runs as (from the kernel) */
+    uid_t uid;         /* the user the consumer runs as (from the kernel), or
+                          (uid_t)-1 when its entry page is not ours to read */
+    int unclear;       /* someone planted a second id lock beside this entry's
+                          (docs/consumer-state.md): its page cannot be told, so
+                          a lossless producer waits for it as for a consumer a
+                          lap behind, and it is listed that way (registered on
+                          a lossless queue, lag = capacity, pid 0) */
 };
 
 /* Fills out[0..max) with the live consumers that hold an entry (asking the

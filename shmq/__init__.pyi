@@ -70,14 +70,22 @@ class Full(ShmqError, queue.Full):
     published: int
 
 class _ConsumerInfo(TypedDict):
-    """A live consumer that holds an entry (Producer.consumers, inspect()["consumers"])."""
+    """A live consumer that holds an entry (Producer.consumers, inspect()["consumers"]).
+
+    uid is None when the entry's page is not ours to read (another user's).
+    unclear: someone planted a second id lock beside this entry's, so its page
+    cannot be told; a lossless producer waits for it as for a consumer a lap
+    behind, and it is listed that way (registered on a lossless queue, lag =
+    capacity, pid 0).
+    """
     index: int
     pid: int
-    uid: int
+    uid: Optional[int]
     registered: bool
     position: int
     lag: int
     lost: int
+    unclear: bool
 
 class _QueueInfo(TypedDict):
     """What inspect() returns."""

@@ -601,6 +601,10 @@ static PyObject *Producer_publish(ProducerObject *self, PyObject *const *args, P
     else if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0)
         return NULL;
     uint64_t sequence = 0;
+    /* A timeout given is checked even where a lossy queue never waits. */
+    int64_t unused_ns;
+    if (argv[1] != NULL && parse_timeout(argv[1], &unused_ns) < 0)
+        return NULL;
     if (PyBytes_CheckExact(argv[0])) {
         size_t length = (size_t)PyBytes_GET_SIZE(argv[0]);
         const char *bytes = PyBytes_AS_STRING(argv[0]);
@@ -758,12 +762,19 @@ static PyObject *Producer_repr(ProducerObject *self)
 /* One consumer entry as a dict (Producer.consumers, inspect()). */
 static PyObject *consumer_info_dict(const struct shmq_consumer_info *info)
 {
-    return Py_BuildValue("{sIsIsksOsKsKsK}", "index", info->index, "pid", info->pid,
-                         "uid", (unsigned long)info->uid,
-                         "registered", info->registered ? Py_True : Py_False,
-                         "position", (unsigned long long)info->position,
-                         "lag", (unsigned long long)info->lag,
-                         "lost", (unsigned long long)info->lost);
+    /* uid None: the entry's page is not ours to read (another user's). */
+    PyObject *uid = info->uid == (uid_t)-1 ? Py_NewRef(Py_None)
+                                           : PyLong_FromUnsignedLong((unsigned long)info->uid);
+    if (uid == NULL)
+        return NULL;
+    PyObject *d = Py_BuildValue("{sIsIsOsOsKsKsKsO}", "index", info->index, "pid", info->pid,
+                                "uid", uid, "registered", info->registered ? Py_True : Py_False,
+                                "position", (unsigned long long)info->position,
+                                "lag", (unsigned long long)info->lag,
+                                "lost", (unsigned long long)info->lost,
+                                "unclear", info->unclear ? Py_True : Py_False);
+    Py_DECREF(uid);
+    return d;
 }
 
 static PyObject *consumer_info_list(const struct shmq_consumer_info *info, int n)
@@ -1780,7 +1791,8 @@ static PyMethodDef Consumer_methods[] = {
      "view($self, /, timeout=0)\n--\n\nRead the next message in place: `with consumer.view() as "
      "msg:` gives a read-only memoryview into the slot (None if no message came within "
      "timeout); the consumer moves past it when the block ends. On a lossless queue a "
-     "registered consumer's view cannot be overwritten. Otherwise the exit re-checks the slot "
+     "registered consumer's view cannot be overwritten during the block (a buffer that "
+     "escapes it can: the exit raises BufferError). Otherwise the exit re-checks the slot "
      "and raises Overwritten if the producer rewrote it meanwhile: discard what the block "
      "computed (the message counts as lost)."},
     {"_wait_for_async", (PyCFunction)Consumer_wait_for_async, METH_O,

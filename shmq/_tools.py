@@ -72,6 +72,8 @@ def _name(text):
 
 
 def _user(uid):
+    if uid is None:
+        return "?"  # an entry page that is not ours to read
     try:
         return pwd.getpwuid(uid).pw_name
     except (KeyError, OverflowError):
@@ -155,7 +157,7 @@ def _holding_back(info):
     if slowest["lag"] == 0:
         return None
     return {"index": slowest["index"], "pid": slowest["pid"], "uid": slowest["uid"],
-            "user": slowest["user"], "lag": slowest["lag"],
+            "user": slowest["user"], "lag": slowest["lag"], "unclear": slowest["unclear"],
             "room": max(info["capacity"] - slowest["lag"], 0),
             "full": slowest["lag"] >= info["capacity"]}
 
@@ -183,7 +185,7 @@ def describe(name):
         return dict(base, size=st.st_size, unreadable=_reason(e, name))
     entries = [{"index": c["index"], "pid": c["pid"], "uid": c["uid"], "user": _user(c["uid"]),
                 "registered": bool(c["registered"]), "position": c["position"], "lag": c["lag"],
-                "lost": c["lost"]} for c in q["consumers"]]
+                "lost": c["lost"], "unclear": bool(c["unclear"])} for c in q["consumers"]]
     info = {
         "name": name, "owner": _user(q["owner_uid"]), "owner_uid": q["owner_uid"],
         "permissions": f"{q['mode'] & 0o7777:04o}",
@@ -233,6 +235,9 @@ def _problem(info):
 
 def _held_back_text(h, capacity):
     who = f"entry {h['index']} (pid {h['pid']}, {printable(h['user'])})"
+    if h["unclear"]:
+        # docs/cli.md: a second id lock was planted beside the entry's own.
+        who = f"entry {h['index']} (unclear: someone planted a second lock for it)"
     if h["full"]:
         return f"by {who}: lag {h['lag']:,} of {capacity:,} slots, the producer waits for it"
     return f"by {who}: lag {h['lag']:,} of {capacity:,} slots, {h['room']:,} free"
@@ -374,7 +379,8 @@ def _print_stat(info, out):
               f"{'LAG':>12} {'LOST':>12}", out)
         for e, user in zip(info["entries"], users):
             _emit(f"  {e['index']:>5} {e['pid']:>8} {user:<{user_w}} {'yes' if e['registered'] else 'no':<3} "
-                  f"{e['position']:>14} {e['lag']:>12} {e['lost']:>12}", out)
+                  f"{e['position']:>14} {e['lag']:>12} {e['lost']:>12}"
+                  + ("  unclear: a second lock was planted for it" if e["unclear"] else ""), out)
 
 
 # ---------------------------------------------------------------- tail

@@ -433,7 +433,8 @@ def test_inspect_lists_registered_consumers_but_not_observers(queue_name):
         assert info["state_bytes"] > 0
         assert sorted((c["position"], c["lag"]) for c in consumers) == [(0, 5), (2, 3)]
         for c in consumers:
-            assert set(c) == {"index", "pid", "uid", "registered", "position", "lag", "lost"}
+            assert set(c) == {"index", "pid", "uid", "registered", "position", "lag", "lost", "unclear"}
+            assert c["unclear"] is False
             assert c["registered"] is True and c["uid"] == os.getuid() and c["pid"] == os.getpid()
             assert c["lost"] == 0
     after = shmq.inspect(queue_name)
@@ -491,3 +492,35 @@ def test_inspect_errors(queue_name):
             shmq.inspect(queue_name)
     finally:
         os.unlink(ring_path(queue_name))
+
+
+def test_a_loan_inherited_by_a_forked_child_never_writes_the_parents_ring(queue_name):
+    """A child forked while a loan is open keeps a memoryview into the slot;
+    whatever it writes there, before or after the parent publishes, stays in
+    the child: every consumer reads what the parent wrote."""
+    with shmq.Producer(queue_name, slot_size=64, capacity=16) as p, \
+            shmq.Consumer(queue_name) as first, shmq.Consumer(queue_name) as second:
+        lease = p.loan(5)
+        buf = lease.__enter__()
+        buf[:] = b"PARNT"
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                buf[:] = b"EARLY"          # before the parent publishes
+                os.read(r, 1)
+                buf[:] = b"LATER"          # after
+            finally:
+                os._exit(0)
+        lease.__exit__(None, None, None)
+        assert first.poll() == b"PARNT"
+        os.write(w, b"1")
+        assert os.waitpid(pid, 0)[1] == 0
+        assert second.poll() == b"PARNT"
+        os.close(r), os.close(w)
+
+
+@pytest.mark.parametrize("suffix", [".consumers", ".producer", ".bridge"])
+def test_a_queue_name_may_not_end_like_a_queues_own_files(suffix):
+    with pytest.raises(ValueError, match=suffix.replace(".", r"\.")):
+        shmq.Producer("x" + suffix)

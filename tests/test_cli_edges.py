@@ -288,7 +288,8 @@ def test_ls_and_stat_name_the_consumer_holding_a_full_lossless_producer_back(nam
         assert sorted((e["registered"], e["lag"]) for e in r["entries"]) == [(True, 0), (True, 8)]
         slowest = next(e for e in r["entries"] if e["registered"] and e["lag"] == 8)
         assert r["holding_back"] == {"index": slowest["index"], "pid": os.getpid(), "uid": os.geteuid(),
-                                     "user": slowest["user"], "lag": 8, "room": 0, "full": True}
+                                     "user": slowest["user"], "lag": 8, "room": 0, "full": True,
+                                     "unclear": False}
         assert all(e["uid"] == os.geteuid() and e["user"] for e in r["entries"])
     assert f"held back by entry {info['holding_back']['index']} (pid {os.getpid()}" in " ".join(row)
     assert "mode       lossless" in text and "held back  by entry" in text

@@ -143,6 +143,13 @@ static void a_planted_id_lock_stalls_but_never_overwrites(void)
     CHECK(lock_range_of(fd, F_WRLCK, base + victim->consumers.own_id + 1, 1) == 0);
     uint64_t v = 99;
     CHECK_RC(shmq_producer_publish_wait(p, &v, sizeof(v), NULL, 50 * 1000000LL), -ETIMEDOUT);
+    /* The listing says who the producer waits for, as it waits for it. */
+    struct shmq_consumer_info info;
+    CHECK(shmq_producer_consumers(p, &info, 1) == 1);
+    CHECK(info.index == (uint32_t)index && info.unclear && info.registered && info.lag == 16);
+    struct shmq_queue_info q;
+    struct shmq_consumer_info seen;
+    CHECK(shmq_inspect(name, &q, &seen, 1) == 1 && seen.unclear && seen.registered);
     for (uint64_t i = 0; i < 16; i++) {
         CHECK_RC(shmq_consumer_poll(victim, &v, sizeof(v), NULL), 0);
         CHECK(v == i);
