@@ -527,8 +527,10 @@ int shmq_inspect(const char *name, struct shmq_queue_info *info, struct shmq_con
  * Returns 0, -EBUSY, -ENOENT, -EINVAL, -ENAMETOOLONG or -EACCES. */
 int shmq_unlink(const char *name, unsigned flags);
 
-/* 1 if queue `name` exists (even one the caller may not open), 0 if not, or
- * -EINVAL / -ENAMETOOLONG for a bad name. */
+/* 1 if the queue's name is taken in /dev/shm (by a queue, even one the
+ * caller may not open, or by anything else planted there: a FIFO, a
+ * directory; shmq_inspect tells them apart), 0 if not, or -EINVAL /
+ * -ENAMETOOLONG for a bad name. Never blocks. */
 int shmq_exists(const char *name);
 
 /* Bytes a new queue with this geometry takes in /dev/shm (ring and control

@@ -2337,7 +2337,9 @@ static PyMethodDef module_methods[] = {
      "unlink($module, /, name, *, force=False)\n--\n\nRemove queue `name` from /dev/shm; open "
      "handles keep working. Raises ProducerBusy while a live producer holds it (unless force), "
      "QueueNotFound if there is none."},
-    {"exists", shmq_exists_py, METH_O, "exists($module, name, /)\n--\n\nWhether queue `name` exists."},
+    {"exists", shmq_exists_py, METH_O, "exists($module, name, /)\n--\n\nWhether the name `name` is taken in /dev/shm: by a queue (even "
+     "one you may not open) or by anything else planted there (inspect() tells them apart). "
+     "Never blocks."},
     {"inspect", shmq_inspect_py, METH_O,
      "inspect($module, name, /)\n--\n\nLook at queue `name` without taking anything and "
      "without writing: a dict of name, slot_size, capacity, max_consumers, lossless, "
