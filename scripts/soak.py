@@ -26,11 +26,9 @@ Prints a summary; exits 0 if all hold, 1 otherwise. It runs from a checkout:
 the consumers import the shmq of this tree.
 """
 import argparse
-import fcntl
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -44,7 +42,6 @@ sys.path.insert(0, str(ROOT))
 import shmq  # noqa: E402  (the checkout's, not an installed one)
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
 
 # A consumer: checks every message, reports "stat" lines (each one a moment at
@@ -175,21 +172,19 @@ def shm_entries(name):
 
 
 def entries_held(name):
-    """How many consumer entries someone holds, asked the way the library
-    asks (F_OFD_GETLK on each entry's first byte); -1 if it can't tell."""
+    """How many consumer entries someone holds, as shmq.inspect sees them
+    (the kernel's locks); -1 if it can't tell."""
     try:
-        fd = os.open(f"/dev/shm/shmq-{name}.consumers", os.O_RDONLY)
-    except OSError:
+        return len(shmq.inspect(name)["consumers"])
+    except (shmq.ShmqError, OSError):
         return -1
-    try:
-        count = struct.unpack_from("=I", os.pread(fd, 16, 0), 12)[0]
-        held = 0
-        for i in range(count):
-            probe = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, (2 + i) * PAGE, 1, 0)
-            held += struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe))[0] != fcntl.F_UNLCK
-        return held
-    finally:
-        os.close(fd)
+
+
+def sysv_segments():
+    """System V shared-memory segments on the machine (the wake page and the
+    consumers' entry pages are such segments)."""
+    with open("/proc/sysvipc/shm") as f:
+        return sum(1 for _ in f) - 1
 
 
 def main():
@@ -209,8 +204,11 @@ def main():
     failures = []
     long_lived, churned, retired = [], [], []
     producer = None
-    samples = []  # (time, {label: (rss, fds)}, shm entries, entries held, consumers alive)
+    samples = []  # (time, {label: (rss, fds)}, shm entries, entries held, consumers alive,
+    #               System V segments on the machine)
     kills, held_after, during, published = 0, None, set(), "?"
+    segments_before, segments_during = sysv_segments(), 0
+    running_most = args.consumers
     try:
         producer = Process([str(ROOT / "producer"), name, "--size", "64", "--rate", str(args.rate),
                             "--capacity", "4096"], "producer")
@@ -239,7 +237,7 @@ def main():
             procs = {p.label: (rss_bytes(p.pid), fd_count(p.pid)) for p in long_lived + [producer]}
             running = len(long_lived) + len(churned)
             samples.append((time.monotonic() - started, procs, shm_entries(name), entries_held(name),
-                            running))
+                            running, sysv_segments()))
             # Replace the churned consumers: SIGKILL, whatever they are doing.
             for i, old in enumerate(churned):
                 old.stop(signal.SIGKILL)
@@ -265,6 +263,7 @@ def main():
             p.stop()
         held_after = entries_held(name)
         during = {tuple(s[2]) for s in samples}
+        segments_during = max(s[5] for s in samples) if samples else 0
         shmq.unlink(name)
     finally:
         for p in long_lived + churned + ([producer] if producer else []):
@@ -276,14 +275,22 @@ def main():
     after = shm_entries(name)
 
     # ------------------------------------------------------------ verdicts
-    expected = (f"shmq-{name}", f"shmq-{name}.consumers")
+    expected = (f"shmq-{name}", f"shmq-{name}.consumers", f"shmq-{name}.producer")
     if not samples:
         failures.append("no samples taken")
     if during - {expected}:
         failures.append(f"/dev/shm held {sorted(during - {expected})} during the run")
     if after:
         failures.append(f"/dev/shm still holds {after} after the run")
-    for t, _, _, held, running in samples:
+    segments_after = sysv_segments()
+    # The wake page and one page per live consumer, at most; others' segments
+    # on the machine may come and go, so only growth beyond that counts.
+    if samples and segments_during - segments_before > running_most + 1:
+        failures.append(f"{segments_during - segments_before} System V segments during the run, "
+                        f"for at most {running_most} consumers")
+    if segments_after > segments_before:
+        failures.append(f"{segments_after - segments_before} System V segments left after the run")
+    for t, _, _, held, running, _ in samples:
         if held < 0 or held > running:
             failures.append(f"at {t:.1f} s {held} consumer entries held by {running} consumers")
     if held_after != 0:
@@ -326,6 +333,8 @@ def main():
               f"corrupt {r.get('corrupt')}")
     for label, (rss, low, high) in growth.items():
         print(f"  {label}: resident set {rss / MIB:+.2f} MiB over the run, descriptors {low}..{high}")
+    print(f"  System V segments: {segments_before} before, at most {segments_during} during, "
+          f"{segments_after} after")
     print(f"  {len(samples)} samples; /dev/shm during: {sorted(during)}; after: {after}; "
           f"entries held at most {max((s[3] for s in samples), default=0)}, after {held_after}")
     for failure in failures:
