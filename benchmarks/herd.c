@@ -140,7 +140,7 @@ struct board {
 /* The run in progress, for the alarm handler: which processes to kill and
  * which segments to remove. */
 static char current_name[64];
-static char current_paths[2][128];
+static char current_paths[3][128];
 static volatile pid_t current_pids[MAX_CONSUMERS];
 static volatile int current_count;
 static unsigned alarm_seconds;
@@ -150,6 +150,8 @@ static void set_current(const char *name)
     snprintf(current_name, sizeof(current_name), "%s", name);
     snprintf(current_paths[0], sizeof(current_paths[0]), "/dev/shm/" SHMQ_NAME_PREFIX "%s", name);
     snprintf(current_paths[1], sizeof(current_paths[1]), "/dev/shm/" SHMQ_NAME_PREFIX "%s.consumers",
+             name);
+    snprintf(current_paths[2], sizeof(current_paths[2]), "/dev/shm/" SHMQ_NAME_PREFIX "%s.producer",
              name);
 }
 
@@ -165,6 +167,7 @@ static void on_alarm(int sig)
     /* unlink is async-signal-safe; shmq_unlink does more than we may here. */
     unlink(current_paths[0]);
     unlink(current_paths[1]);
+    unlink(current_paths[2]);
     _exit(2);
 }
 
