@@ -61,11 +61,14 @@ static int wake_page_usable(int id, const struct shmq_consumer_state *s)
     return 0;
 }
 
-static int wake_page_tagged(const struct shmq_wake_page *wake, uint64_t instance)
+static int wake_page_tagged(struct shmq_wake_page *wake, uint64_t instance)
 {
-    /* Plain loads: the tag is written once, before the id is published with
-     * release in the ring, whose acquire load our caller made. */
-    return wake->magic == SHMQ_WAKE_MAGIC && wake->ring_instance == instance;
+    /* Relaxed: the tag was stored before the id's release store in the ring,
+     * whose acquire load our caller made; any consumer may have rewritten it
+     * since (the page is theirs to write), which makes it a hint that a
+     * stale id was reused, never something trusted further. */
+    return shmq_load_relaxed(&wake->magic) == SHMQ_WAKE_MAGIC &&
+           shmq_load_relaxed(&wake->ring_instance) == instance;
 }
 
 /* Producer: attach the wake page the ring names, or make a new one. */
@@ -93,8 +96,9 @@ static int producer_wake_page(struct shmq_consumer_state *s, struct shmq_control
     shmq_sysv_page_remove(id);
     if (wake == NULL)
         return -ENOMEM;
-    wake->magic = SHMQ_WAKE_MAGIC;
-    wake->ring_instance = s->instance;
+    /* Relaxed: published by the release store of wake_shm below. */
+    shmq_store_relaxed(&wake->magic, SHMQ_WAKE_MAGIC);
+    shmq_store_relaxed(&wake->ring_instance, s->instance);
     s->wake = wake;
     s->wake_id = id;
     /* Release: pairs with the acquire loads of wake_shm by consumers; whoever

@@ -155,8 +155,8 @@ struct shmq_wake_page {
     _Atomic uint32_t producer_futex;
     _Atomic uint64_t producer_wake_at;
     unsigned char pad1[SHMQ_LINE - 16];
-    uint64_t magic;
-    uint64_t ring_instance;
+    _Atomic uint64_t magic;
+    _Atomic uint64_t ring_instance;
 };
 
 struct shmq_consumer_entry {
