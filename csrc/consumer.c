@@ -189,7 +189,7 @@ static int open_once(struct shmq_consumer **out, const char *name,
     /* Lossy: a consumer that cannot use the consumer state still reads,
      * unless what stopped it is a shortage of ours to report. */
     int usable = shmq_consumers_consumer_open(&c->consumers, name, &c->geometry, c->control,
-                                              st.st_uid);
+                                              st.st_uid, st.st_mode);
     if (usable == -EMFILE || usable == -ENFILE || usable == -ENOMEM) {
         rc = usable;
         goto fail_state;

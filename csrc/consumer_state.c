@@ -9,7 +9,9 @@
  *   wake page       System V, made by the producer, id in the ring's line 4,
  *                   writable by consumers, never truncatable.
  *   entry i         System V, made by the consumer holding lock byte i, mode
- *                   0600 and given to the ring's owner, its id told by a
+ *                   0600 plus the ring's read bits (whoever may read the ring
+ *                   may read positions) and given to the ring's owner, its
+ *                   id told by a
  *                   second lock of that consumer's: only that consumer
  *                   writes it; the producer maps it read-only.
  *
@@ -219,7 +221,7 @@ static void drop_view(struct shmq_entry_view *v)
 }
 
 /* Attaches entry page `id` read-only if it is sound: one page, the ring
- * owner's (given to it by its creator, or made by it), mapped by nobody
+ * owner's (given to it by its creator, or made by it), writable by nobody
  * else. Its contents are the consumer's and are validated where they are
  * used. */
 static int attach_entry(const struct shmq_consumer_state *s, int id,
@@ -230,7 +232,7 @@ static int attach_entry(const struct shmq_consumer_state *s, int id,
     if (rc < 0)
         return rc;
     if (ds.shm_segsz != s->page_size || ds.shm_perm.uid != s->ring_owner ||
-        (ds.shm_perm.mode & 0077) != 0)
+        (ds.shm_perm.mode & 0022) != 0)
         return -EBADMSG;
     *creator = ds.shm_perm.cuid;
     *entry = shmq_sysv_page_attach(id, 1);
@@ -297,9 +299,10 @@ fail:
 
 int shmq_consumers_consumer_open(struct shmq_consumer_state *s, const char *name,
                                  const struct shmq_geometry *g, const struct shmq_control *control,
-                                 uid_t ring_owner)
+                                 uid_t ring_owner, mode_t ring_mode)
 {
     state_init(s, g, ring_owner);
+    s->ring_mode = ring_mode & 0777;
     /* Without the wake page a consumer still reads, sleeping in short slices. */
     shmq_consumers_attach_wake(s, control);
     int rc = shmq_region_open_object(&s->locks, name, SHMQ_CONSUMERS_SUFFIX, SHMQ_REGION_LOCKS);
@@ -321,7 +324,10 @@ int shmq_consumers_consumer_open(struct shmq_consumer_state *s, const char *name
  * left behind. */
 static int make_entry(struct shmq_consumer_state *s, uint32_t index)
 {
-    int id = shmq_sysv_page_create(IPC_PRIVATE, 0600, s->page_size);
+    /* Writable by its maker (creator) and, once given, the ring's owner;
+     * readable by whoever may read the ring, as positions are nothing the
+     * messages themselves do not tell. */
+    int id = shmq_sysv_page_create(IPC_PRIVATE, 0600 | (s->ring_mode & 0044), s->page_size);
     if (id < 0)
         return id;
     struct shmq_consumer_entry *own = shmq_sysv_page_attach(id, 0);

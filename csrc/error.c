@@ -16,7 +16,7 @@ const char *shmq_strerror(int code)
     case -ENOBUFS: return "no room in the lossless queue: a registered consumer has not read what the next message would overwrite";
     case -ESTALE: return "the message was overwritten while it was read in place; it counts as lost";
     case -EINPROGRESS: return "a loan or an in-place read is open on this handle; finish it first";
-    case -ETIMEDOUT: return "timed out waiting for a message";
+    case -ETIMEDOUT: return "timed out (waiting for a message, or for room in a lossless queue)";
     case -EINTR: return "interrupted by a signal";
     case -ECANCELED: return "the wait was interrupted (shmq_*_interrupt), for instance by a close from another thread";
     case -EMSGSIZE: return "message larger than the slot size, or buffer too small";

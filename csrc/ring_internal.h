@@ -75,6 +75,7 @@ struct shmq_consumer_state {
     uint32_t page_size;
     uint64_t instance;
     uid_t ring_owner;
+    mode_t ring_mode;             /* consumer: the ring's permission bits */
     struct shmq_entry_view *views; /* producer: entry_count of them */
     struct shmq_consumer_entry *own; /* consumer: its entry, or NULL */
     int own_id;
@@ -149,7 +150,8 @@ int shmq_consumers_producer_open(struct shmq_consumer_state *state, const char *
                                  struct shmq_control *control, mode_t ring_mode);
 int shmq_consumers_consumer_open(struct shmq_consumer_state *state, const char *name,
                                  const struct shmq_geometry *geometry,
-                                 const struct shmq_control *control, uid_t ring_owner);
+                                 const struct shmq_control *control, uid_t ring_owner,
+                                 mode_t ring_mode);
 int shmq_consumers_attach_wake(struct shmq_consumer_state *state,
                                const struct shmq_control *control);
 int shmq_consumers_claim(struct shmq_consumer_state *state, struct shmq_consumer_entry **entry);

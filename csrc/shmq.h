@@ -197,8 +197,9 @@ int shmq_producer_publish(struct shmq_producer *producer, const void *data, size
 /* Like shmq_producer_publish, but on a lossless queue waits up to
  * timeout_ns nanoseconds (negative: forever; 0: not at all) for room: until
  * every live registered consumer has read what the message overwrites. A
- * consumer that dies stops being waited for within 10 ms of the wait's
- * start. The producer sleeps on a futex, woken once a quarter of the ring
+ * consumer that dies stops being waited for about 10 ms after its death (the
+ * waiting producer asks the kernel every 10 ms). The producer sleeps on a
+ * futex, woken once a quarter of the ring
  * is free, not once per message read.
  * Returns what shmq_producer_publish returns, or -ETIMEDOUT, or -EINTR if a
  * signal arrived while it slept. */
@@ -328,7 +329,7 @@ struct shmq_consumer_options {
  * start on, the producer does not overwrite what it has not read; every
  * entry taken gives -EUSERS, a consumer state it may not use -EACCES. It
  * unregisters at close, or when it dies (the kernel drops the lock on its
- * entry; the producer notices within 10 ms of waiting on it).
+ * entry; a waiting producer notices about 10 ms after the death).
  * Returns 0 and sets *out; or -ENOENT, -EINVAL, -ENAMETOOLONG, -EACCES,
  * -EPERM, -EUSERS, -EPROTO, -ENODATA, -EPROTONOSUPPORT, -EBADMSG, -ENOMEM,
  * -EMFILE, -ENOSPC (no System V memory left for the entry), -EINTR (the
@@ -549,7 +550,7 @@ const char *shmq_strerror(int code);
  *   producer waits (shmq_producer_publish_wait) for the slowest live one
  *   instead of overwriting what it has not read. A hung but live consumer
  *   therefore stops the producer: that is the contract; shmq_producer_consumers
- *   (or `shmq stat`) shows which one. A dead one stops it for at most 10 ms.
+ *   (or `shmq stat`) shows which one. A dead one stops it for about 10 ms.
  *   A registered consumer that writes garbage into its own entry can stall the
  *   producer like a hung one, never make it overwrite another consumer's
  *   unread slot: a position ahead of the head counts as the head, one more

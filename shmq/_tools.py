@@ -524,6 +524,9 @@ def unlink_queues(names, force=False, stale=False, dry_run=False, out=sys.stdout
             _remove_bridge_status(name)
             _emit(f"removed {_name(name)}", out)
         except (shmq.QueueNotFound, NoQueue):
+            # A bridge's status file may outlive its queue: it goes too.
+            if not dry_run:
+                _remove_bridge_status(name)
             _emit(f"shmq rm: no queue {name!r}", err)
             missing = True
         except shmq.ProducerBusy:
@@ -585,4 +588,15 @@ def _remove_stale(dry_run, out, err) -> int:
         except (shmq.ShmqError, ValueError, OSError) as e:
             _emit(f"shmq rm: {_name(name)}{suffix}: {printable(_reason(e, name))}", err)
             status = EXIT_FAILED
+    # A bridge's status files whose queue is gone (bridge.py names them
+    # NAME.bridge and NAME~out-HASH.bridge).
+    files = set(_shm_files())
+    for name in sorted({f[len(shmq.NAME_PREFIX):-len(BRIDGE_SUFFIX)].split("~")[0]
+                        for f in files
+                        if f.startswith(shmq.NAME_PREFIX) and f.endswith(BRIDGE_SUFFIX)}):
+        if shmq.NAME_PREFIX + name in files:
+            continue
+        if not dry_run:
+            _remove_bridge_status(name)
+        _emit(f"{verb} the bridge status of {_name(name)} (its queue is gone)", out)
     return status

@@ -423,3 +423,18 @@ def test_tail_follow_timeout_ends_an_idle_tail_and_a_queue_that_never_appears_ex
     assert (idle.returncode, idle.stdout) == (0, "old\n") and time.monotonic() - t0 < 10
     never = cli("tail", names(), "--follow", "--timeout", "0.3", timeout=30)
     assert never.returncode == 3 and "no queue" in never.stderr
+
+
+def test_a_bridge_status_file_that_outlived_its_queue_is_removed(queue_name):
+    """bridge.md: a status file lives beside its queue; once the queue is
+    gone by other means, `rm --stale` (and `rm NAME`) take it away too."""
+    status = f"/dev/shm/shmq-{queue_name}.bridge"
+    for remover in (("rm", "--stale"), ("rm", queue_name)):
+        with open(status, "w") as f:
+            f.write("{}")
+        if remover[1] == "--stale":
+            dry = cli("rm", "--stale", "--dry-run")
+            assert f"would remove the bridge status of {queue_name}" in dry.stdout, dry.stdout
+            assert os.path.exists(status)
+        cli(*remover)
+        assert not os.path.exists(status)

@@ -12,8 +12,9 @@
  *     a lossless producer (as a hung consumer can), never make it
  *     overwrite what that consumer has not read;
  *   - a consumer of another user can neither map another consumer's entry
- *     nor open the producer lock, and still learns whether the producer
- *     lives (root only; skipped otherwise);
+ *     writable nor open the producer lock, and still learns whether the
+ *     producer lives and what the other consumers do (root only; skipped
+ *     otherwise);
  *   - a producer restart that fails for want of descriptors (EMFILE) says
  *     so and leaves the queue as it was: its registered consumer stays
  *     registered, and the next producer loses it nothing;
@@ -176,14 +177,21 @@ static void another_user_cannot_map_an_entry(void)
     CHECK_RC(shmq_consumer_open(&mine, name, SHMQ_START_LATEST), 0);
     int my_id = mine->consumers.own_id;
     CHECK(my_id >= 0);
+    pid_t owner_pid = getpid();
     int ready[2], go[2];
     CHECK(pipe(ready) == 0 && pipe(go) == 0);
     pid_t kid = fork_child();
     if (kid == 0) {
         if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0)
             _exit(2);
-        if (shmat(my_id, NULL, 0) != (void *)-1 || shmat(my_id, NULL, SHM_RDONLY) != (void *)-1)
-            _exit(3); /* it could map root's consumer's entry */
+        if (shmat(my_id, NULL, 0) != (void *)-1)
+            _exit(3); /* it could map root's consumer's entry writable */
+        /* It may read it, as it may read the ring: inspect tells it the
+         * truth about root's consumer. */
+        struct shmq_queue_info q;
+        struct shmq_consumer_info seen[2];
+        if (shmq_inspect(name, &q, seen, 2) != 1 || seen[0].uid != 0 || seen[0].pid != (uint32_t)owner_pid)
+            _exit(9);
         if (open_file(name, ".producer", O_RDONLY) >= 0)
             _exit(4); /* it could open (and so read-lock) the producer lock */
         struct shmq_consumer *c;
@@ -203,7 +211,8 @@ static void another_user_cannot_map_an_entry(void)
     if (status != 0)
         fprintf(stderr, "nobody's consumer: exit %d\n", status);
     CHECK(status == 0);
-    printf("another user: cannot map an entry or open the producer lock; sees the producer live\n");
+    printf("another user: cannot write an entry or open the producer lock; sees the producer "
+           "live and the others' entries\n");
     shmq_consumer_close(mine);
     close(ready[0]), close(ready[1]), close(go[0]), close(go[1]);
 }

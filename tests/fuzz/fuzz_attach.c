@@ -74,7 +74,8 @@
  *     producer attached is one page, the ring owner's, tagged with the
  *     ring's instance (decoys of another size or tag are refused); a sound
  *     wake page the ring names is used, not replaced; a consumer's entry
- *     page is one page of mode 0600, the owner's, made by this process, told
+ *     page is one page writable by its owner and creator alone (0600 plus
+ *     the ring's read bits), the owner's, made by this process, told
  *     by a lock at its id byte, and holds the consumer's index and instance.
  *   - Lossless, with nothing a producer trusts patched (wake page, lock
  *     file bytes and size, planted locks and wake_shm ids are not trusted):
@@ -1251,7 +1252,9 @@ static void op_misc(struct session *s, uint8_t arg)
     rc = shmq_consumer_unlinked(c);
     EXPECT(rc == 0, "unlinked returned %d", rc);
     rc = shmq_consumer_entry(c);
-    EXPECT(rc >= -1 && rc < (int)s->queue->geometry.consumer_entries, "entry returned %d", rc);
+    /* Against the geometry the consumer validated: a patched header may
+     * name another (valid) entry count than the one the queue was made with. */
+    EXPECT(rc >= -1 && rc < (int)c->geometry.consumer_entries, "entry returned %d", rc);
     rc = shmq_consumer_registered(c);
     EXPECT(rc == 0 || (rc == 1 && shmq_consumer_lossless(c) && shmq_consumer_entry(c) >= 0),
            "registered returned %d", rc);
@@ -1652,7 +1655,7 @@ static void check_consumer_state(struct session *s, int named_wake, int good_nam
     int id = cs->own_id;
     EXPECT(id >= 0 && shmctl(id, IPC_STAT, &ds) == 0, "entry %d: its page %d is gone", index, id);
     EXPECT(ds.shm_segsz == q->geometry.page_size && ds.shm_perm.uid == geteuid() &&
-               (ds.shm_perm.mode & 0777) == 0600 && (ds.shm_perm.mode & SHM_DEST) &&
+               (ds.shm_perm.mode & 0622) == 0600 && (ds.shm_perm.mode & SHM_DEST) &&
                ds.shm_cpid == self,
            "entry %d: page %d has size %zu, uid %u, mode %o, creator %d", index, id,
            (size_t)ds.shm_segsz, (unsigned)ds.shm_perm.uid, (unsigned)ds.shm_perm.mode,
