@@ -10,7 +10,11 @@
  *
  * Invariants: nobody crashes (ASan aborts on any read or write out of
  * bounds; every poll gets a heap buffer of exactly the size it passes), no
- * delivered length exceeds slot_size or the buffer, every blocking call
+ * delivered length exceeds the buffer or the slot_size the consumer
+ * validated when it opened (a consumer that opened while the identity line
+ * was damaged into another valid geometry, a slot_size with the same
+ * stride, say, trusts that one: the ring is then garbage, read in bounds),
+ * every blocking call
  * returns within its timeout plus 1 s, and every return code is one the
  * manual documents for that call.
  */
@@ -95,7 +99,8 @@ static void poll_once(struct shmq_consumer *c, struct tally *t, uint64_t r)
     t->ended += rc == SHMQ_ENDED;
     t->timed_out += rc == -ETIMEDOUT;
     t->too_small += rc == -EMSGSIZE;
-    if ((rc == 0 && (len > size || len > SLOT)) || (rc == -EMSGSIZE && (len <= size || len > SLOT)))
+    size_t slot = shmq_consumer_slot_size(c);
+    if ((rc == 0 && (len > size || len > slot)) || (rc == -EMSGSIZE && (len <= size || len > slot)))
         t->bad_length++;
 }
 
@@ -112,7 +117,7 @@ static void poll_many_once(struct shmq_consumer *c, struct tally *t, uint64_t r)
     size_t total = 0;
     for (int i = 0; i < n; i++) {
         total += lens[i];
-        if (lens[i] > SLOT)
+        if (lens[i] > shmq_consumer_slot_size(c))
             t->bad_length++;
     }
     if (n > 8 || total > size)
