@@ -11,9 +11,8 @@
  *   entry i         System V, made by the consumer holding lock byte i, mode
  *                   0600 plus the ring's read bits (whoever may read the ring
  *                   may read positions) and given to the ring's owner, its
- *                   id told by a
- *                   second lock of that consumer's: only that consumer
- *                   writes it; the producer maps it read-only.
+ *                   id told by a second lock of that consumer's: only that
+ *                   consumer writes it; the producer maps it read-only.
  *
  * A consumer that cannot use the consumer state still reads the ring (lossy
  * only): it cannot ask to be woken (it sleeps in short slices) and does not
