@@ -195,17 +195,54 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
 /* Clears the producer's waiting flag and, if this call is the one that
  * cleared it, wakes the producer: one wake per wait, however many consumers
  * see the flag at once. */
-static void wake_producer(struct shmq_wake_page *wake)
+static void wake_producer(struct shmq_consumer *c)
 {
+    struct shmq_wake_page *wake = c->consumers.wake;
     /* Seq_cst: the consumer half of the waiting handshake (see top); only
      * the exchange that finds the flag raised goes on to wake. */
-    if (!shmq_exchange_seq_cst(&wake->producer_waiting, 0))
+    uint32_t raised = shmq_exchange_seq_cst(&wake->producer_waiting, 0);
+    if (!raised)
         return;
     /* Seq_cst: pairs with the producer's seq_cst load of producer_futex
      * before it raised the flag; the bump makes its wait on the old value
      * return at once if it had not gone to sleep yet. */
     shmq_fetch_add_seq_cst(&wake->producer_futex, 1);
     shmq_futex_wake_one(&wake->producer_futex);
+    if (!(raised & SHMQ_WAKE_DESCRIPTOR))
+        return;
+    /* Acquire: pairs with the release store of the nonce in
+     * shmq_producer_fileno, made once its socket was bound. */
+    uint64_t nonce = shmq_load_acquire(&c->control->producer_nonce);
+    if (nonce == 0)
+        return;
+    if (c->wake_sender < 0)
+        c->wake_sender = shmq_wake_sender_open();
+    if (c->wake_sender >= 0)
+        (void)shmq_wake_socket_send(c->wake_sender, c->geometry.instance, -1, nonce);
+}
+
+int shmq_backpressure_arm(struct shmq_producer *p)
+{
+    struct shmq_wake_page *wake = p->consumers.wake;
+    uint64_t capacity = p->geometry.capacity;
+    /* Consumers that died hold us back until the kernel is asked, which a
+     * blocking wait does every slice: so does every slice of arming. */
+    int64_t now = shmq_now_ns();
+    int probe = now >= p->next_probe_ns;
+    if (probe)
+        p->next_probe_ns = now + WAIT_SLICE_NS;
+    if (shmq_backpressure_has_room(p, probe, probe))
+        return 0;
+    shmq_wake_socket_drain(p->wake_fd);
+    if (wake == NULL)
+        return SHMQ_FULL;
+    uint64_t quarter = capacity / 4 ? capacity / 4 : 1;
+    /* Relaxed: published by the seq_cst store of producer_waiting below, as
+     * in shmq_backpressure_wait. */
+    shmq_store_relaxed(&wake->producer_wake_at, p->next - capacity + quarter);
+    /* Seq_cst: the producer half of the waiting handshake (see top). */
+    shmq_store_seq_cst(&wake->producer_waiting, SHMQ_WAKE_FUTEX | SHMQ_WAKE_DESCRIPTOR);
+    return shmq_backpressure_has_room(p, 0, 0) ? 0 : SHMQ_FULL;
 }
 
 void shmq_backpressure_register(struct shmq_consumer *c, enum shmq_start start)
@@ -245,7 +282,7 @@ void shmq_backpressure_release(struct shmq_consumer *c)
     if (wake != NULL && shmq_load_seq_cst(&wake->producer_waiting) &&
         /* Relaxed: published by the producer's seq_cst store of the flag. */
         (int64_t)(c->position - shmq_load_relaxed(&wake->producer_wake_at)) >= 0)
-        wake_producer(wake);
+        wake_producer(c);
 }
 
 void shmq_backpressure_unregister(struct shmq_consumer *c)
@@ -259,5 +296,5 @@ void shmq_backpressure_unregister(struct shmq_consumer *c)
     /* Whoever we held back may go on: wake it whatever it asked for.
      * Seq_cst: the other half of the waiting handshake. */
     if (wake != NULL && shmq_load_seq_cst(&wake->producer_waiting))
-        wake_producer(wake);
+        wake_producer(c);
 }

@@ -90,6 +90,8 @@ void shmq_consumer_bind(struct shmq_consumer *c, unsigned char *base,
     c->control = (struct shmq_control *)base;
     c->slots = base + c->geometry.slots_offset;
     c->consumers.wake = wake;
+    /* Before the handle is anyone's: no descriptor yet (descriptor.c). */
+    c->wake_fd = c->wake_sender = -1;
     if (c->entry == NULL)
         c->entry = &c->private_entry;
     uint64_t head = load_head(c);
@@ -130,6 +132,14 @@ static void consumer_in_child(struct shmq_fork_link *link)
     c->entry = &c->private_entry;
     c->entry_index = -1;
     c->registered = 0;
+    /* The descriptor is the parent's too: draining it here would steal its
+     * wake-ups. close() is async-signal-safe. */
+    if (c->wake_fd >= 0)
+        close(c->wake_fd);
+    if (c->wake_sender >= 0)
+        close(c->wake_sender);
+    c->wake_fd = -1;
+    c->wake_sender = -1;
 }
 
 /* Takes a consumer entry; returns its index, or a negative errno. */
@@ -158,6 +168,8 @@ static int open_once(struct shmq_consumer **out, const char *name,
     if (c == NULL)
         return -ENOMEM;
     c->entry_index = -1;
+    c->wake_fd = -1;
+    c->wake_sender = -1;
     c->consumers.wake_id = -1;
     c->consumers.own_id = -1;
     c->consumers.own_index = -1;
@@ -424,6 +436,8 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
             publish_position(c);
             return 0;
         case COPY_EMPTY:
+            if (c->wake_fd >= 0)
+                shmq_consumer_quiet(c);
             return SHMQ_EMPTY;
         case COPY_TOO_SMALL:
             return -EMSGSIZE;
@@ -438,8 +452,11 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
             if (explained < 0)
                 return -EUCLEAN;
             garbage += !explained;
-            if (explained && ++laps >= MAX_LAPS)
+            if (explained && ++laps >= MAX_LAPS) {
+                if (c->wake_fd >= 0)
+                    shmq_consumer_quiet(c);
                 return SHMQ_EMPTY;
+            }
             break;
         }
         }
@@ -501,6 +518,14 @@ static int something_to_report(struct shmq_consumer *c, memory_order order)
     return (int64_t)(shmq_load_ordered(&slot->stamp, order) - c->position) >= 0;
 }
 
+int shmq_consumer_ready(struct shmq_consumer *c)
+{
+    /* Seq_cst: callers use it as the re-check after raising a wake flag
+     * (descriptor.c, wait_any.c), the consumer half of the handshake with
+     * the fence in finish_publish. */
+    return something_to_report(c, memory_order_seq_cst) || stream_ended(c);
+}
+
 static int64_t now_ns(void)
 {
     struct timespec now;
@@ -538,6 +563,11 @@ static void relay_wake(struct shmq_consumer *c, uint32_t slept_on)
     shmq_futex_wake_all(&c->control->futex_word);
 }
 
+void shmq_consumer_relay(struct shmq_consumer *c, uint32_t slept_on)
+{
+    relay_wake(c, slept_on);
+}
+
 /* One round of the sleep protocol, at most one slice long; returns 0 (woken,
  * or the slice ended: re-check), -ETIMEDOUT (the deadline passed), -EINTR or
  * SHMQ_INTERRUPTED (see WAITING in shmq.h). deadline_ns < 0: none. */
@@ -562,7 +592,7 @@ static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns, u
     if (wake)
         /* Seq_cst: the consumer half of the Dekker handshake with the fence
          * in finish_publish (producer.c). */
-        shmq_store_seq_cst(&wake->wake_flag, 1);
+        shmq_fetch_or_seq_cst(&wake->wake_flag, SHMQ_WAKE_FUTEX);
     /* Seq_cst: ordered after the flag store, as the handshake needs. */
     if (something_to_report(c, memory_order_seq_cst) ||
         (!(flags & SHMQ_WAIT_PAST_END) && stream_ended(c)))
@@ -684,8 +714,11 @@ int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *lengt
          * shmq_producer_commit): seeing it means seeing the whole payload. */
         uint64_t stamp = shmq_load_acquire(&slot->stamp);
         if (stamp != c->position) {
-            if ((int64_t)(stamp - c->position) < 0)
+            if ((int64_t)(stamp - c->position) < 0) {
+                if (c->wake_fd >= 0)
+                    shmq_consumer_quiet(c);
                 return SHMQ_EMPTY;
+            }
             int explained = resync_after_overrun(c, origin);
             if (explained < 0)
                 return SHMQ_CORRUPT;
@@ -803,6 +836,10 @@ void shmq_consumer_close(struct shmq_consumer *c)
     shmq_consumers_release(&c->consumers);
     shmq_fork_guard(0);
     shmq_fork_untrack(&c->fork_link);
+    if (c->wake_fd >= 0)
+        close(c->wake_fd);
+    if (c->wake_sender >= 0)
+        close(c->wake_sender);
     shmq_consumers_close(&c->consumers);
     shmq_producer_watch_close(&c->producer);
     shmq_region_close(c->region);

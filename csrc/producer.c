@@ -65,6 +65,12 @@ static void producer_in_child(struct shmq_fork_link *link)
     if (p->region != NULL)
         shmq_region_detach_writes(p->region);
     shmq_consumers_in_child(&p->consumers);
+    /* Ours to close: the parent keeps its own. close() is async-signal-safe. */
+    if (p->wake_sender >= 0)
+        close(p->wake_sender);
+    if (p->wake_fd >= 0)
+        close(p->wake_fd);
+    p->wake_sender = p->wake_fd = -1;
 }
 
 static int geometry_matches(const struct shmq_geometry *g, const struct shmq_config *config)
@@ -179,6 +185,7 @@ void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
     p->slots = base + p->geometry.slots_offset;
     p->consumers.wake = wake;
     p->next_probe_ns = 0;
+    p->wake_sender = p->wake_fd = -1;
     /* Relaxed: we hold the producer lock, and the last writer of head released
      * it by closing or dying, which the kernel orders before our lock. */
     p->next = shmq_load_relaxed(&p->control->head);
@@ -218,6 +225,7 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
     p->consumers.wake_id = -1;
     p->consumers.own_id = -1;
     p->consumers.own_index = -1;
+    p->wake_sender = p->wake_fd = -1;
     /* Tracked before anything is taken, so a fork() from another thread
      * while we open finds the handle (fork.c). */
     p->fork_link.in_child = producer_in_child;
@@ -241,6 +249,9 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
     snprintf(p->name, sizeof(p->name), "%s", name);
     p->flags = flags;
     shmq_producer_bind(p, shmq_region_base(p->region), &p->geometry, p->consumers.wake);
+    /* Descriptor waiters armed under an earlier producer (or none) wait for
+     * a wake-up that only we can send (descriptor.c). */
+    shmq_producer_wake_descriptors(p, 1);
     *out = p;
     return 0;
 }
@@ -313,9 +324,13 @@ static void finish_publish(struct shmq_producer *p)
     if (shmq_load_relaxed(&wake->wake_flag) != 0) {
         /* Seq_cst: a sleeper that raises the flag after this exchange is
          * ordered after our fence, so its check of the ring sees our stamp;
-         * one that raised it before is woken below. One wake per episode. */
-        shmq_exchange_seq_cst(&wake->wake_flag, 0);
-        wake_sleepers(p);
+         * one that raised it before is woken below. One wake per episode.
+         * Any bit but SHMQ_WAKE_DESCRIPTOR counts as a futex sleeper. */
+        uint32_t raised = shmq_exchange_seq_cst(&wake->wake_flag, 0);
+        if (raised & ~SHMQ_WAKE_DESCRIPTOR)
+            wake_sleepers(p);
+        if (raised & SHMQ_WAKE_DESCRIPTOR)
+            shmq_producer_wake_descriptors(p, 0);
     }
 }
 
@@ -380,7 +395,7 @@ int shmq_producer_wait_room(struct shmq_producer *p, int64_t timeout_ns)
     if (has_room(p))
         return 0;
     if (timeout_ns == 0)
-        return SHMQ_FULL;
+        return p->wake_fd >= 0 && shmq_backpressure_arm(p) == 0 ? 0 : SHMQ_FULL;
     return shmq_backpressure_wait(p, deadline_after(timeout_ns));
 }
 
@@ -561,6 +576,10 @@ uint64_t shmq_producer_next_sequence(const struct shmq_producer *p) { return p->
 uint32_t shmq_producer_slot_size(const struct shmq_producer *p) { return p->geometry.slot_size; }
 uint32_t shmq_producer_capacity(const struct shmq_producer *p) { return p->geometry.capacity; }
 uint64_t shmq_producer_wakeups(const struct shmq_producer *p) { return p->wakeups; }
+uint64_t shmq_producer_descriptor_wakeups(const struct shmq_producer *p)
+{
+    return p->descriptor_wakeups;
+}
 int shmq_producer_lossless(const struct shmq_producer *p) { return p->geometry.lossless; }
 
 int shmq_producer_consumers(const struct shmq_producer *p, struct shmq_consumer_info *out,
@@ -582,6 +601,57 @@ int shmq_producer_consumers(const struct shmq_producer *p, struct shmq_consumer_
     return (int)n;
 }
 
+/* How many consumers wait_consumers counts now (see shmq.h). */
+static uint32_t attached_consumers(struct shmq_producer *p)
+{
+    struct shmq_consumer_state *cs = &p->consumers;
+    shmq_consumers_discover(cs);
+    uint32_t n = 0;
+    for (uint32_t i = 0; cs->views != NULL && i < cs->entry_count; i++) {
+        struct shmq_consumer_entry *e = cs->views[i].entry;
+        if (e == NULL)
+            continue;
+        /* Acquire: pairs with the consumer's seq_cst store of its state in
+         * shmq_backpressure_register. */
+        uint32_t state = shmq_load_acquire(&e->state);
+        n += !p->geometry.lossless || (state & SHMQ_ENTRY_REGISTERED);
+    }
+    return n;
+}
+
+#define ATTACH_LOOK_NS (1000LL * 1000)
+
+int shmq_producer_wait_consumers(struct shmq_producer *p, uint32_t n, int64_t timeout_ns)
+{
+    if (p->forked)
+        return -ECHILD;
+    int64_t deadline = deadline_after(timeout_ns);
+    for (;;) {
+        int rc = shmq_waiter_take_interrupt(&p->waiter);
+        if (rc < 0)
+            return rc;
+        uint32_t attached = attached_consumers(p);
+        if (attached >= n)
+            return attached > INT32_MAX ? INT32_MAX : (int)attached;
+        int64_t now = shmq_now_ns();
+        if (deadline >= 0 && now >= deadline)
+            return -ETIMEDOUT;
+        int64_t until = now + ATTACH_LOOK_NS;
+        if (deadline >= 0 && deadline < until)
+            until = deadline;
+        struct timespec ts = {.tv_sec = (time_t)(until / 1000000000),
+                              .tv_nsec = (long)(until % 1000000000)};
+        /* Sleeps on our own interrupt word: only an interrupt ends it early. */
+        rc = shmq_waiter_sleep(&p->waiter, &p->waiter.interrupt_word,
+                               shmq_load_seq_cst(&p->waiter.interrupt_word), &ts);
+        if (rc == -EINTR || (rc == -ETIMEDOUT && shmq_now_ns() >= until)) {
+            rc = shmq_waiter_between(&p->waiter, rc == -EINTR);
+            if (rc < 0)
+                return rc;
+        }
+    }
+}
+
 void shmq_producer_close(struct shmq_producer *p)
 {
     if (p == NULL)
@@ -591,6 +661,10 @@ void shmq_producer_close(struct shmq_producer *p)
          * whoever sees the mark sees every message published before it. */
         shmq_store_release(&p->control->stream_state, SHMQ_STREAM_ENDED);
         wake_sleepers(p);
+        shmq_producer_wake_descriptors(p, 0);
+        if (p->wake_fd >= 0)
+            /* Relaxed: consumers that still read it send to a closed name. */
+            shmq_store_relaxed(&p->control->producer_nonce, 0);
         if (p->flags & SHMQ_UNLINK_ON_CLOSE)
             shmq_unlink(p->name, SHMQ_UNLINK_FORCE);
     }
@@ -602,6 +676,10 @@ void shmq_producer_close(struct shmq_producer *p)
         shmq_region_drop_lock(p->lock);
     shmq_fork_guard(0);
     shmq_fork_untrack(&p->fork_link);
+    if (p->wake_sender >= 0)
+        close(p->wake_sender);
+    if (p->wake_fd >= 0)
+        close(p->wake_fd);
     shmq_consumers_close(&p->consumers);
     shmq_region_close(p->lock);
     shmq_region_close(p->region);

@@ -63,6 +63,10 @@ struct shmq_entry_view {
     int shm_id; /* -1: none */
     int unclear; /* the lock file names more than one page for it */
     struct shmq_consumer_entry *entry;
+    /* Descriptor wake-ups (producer.c): the entry's `armed` value last
+     * answered, and for which page. */
+    uint32_t woken_armed;
+    int woken_id;
 };
 
 /* The consumer state as one side sees it (consumer_state.c). */
@@ -91,6 +95,10 @@ struct shmq_producer {
     struct shmq_geometry geometry;
     uint64_t next; /* private copy of head: only this producer writes head */
     uint64_t wakeups;
+    uint64_t descriptor_wakeups; /* datagrams sent to descriptor waiters */
+    int wake_sender;             /* socket the wake-ups go out of; -1: none yet */
+    int wake_fd;                 /* shmq_producer_fileno; -1: none yet */
+    uint32_t joins_seen;         /* descriptor_joins at the last listing */
     /* Lossless: sequences below `limit` have room (every registered consumer
      * has read what they overwrite); recomputed when publishing reaches it. */
     uint64_t limit;
@@ -126,6 +134,14 @@ struct shmq_consumer {
     struct shmq_fork_link fork_link;
     struct shmq_waiter waiter;
     struct shmq_producer_watch producer; /* whether the producer lives */
+    /* The descriptor (shmq_consumer_fileno; docs/waiting.md). */
+    int wake_fd;             /* -1: none yet */
+    int wake_armed;          /* armed, and no wake-up sent since, as far as we know */
+    int wake_token;          /* we queued a token to ourselves: readable */
+    uint32_t wake_epoch_seen; /* control->wake_epoch when we armed */
+    uint32_t wake_armed_count;
+    uint64_t wake_nonce;
+    int wake_sender; /* to wake a producer waiting on its descriptor; -1: none yet */
 };
 
 /* Point a handle at a mapped, validated ring. shmq_*_open use these; the
@@ -190,10 +206,33 @@ int shmq_queue_name_validate(const char *name);
 /* backpressure.c: the lossless mode */
 int shmq_backpressure_has_room(struct shmq_producer *producer, int discover, int probe_liveness);
 int shmq_backpressure_wait(struct shmq_producer *producer, int64_t deadline_ns);
+/* No room now: ask the consumers to wake the producer's descriptor. 0 if
+ * there is room after all. */
+int shmq_backpressure_arm(struct shmq_producer *producer);
 void shmq_backpressure_register(struct shmq_consumer *consumer, enum shmq_start start);
 void shmq_backpressure_release(struct shmq_consumer *consumer);
 void shmq_backpressure_unregister(struct shmq_consumer *consumer);
 int64_t shmq_now_ns(void);
+
+/* wake_socket.c */
+uint64_t shmq_wake_nonce(void);
+/* entry_id -1: the producer's socket. */
+int shmq_wake_socket_open(uint64_t instance, int entry_id, uint64_t nonce);
+int shmq_wake_sender_open(void);
+int shmq_wake_socket_send(int sender, uint64_t instance, int entry_id, uint64_t nonce);
+void shmq_wake_socket_token(int fd);
+void shmq_wake_socket_drain(int fd);
+
+/* descriptor.c */
+void shmq_producer_wake_descriptors(struct shmq_producer *producer, int everyone);
+
+/* consumer.c: a poll that found nothing, on a consumer with a descriptor. */
+void shmq_consumer_quiet(struct shmq_consumer *consumer);
+/* Whether a poll has something to report (a message, an overrun, or the end
+ * of the stream with everything read); seq_cst. */
+int shmq_consumer_ready(struct shmq_consumer *consumer);
+/* After a sleep on futex_word: passes the producer's wake on (consumer.c). */
+void shmq_consumer_relay(struct shmq_consumer *consumer, uint32_t slept_on);
 
 /* wait.c */
 int shmq_futex_wait(_Atomic uint32_t *word, uint32_t expected, const struct timespec *deadline);
@@ -209,6 +248,13 @@ int shmq_waiter_take_interrupt(struct shmq_waiter *waiter);
  * -ETIMEDOUT or -EINTR. */
 int shmq_waiter_sleep(struct shmq_waiter *waiter, _Atomic uint32_t *shared, uint32_t expected,
                       const struct timespec *deadline);
+/* futex_waitv over up to SHMQ_WAITV_MAX words (private_word[i]: a word of
+ * this process only): 0 (woken, or a word differed), -ETIMEDOUT, -EINTR, or
+ * -ENOSYS where the kernel lacks futex_waitv (Linux < 5.16). */
+#define SHMQ_WAITV_MAX 128u
+int shmq_futex_wait_many(_Atomic uint32_t *const *words, const uint32_t *expected,
+                         const unsigned char *private_word, size_t count,
+                         const struct timespec *deadline);
 /* Between two slices of a wait (signalled: a signal ended the last one):
  * 0 to go on, SHMQ_INTERRUPTED, or -EINTR (the check said stop, or a signal
  * arrived and there is no check). */

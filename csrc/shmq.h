@@ -485,6 +485,64 @@ void shmq_producer_set_wait_check(struct shmq_producer *producer, int (*check)(v
 void shmq_consumer_set_wait_check(struct shmq_consumer *consumer, int (*check)(void *context),
                                   void *context);
 
+/* --------------------------------------------------- waiting on descriptors */
+
+/*
+ * DESCRIPTORS (docs/waiting.md)
+ *   shmq_consumer_fileno returns a descriptor for select, poll, epoll and
+ *   event loops. It is readable whenever shmq_consumer_poll would return
+ *   something other than SHMQ_EMPTY (a message, a lost count to report, an
+ *   error), or the stream has ended. It stops being readable only when a
+ *   poll (or peek) returns SHMQ_EMPTY: that poll arms it, and the producer's
+ *   next publish makes it readable again. So: wait until readable, poll
+ *   until SHMQ_EMPTY, wait again. It may rarely be readable with nothing to
+ *   read (a wake-up that raced a poll): the next poll returns SHMQ_EMPTY and
+ *   quiets it. The consumer owns it: shmq_consumer_close closes it; never
+ *   read from it or close it yourself. Made on the first call (a Unix
+ *   datagram socket in the abstract namespace); later calls return the same
+ *   one. Returns the descriptor, -EUSERS (the consumer has no entry: every
+ *   one is taken, or a child after fork()), or an errno from socket/bind.
+ *   A consumer that holds a descriptor costs the producer one datagram per
+ *   sleep episode, and costs itself nothing while messages flow.
+ *
+ *   shmq_producer_fileno (lossless queues; -EOPNOTSUPP on lossy ones): a
+ *   descriptor that becomes readable when consumers free room after
+ *   shmq_producer_wait_room(producer, 0) returned SHMQ_FULL. Consumers that
+ *   die free nothing: wait on it for at most SHMQ_ROOM_RECHECK_NS at a
+ *   time, then call shmq_producer_wait_room(producer, 0) again (it asks the
+ *   kernel about them, as a blocking wait does).
+ *
+ *   shmq_wait_any waits until at least one of `count` consumers has
+ *   something for a poll (as above: a message, a loss, or the end of its
+ *   stream), or timeout_ns passes (< 0: forever; 0: only looks). ready[i] is
+ *   set to 1 for each consumer that has, 0 for the others. Returns how many
+ *   are ready (0: the timeout passed), SHMQ_INTERRUPTED
+ *   (shmq_consumer_interrupt on any of them), -EINTR (a signal with no
+ *   check, or `check` returned non-zero: it runs between slices and after a
+ *   signal, as a wait check does), -ENOMEM, or -EINVAL. Up to
+ *   SHMQ_WAIT_ANY_FUTEX_MAX consumers it sleeps in one futex_waitv (Linux
+ *   5.16); beyond that, or on older kernels, it sleeps in ppoll on their
+ *   descriptors (making them as shmq_consumer_fileno does; a consumer
+ *   without one is looked at every millisecond). None of the consumers may
+ *   be used by another thread meanwhile.
+ *
+ *   shmq_producer_wait_consumers waits until at least n consumers are
+ *   attached: registered ones on a lossless queue, any with an entry on a
+ *   lossy one. Returns their count, -ETIMEDOUT, SHMQ_INTERRUPTED or -EINTR
+ *   (as WAITING below). It looks every millisecond.
+ */
+#define SHMQ_ROOM_RECHECK_NS (10LL * 1000 * 1000)
+#define SHMQ_WAIT_ANY_FUTEX_MAX 64u
+
+int shmq_consumer_fileno(struct shmq_consumer *consumer);
+int shmq_producer_fileno(struct shmq_producer *producer);
+int shmq_wait_any(struct shmq_consumer *const *consumers, size_t count, int64_t timeout_ns,
+                  unsigned char *ready, int (*check)(void *context), void *context);
+int shmq_producer_wait_consumers(struct shmq_producer *producer, uint32_t n, int64_t timeout_ns);
+/* Datagrams sent to descriptor waiters so far (the descriptor twin of
+ * shmq_producer_wakeups). */
+uint64_t shmq_producer_descriptor_wakeups(const struct shmq_producer *producer);
+
 /* ------------------------------------------------------------- inspecting */
 
 /* A queue as shmq_inspect sees it. */

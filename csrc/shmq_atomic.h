@@ -32,6 +32,7 @@ _Static_assert(sizeof(_Atomic uint64_t) == 8 && sizeof(_Atomic uint32_t) == 4,
 #define shmq_store_seq_cst(p, v) atomic_store_explicit((p), (v), memory_order_seq_cst)
 #define shmq_exchange_seq_cst(p, v) atomic_exchange_explicit((p), (v), memory_order_seq_cst)
 #define shmq_fetch_add_seq_cst(p, v) atomic_fetch_add_explicit((p), (v), memory_order_seq_cst)
+#define shmq_fetch_or_seq_cst(p, v) atomic_fetch_or_explicit((p), (v), memory_order_seq_cst)
 #define shmq_fetch_add_relaxed(p, v) atomic_fetch_add_explicit((p), (v), memory_order_relaxed)
 #define shmq_cas_relaxed(p, expected, v)                                                         \
     atomic_compare_exchange_strong_explicit((p), (expected), (v), memory_order_relaxed,          \

@@ -28,6 +28,10 @@
  *   line 3 (384) stream_state u32: SHMQ_STREAM_ENDED once the producer closed
  *   line 4 (512) wake_shm i32: the System V segment holding the wake page,
  *                written by the producer when it opens
+ *   line 5 (640) wake_epoch u32: odd while the producer sends wake-ups to
+ *                descriptor waiters, bumped to even when it is done |
+ *                reserved u32 | producer_nonce u64: names the producer's
+ *                wake socket (docs/waiting.md); 0: it has none
  *   rest         zero, reserved
  *
  *   Slot (slot_stride bytes, a multiple of 16):
@@ -52,16 +56,21 @@
  *   producer (IPC_PRIVATE, marked for removal at once, so the kernel frees
  *   it when the last process detaches), writable by every consumer, never
  *   truncatable:
- *            line 0: wake_flag u32: set by a consumer about to sleep,
- *                    cleared by the producer when it wakes a sleeper |
+ *            line 0: wake_flag u32: bits raised by consumers about to
+ *                    sleep (SHMQ_WAKE_FUTEX: on futex_word;
+ *                    SHMQ_WAKE_DESCRIPTOR: on their wake socket), cleared
+ *                    by the producer when it wakes them |
  *                    relay_word u32: the last futex_word value whose wake
- *                    a woken consumer passed on to the other sleepers
+ *                    a woken consumer passed on to the other sleepers |
+ *                    descriptor_joins u32: bumped by a consumer that opens
+ *                    a wake socket, so the producer lists entries again
  *            line 1: producer_waiting u32 | producer_futex u32 |
  *                    producer_wake_at u64: a lossless producer waiting for
- *                    room raises producer_waiting and sleeps on
- *                    producer_futex; the consumer whose position reaches
- *                    producer_wake_at clears the flag, bumps the word and
- *                    wakes it
+ *                    room raises producer_waiting (SHMQ_WAKE_FUTEX, and
+ *                    SHMQ_WAKE_DESCRIPTOR when it waits on its wake socket)
+ *                    and sleeps on producer_futex; the consumer whose
+ *                    position reaches producer_wake_at clears the flag,
+ *                    bumps the word and wakes it
  *            line 2: tag: magic u64 "shmqwake" | ring_instance u64
  *
  *   Entry i: one page of System V shared memory, created by the consumer
@@ -70,7 +79,10 @@
  *   consumer (its creator) and the producer's user can map it, and the
  *   kernel frees it with the last mapping; the producer maps it read-only:
  *            position u64 | pid u32 | state u32 | lost u64 |
- *            ring_instance u64 | index u32 | reserved u32
+ *            ring_instance u64 | index u32 | armed u32 | wake_nonce u64
+ *            armed: bumped by the consumer each time it waits on its wake
+ *            socket; the producer sends one wake-up per new value, to the
+ *            socket named by the page's id and wake_nonce (docs/waiting.md)
  *            state: 0 free; otherwise 2 (claimed) and bit
  *            0, SHMQ_ENTRY_REGISTERED: a lossless producer must not
  *            overwrite what this consumer has not read (position).
@@ -87,7 +99,7 @@
 
 #define SHMQ_MAGIC UINT64_C(0x676e6972716d6873)          /* "shmqring" in memory order */
 #define SHMQ_WAKE_MAGIC UINT64_C(0x656b6177716d6873)      /* "shmqwake" */
-#define SHMQ_LAYOUT_VERSION 3u
+#define SHMQ_LAYOUT_VERSION 4u
 #define SHMQ_LINE 128u
 #define SHMQ_SLOT_HEADER 16u
 #define SHMQ_SLOT_ALIGN 16u
@@ -95,6 +107,8 @@
 #define SHMQ_KNOWN_FLAGS SHMQ_FLAG_LOSSLESS
 #define SHMQ_ENTRY_REGISTERED 1u
 #define SHMQ_STREAM_ENDED 1u
+#define SHMQ_WAKE_FUTEX 1u
+#define SHMQ_WAKE_DESCRIPTOR 2u
 #define SHMQ_CONSUMER_ENTRIES_MAX 1024u
 #define SHMQ_CONSUMERS_SUFFIX ".consumers"
 #define SHMQ_PRODUCER_SUFFIX ".producer"
@@ -138,6 +152,11 @@ struct shmq_control {
     /* line 4 */
     _Atomic int32_t wake_shm;
     unsigned char pad4[SHMQ_LINE - 4];
+    /* line 5 */
+    _Atomic uint32_t wake_epoch;
+    uint32_t reserved5;
+    _Atomic uint64_t producer_nonce;
+    unsigned char pad5[SHMQ_LINE - 16];
 };
 
 struct shmq_slot {
@@ -150,7 +169,8 @@ struct shmq_slot {
 struct shmq_wake_page {
     _Atomic uint32_t wake_flag;
     _Atomic uint32_t relay_word;
-    unsigned char pad0[SHMQ_LINE - 8];
+    _Atomic uint32_t descriptor_joins;
+    unsigned char pad0[SHMQ_LINE - 12];
     _Atomic uint32_t producer_waiting;
     _Atomic uint32_t producer_futex;
     _Atomic uint64_t producer_wake_at;
@@ -166,7 +186,8 @@ struct shmq_consumer_entry {
     _Atomic uint64_t lost;
     uint64_t ring_instance;
     uint32_t index;
-    uint32_t reserved;
+    _Atomic uint32_t armed;
+    _Atomic uint64_t wake_nonce;
 };
 
 _Static_assert(offsetof(struct shmq_identity, version) == 8, "layout");
@@ -183,10 +204,13 @@ _Static_assert(offsetof(struct shmq_control, head) == 1 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, futex_word) == 2 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, stream_state) == 3 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, wake_shm) == 4 * SHMQ_LINE, "layout");
-_Static_assert(sizeof(struct shmq_control) == 5 * SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_control, wake_epoch) == 5 * SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_control, producer_nonce) == 5 * SHMQ_LINE + 8, "layout");
+_Static_assert(sizeof(struct shmq_control) == 6 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_slot, length) == 8, "layout");
 _Static_assert(offsetof(struct shmq_slot, payload) == SHMQ_SLOT_HEADER, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, relay_word) == 4, "layout");
+_Static_assert(offsetof(struct shmq_wake_page, descriptor_joins) == 8, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_waiting) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_futex) == SHMQ_LINE + 4, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_wake_at) == SHMQ_LINE + 8, "layout");
@@ -196,7 +220,9 @@ _Static_assert(offsetof(struct shmq_consumer_entry, pid) == 8, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, lost) == 16, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, ring_instance) == 24, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, index) == 32, "layout");
-_Static_assert(sizeof(struct shmq_consumer_entry) == 40, "layout");
+_Static_assert(offsetof(struct shmq_consumer_entry, armed) == 36, "layout");
+_Static_assert(offsetof(struct shmq_consumer_entry, wake_nonce) == 40, "layout");
+_Static_assert(sizeof(struct shmq_consumer_entry) == 48, "layout");
 
 /* Bytes one slot occupies for a given maximum payload. */
 static inline uint64_t shmq_slot_stride_for(uint64_t slot_size)

@@ -120,6 +120,31 @@ int shmq_waiter_sleep(struct shmq_waiter *w, _Atomic uint32_t *shared, uint32_t 
     return shmq_futex_wait(shared, expected, deadline);
 }
 
+int shmq_futex_wait_many(_Atomic uint32_t *const *words, const uint32_t *expected,
+                         const unsigned char *private_word, size_t count,
+                         const struct timespec *deadline)
+{
+    if (count == 0 || count > SHMQ_WAITV_MAX)
+        return -EINVAL;
+    if (shmq_load_relaxed(&waitv_missing))
+        return -ENOSYS;
+    struct waitv_entry entries[SHMQ_WAITV_MAX];
+    for (size_t i = 0; i < count; i++)
+        entries[i] = (struct waitv_entry){
+            .val = expected[i],
+            .uaddr = (uintptr_t)words[i],
+            .flags = WAITV_U32 | (private_word[i] ? WAITV_PRIVATE : 0u),
+        };
+    long rc = syscall(SYS_futex_waitv, entries, (unsigned)count, 0u, deadline, CLOCK_MONOTONIC);
+    if (rc >= 0)
+        return 0;
+    if (errno == ENOSYS) {
+        shmq_store_relaxed(&waitv_missing, 1);
+        return -ENOSYS;
+    }
+    return errno_result();
+}
+
 int shmq_waiter_between(struct shmq_waiter *w, int signalled)
 {
     int rc = shmq_waiter_take_interrupt(w);

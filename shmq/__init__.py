@@ -30,7 +30,6 @@ from ._shmq import (
     Lease,
     MessageTooLarge,
     Overwritten,
-    Producer,
     ProducerBusy,
     QueueNotFound,
     ShmqError,
@@ -38,9 +37,10 @@ from ._shmq import (
     exists,
     inspect,
     unlink,
+    wait_any,
 )
 
-from ._aio import Consumer
+from ._aio import Consumer, Producer
 
 from importlib.metadata import version as _dist_version
 __version__ = _dist_version(__name__)  # written once, in pyproject.toml
@@ -51,6 +51,7 @@ __all__ = [
     "unlink",
     "exists",
     "inspect",
+    "wait_any",
     "ShmqError",
     "QueueNotFound",
     "IncompatibleQueue",

@@ -1,75 +1,148 @@
-"""The package's Consumer: the C type plus asyncio.
+"""The package's Producer and Consumer: the C types plus asyncio.
 
-An awaiting consumer waits in a thread of the event loop's default executor
-(``Consumer._wait_for_async``, which is ``wait``: it releases the GIL and
-sleeps on the queue's futex), never in a busy loop on the event loop: idle,
-it costs no CPU. The thread only waits; it consumes nothing. Every poll runs
-on the event loop, after the wait, with no await between the poll and the
-return, so a cancelled ``poll_async`` has consumed nothing and loses nothing.
+Nothing here uses a thread. An awaiting consumer registers its descriptor
+(``Consumer.fileno()``, a socket the producer writes one datagram to when
+the consumer has gone quiet) with the running loop, and polls on the loop
+when it turns readable. Every poll runs on the event loop with no await
+between the poll and the return, so a cancelled ``poll_async`` has consumed
+nothing and loses nothing, and the consumer is usable as soon as the
+cancellation is delivered. A lossless producer's ``publish_async`` waits the
+same way on its own descriptor, which consumers write to when they free
+room (docs/waiting.md).
 
-Cancellation interrupts the thread's wait (``_interrupt``) and lets it leave
-the consumer before the cancellation goes on, so the consumer is usable as
-soon as ``asyncio.wait_for`` raises TimeoutError.
+Several coroutines of one loop may wait on the same descriptor: the loop
+holds one reader per descriptor, and it wakes them all.
 """
 import asyncio
-from typing import Optional
+from typing import Any, Dict, Optional, Set
+from weakref import WeakKeyDictionary
 
 from . import _shmq  # type: ignore[attr-defined]
 
-# Longest single wait in the executor. Cancellation does not need it (it
-# interrupts the wait); it bounds how long a poll_async that is never
-# cancelled (its loop abandoned) keeps a thread, and the interpreter's exit,
-# waiting.
-_WAIT_SLICE = 1.0
+# A lossless producer waiting for room looks again at least this often:
+# consumers that die free nothing and send nothing (the core's 10 ms slice).
+_ROOM_RECHECK = 0.01
+# A consumer without a descriptor (every consumer entry taken) looks this often.
+_NO_DESCRIPTOR_SLICE = 0.005
+# wait_consumers_async looks this often.
+_ATTACH_LOOK = 0.002
+
+# loop -> descriptor -> the futures waiting for it to turn readable
+_waiting: "WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[int, Set[asyncio.Future]]]" = (
+    WeakKeyDictionary()
+)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    group = _waiting.get(loop, {}).pop(fd, set())
+    loop.remove_reader(fd)
+    for fut in group:
+        if not fut.done():
+            fut.set_result(None)
+
+
+def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> "asyncio.Future[None]":
+    fut: "asyncio.Future[None]" = loop.create_future()
+    by_fd = _waiting.setdefault(loop, {})
+    group = by_fd.get(fd)
+    if group is None:
+        group = by_fd[fd] = set()
+        loop.add_reader(fd, _wake, loop, fd)
+    group.add(fut)
+    return fut
+
+
+def _forget(loop: asyncio.AbstractEventLoop, fd: int, fut: "asyncio.Future[None]") -> None:
+    by_fd = _waiting.get(loop)
+    group = by_fd.get(fd) if by_fd is not None else None
+    if group is None:
+        return
+    group.discard(fut)
+    if not group:
+        del by_fd[fd]
+        loop.remove_reader(fd)
+
+
+def _release(fd: int) -> None:
+    """Before a descriptor is closed: wake whoever waits on it, in any loop,
+    and take it out of the loops (a closed number may be reused at once)."""
+    for loop, by_fd in list(_waiting.items()):
+        group = by_fd.pop(fd, None)
+        if group is None:
+            continue
+        if not loop.is_closed():
+            loop.remove_reader(fd)
+        for fut in group:
+            if not fut.done():
+                fut.get_loop().call_soon_threadsafe(_settle, fut)
+
+
+def _settle(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _until_readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: Optional[float]) -> None:
+    """Returns when fd is readable, or after timeout seconds (None: never)."""
+    fut = _readable(loop, fd)
+    timer = None if timeout is None else loop.call_later(timeout, _settle, fut)
+    try:
+        await fut
+    finally:
+        if timer is not None:
+            timer.cancel()
+        _forget(loop, fd, fut)
 
 
 class Consumer(_shmq.Consumer):
-    __slots__ = ()
+    __slots__ = ("_async_fd",)
     __doc__ = _shmq.Consumer.__doc__
     __module__ = "shmq"
+
+    def _descriptor(self) -> Optional[int]:
+        try:
+            return self._async_fd
+        except AttributeError:
+            pass
+        try:
+            fd: Optional[int] = self.fileno()
+        except _shmq.TooManyConsumers:
+            fd = None  # no entry to be woken through: look every few ms
+        self._async_fd = fd
+        return fd
 
     async def poll_async(self, timeout: Optional[float] = None) -> Optional[bytes]:
         """Await the next message, up to timeout seconds (None: forever).
 
         Returns None on timeout, and at once when the producer closed the
-        stream and everything was read. Cancelling it (asyncio.wait_for's
-        timeout, task.cancel()) consumes nothing: the message stays for the
-        next poll, and the consumer is free again at once.
+        stream and everything was read. Uses no thread: it waits on the
+        consumer's descriptor (fileno()) in the running loop. Cancelling it
+        (asyncio.wait_for's timeout, task.cancel()) consumes nothing: the
+        message stays for the next poll, and the consumer is free again at
+        once.
         """
         msg = self.poll()
         if msg is not None:
             return msg
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        fd = self._descriptor()
         while True:
-            left = _WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - loop.time())
-            if left <= 0:
-                return None
-            ready = await self._wait_in_executor(loop, left)
+            # After fileno() exists, a poll that finds nothing arms it.
             msg = self.poll()
             if msg is not None:
                 return msg
-            if not ready and self.ended:
+            if self.ended:
                 return None
-
-    async def _wait_in_executor(self, loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
-        waiting = loop.run_in_executor(None, self._wait_for_async, timeout)
-        try:
-            return await asyncio.shield(waiting)
-        except asyncio.CancelledError:
-            # The thread may still be in the core's wait: end it, and wait
-            # for it to leave the consumer, however often we are cancelled.
-            while not waiting.done():
-                self._interrupt()
-                try:
-                    await asyncio.shield(waiting)
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # its error is not ours to report: we were cancelled
-                    break
-            if not waiting.cancelled():
-                waiting.exception()  # retrieved, so asyncio does not log it
-            raise
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return None
+            if fd is None:
+                await asyncio.sleep(_NO_DESCRIPTOR_SLICE if left is None else min(left, _NO_DESCRIPTOR_SLICE))
+            else:
+                await _until_readable(loop, fd, left)
+            if self.closed:
+                raise ValueError("Consumer was closed while poll_async() waited")
 
     def __aiter__(self) -> "Consumer":
         return self
@@ -79,3 +152,61 @@ class Consumer(_shmq.Consumer):
         if msg is None:
             raise StopAsyncIteration
         return msg
+
+    def close(self) -> None:
+        fd = getattr(self, "_async_fd", None)
+        if fd is not None and not self.closed:
+            _release(fd)
+        super().close()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class Producer(_shmq.Producer):
+    __slots__ = ()
+    __doc__ = _shmq.Producer.__doc__
+    __module__ = "shmq"
+
+    async def publish_async(self, data: Any, timeout: Optional[float] = None) -> int:
+        """Publish data, awaiting room on a lossless queue for up to timeout
+        seconds (None: forever); returns its sequence number, or raises Full
+        when the timeout passes first. Uses no thread: it waits on a
+        descriptor that consumers write to when they free room, and looks
+        again every 10 ms for consumers that died. On a lossy queue it never
+        waits."""
+        try:
+            return self.publish(data, timeout=0)
+        except _shmq.Full:
+            if timeout == 0:
+                raise
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        fd = self._room_fileno()
+        while True:
+            if self._room_or_arm():
+                try:
+                    return self.publish(data, timeout=0)
+                except _shmq.Full:
+                    continue
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return self.publish(data, timeout=0)  # raises Full, unless room came just now
+            await _until_readable(loop, fd, _ROOM_RECHECK if left is None else min(left, _ROOM_RECHECK))
+            if self.closed:
+                raise ValueError("Producer was closed while publish_async() waited for room")
+
+    async def wait_consumers_async(self, n: int, timeout: Optional[float] = None) -> int:
+        """wait_consumers, awaited: returns the count once at least n
+        consumers are attached, or raises TimeoutError. Looks every 2 ms,
+        on the loop, without a thread."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            count = self._count_consumers(n)
+            if count is not None:
+                return count
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"fewer than {n} consumers attached to {self.name!r} in time")
+            await asyncio.sleep(_ATTACH_LOOK if left is None else min(left, _ATTACH_LOOK))

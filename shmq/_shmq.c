@@ -852,7 +852,107 @@ static PyObject *Producer_get_closed(ProducerObject *self, void *closure)
     return PyBool_FromLong(self->producer == NULL || self->close_pending);
 }
 
+
+/* wait_consumers(n, timeout=None): see the docstring in Producer_methods. */
+static PyObject *Producer_wait_consumers(ProducerObject *self, PyObject *const *args,
+                                         Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"n", "timeout"};
+    PyObject *argv[2];
+    if (!producer_usable(self))
+        return NULL;
+    if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0)
+        return NULL;
+    uint32_t n;
+    if (optional_u32(argv[0], "n", &n) < 0)
+        return NULL;
+    int64_t timeout_ns;
+    if (parse_timeout(argv[1] ? argv[1] : Py_None, &timeout_ns) < 0)
+        return NULL;
+    struct released_gil gil;
+    self->busy = 1;
+    self->busy_pid = getpid();
+    shmq_producer_set_wait_check(self->producer, run_signal_handlers, &gil);
+    gil.tstate = PyEval_SaveThread();
+    int rc = shmq_producer_wait_consumers(self->producer, n, timeout_ns);
+    PyEval_RestoreThread(gil.tstate);
+    shmq_producer_set_wait_check(self->producer, NULL, NULL);
+    self->busy = 0;
+    if (rc == -EINTR)
+        rc = interrupted_by_python();
+    if (self->close_pending) {
+        Producer_close_handle(self);
+        if (rc != PYTHON_ERROR)
+            PyErr_SetString(PyExc_ValueError, "Producer was closed while waiting for consumers");
+        return NULL;
+    }
+    if (rc == PYTHON_ERROR)
+        return NULL;
+    if (rc == -ETIMEDOUT)
+        return PyErr_Format(PyExc_TimeoutError, "fewer than %u consumers attached to %R in time",
+                            (unsigned)n, self->name);
+    if (rc < 0)
+        return raise_code(state_of_type(Py_TYPE(self)), rc, self->name);
+    return PyLong_FromLong(rc);
+}
+
+/* For shmq._aio: the count now, without waiting (wait_consumers_async). */
+static PyObject *Producer_count_consumers(ProducerObject *self, PyObject *n)
+{
+    if (!producer_usable(self))
+        return NULL;
+    uint32_t want;
+    if (optional_u32(n, "n", &want) < 0)
+        return NULL;
+    int rc = shmq_producer_wait_consumers(self->producer, want, 0);
+    if (rc == -ETIMEDOUT)
+        Py_RETURN_NONE;
+    if (rc < 0)
+        return raise_code(state_of_type(Py_TYPE(self)), rc, self->name);
+    return PyLong_FromLong(rc);
+}
+
+/* For shmq._aio (publish_async): the descriptor that turns readable when
+ * consumers free room. */
+static PyObject *Producer_room_fileno(ProducerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!producer_usable(self))
+        return NULL;
+    int fd = shmq_producer_fileno(self->producer);
+    if (fd < 0)
+        return raise_code(state_of_type(Py_TYPE(self)), fd, self->name);
+    return PyLong_FromLong(fd);
+}
+
+/* For shmq._aio: True if a publish would find room now; otherwise arms the
+ * room descriptor (and asks the kernel about dead consumers, at most once
+ * per 10 ms) and returns False. */
+static PyObject *Producer_room_or_arm(ProducerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!producer_usable(self))
+        return NULL;
+    int rc = shmq_producer_wait_room(self->producer, 0);
+    if (rc == 0)
+        Py_RETURN_TRUE;
+    if (rc == SHMQ_FULL)
+        Py_RETURN_FALSE;
+    return raise_code(state_of_type(Py_TYPE(self)), rc, self->name);
+}
+
 static PyMethodDef Producer_methods[] = {
+    {"wait_consumers", (PyCFunction)(void (*)(void))Producer_wait_consumers,
+     METH_FASTCALL | METH_KEYWORDS,
+     "wait_consumers($self, /, n, timeout=None)\n--\n\nBlock (GIL released) until at least n "
+     "consumers are attached, and return how many are: registered consumers on a lossless "
+     "queue (the ones every message will reach), consumers holding an entry on a lossy one. "
+     "Raises TimeoutError when timeout seconds pass first (None: wait forever). A barrier "
+     "for lossless fan-out: publish only once every worker will see the first message."},
+    {"_count_consumers", (PyCFunction)Producer_count_consumers, METH_O,
+     "For shmq._aio: the count if at least n are attached, else None."},
+    {"_room_fileno", (PyCFunction)Producer_room_fileno, METH_NOARGS,
+     "For shmq._aio: a descriptor that turns readable when consumers free room."},
+    {"_room_or_arm", (PyCFunction)Producer_room_or_arm, METH_NOARGS,
+     "For shmq._aio: True if there is room; otherwise arms _room_fileno() and returns False."},
     {"publish", (PyCFunction)(void (*)(void))Producer_publish, METH_FASTCALL | METH_KEYWORDS,
      "publish($self, /, data, timeout=None)\n--\n\nPublish one message (any C-contiguous "
      "bytes-like object) and return its sequence number. Raises MessageTooLarge if it exceeds "
@@ -944,7 +1044,7 @@ static PyType_Slot Producer_slots[] = {
 static PyType_Spec Producer_spec = {
     .name = "shmq.Producer",
     .basicsize = sizeof(ProducerObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_BASETYPE,
     .slots = Producer_slots,
 };
 
@@ -1752,7 +1852,28 @@ static PyObject *Consumer_get_closed(ConsumerObject *self, void *closure)
     return PyBool_FromLong(self->consumer == NULL || self->close_pending);
 }
 
+
+static PyObject *Consumer_fileno(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!consumer_usable(self))
+        return NULL;
+    int fd = shmq_consumer_fileno(self->consumer);
+    if (fd < 0)
+        return raise_code(state_of_type(Py_TYPE(self)), fd, self->name);
+    return PyLong_FromLong(fd);
+}
+
 static PyMethodDef Consumer_methods[] = {
+    {"fileno", (PyCFunction)Consumer_fileno, METH_NOARGS,
+     "fileno($self, /)\n--\n\nA descriptor for select, poll, epoll, selectors and "
+     "loop.add_reader. It is readable whenever poll(timeout=0) would return a message (or "
+     "raise: a loss or an error to report) or the stream has ended, and stops being readable "
+     "only when a poll (or view) returns None: wait until readable, poll until None, wait "
+     "again. A wake-up that races a poll can leave it readable with nothing to read; the "
+     "next poll returns None and quiets it. The consumer owns it: close() closes it; never "
+     "read from it or close it yourself. The same number on every call; ValueError once "
+     "closed. While messages flow it costs nothing; each time the consumer goes quiet, the "
+     "producer sends it one datagram at its next publish."},
     {"poll", (PyCFunction)(void (*)(void))Consumer_poll, METH_FASTCALL | METH_KEYWORDS,
      "poll($self, /, timeout=0)\n--\n\nReturn the next message (bytes), or None.\n\n"
      "poll(timeout=None) waits as long as it takes; poll(timeout=1.5) waits up to 1.5 "
@@ -2332,7 +2453,124 @@ done:
     return result;
 }
 
+
+/* wait_any(consumers, timeout=None): see module_methods. */
+static PyObject *shmq_wait_any_py(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    static const char *const names[] = {"consumers", "timeout"};
+    PyObject *argv[2];
+    module_state *st = state_of_module(module);
+    if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0)
+        return NULL;
+    int64_t timeout_ns;
+    if (parse_timeout(argv[1] ? argv[1] : Py_None, &timeout_ns) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(argv[0], "wait_any() takes an iterable of Consumers");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    ConsumerObject **objs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(*objs));
+    struct shmq_consumer **handles = PyMem_Calloc((size_t)(n ? n : 1), sizeof(*handles));
+    unsigned char *ready = PyMem_Calloc((size_t)(n ? n : 1), 1);
+    PyObject *result = NULL;
+    Py_ssize_t m = 0, marked = 0;
+    if (objs == NULL || handles == NULL || ready == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyObject_TypeCheck(item, st->consumer_type)) {
+            PyErr_Format(PyExc_TypeError, "wait_any() takes Consumers, not %.100s",
+                         Py_TYPE(item)->tp_name);
+            goto done;
+        }
+        ConsumerObject *c = (ConsumerObject *)item;
+        int seen = 0;
+        for (Py_ssize_t j = 0; j < m && !seen; j++)
+            seen = objs[j] == c;
+        if (seen)
+            continue;
+        if (!consumer_usable(c))
+            goto done;
+        objs[m] = c;
+        handles[m] = c->consumer;
+        m++;
+    }
+    if (timeout_ns == 0) {
+        int rc = shmq_wait_any(handles, (size_t)m, 0, ready, NULL, NULL);
+        if (rc < 0) {
+            raise_code(st, rc, NULL);
+            goto done;
+        }
+    } else {
+        struct released_gil gil;
+        for (marked = 0; marked < m; marked++) {
+            objs[marked]->busy = 1;
+            objs[marked]->busy_pid = getpid();
+        }
+        int rc;
+        do {
+            gil.tstate = PyEval_SaveThread();
+            rc = shmq_wait_any(handles, (size_t)m, timeout_ns, ready, run_signal_handlers, &gil);
+            PyEval_RestoreThread(gil.tstate);
+            /* Only a close() ends the wait early: an interrupt meant for an
+             * asyncio wait that has gone is not ours. */
+            int closing = 0;
+            for (Py_ssize_t i = 0; i < m; i++)
+                closing |= objs[i]->close_pending;
+            if (rc != SHMQ_INTERRUPTED || closing)
+                break;
+        } while (1);
+        int closed = 0;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            objs[i]->busy = 0;
+            if (objs[i]->close_pending) {
+                Consumer_close_handle(objs[i]);
+                closed = 1;
+            }
+        }
+        marked = 0;
+        if (rc == -EINTR) {
+            interrupted_by_python();
+            goto done;
+        }
+        if (closed) {
+            PyErr_SetString(PyExc_ValueError, "a Consumer was closed while wait_any() waited");
+            goto done;
+        }
+        if (rc < 0 && rc != SHMQ_INTERRUPTED) {
+            raise_code(st, rc, NULL);
+            goto done;
+        }
+        if (rc == SHMQ_INTERRUPTED)
+            memset(ready, 0, (size_t)m);
+    }
+    result = PyList_New(0);
+    for (Py_ssize_t i = 0; result != NULL && i < m; i++)
+        if (ready[i] && PyList_Append(result, (PyObject *)objs[i]) < 0)
+            Py_CLEAR(result);
+done:
+    for (Py_ssize_t i = 0; i < marked; i++)
+        objs[i]->busy = 0;
+    PyMem_Free(objs);
+    PyMem_Free(handles);
+    PyMem_Free(ready);
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"wait_any", (PyCFunction)(void (*)(void))shmq_wait_any_py, METH_FASTCALL | METH_KEYWORDS,
+     "wait_any($module, /, consumers, timeout=None)\n--\n\nBlock (GIL released) until at "
+     "least one of `consumers` has something for poll(timeout=0) (a message, or a loss or "
+     "error to report) or its stream has ended, or until timeout seconds pass (None: "
+     "forever; 0: only look). Returns the list of those ready, in the order given (empty on "
+     "timeout). Takes any number of consumers of any queues; up to 64 it sleeps in one "
+     "futex_waitv, beyond that in ppoll on their descriptors (fileno()). Ctrl-C interrupts "
+     "it. The consumers may not be used by another thread meanwhile; close() from another "
+     "thread ends the wait with ValueError."},
     {"unlink", (PyCFunction)(void (*)(void))shmq_unlink_py, METH_VARARGS | METH_KEYWORDS,
      "unlink($module, /, name, *, force=False)\n--\n\nRemove queue `name` from /dev/shm; open "
      "handles keep working. Raises ProducerBusy while a live producer holds it (unless force), "
