@@ -160,6 +160,22 @@ static int claim_entry(struct shmq_consumer *c)
     return index;
 }
 
+int shmq_consumer_claim_late(struct shmq_consumer *c)
+{
+    if (c->entry_index >= 0)
+        return 0;
+    if (c->consumers.forked)
+        return -ECHILD;
+    uint64_t lost = c->lost;
+    int index = claim_entry(c);
+    if (index < 0)
+        return index;
+    /* Relaxed: a snapshot for readers, as in bind. */
+    shmq_store_relaxed(&c->entry->position, c->position);
+    shmq_store_relaxed(&c->entry->lost, lost);
+    return 0;
+}
+
 static int open_once(struct shmq_consumer **out, const char *name,
                      const struct shmq_consumer_options *options)
 {

@@ -49,9 +49,15 @@ int shmq_consumer_fileno(struct shmq_consumer *c)
     if (c->wake_fd >= 0)
         return c->wake_fd;
     /* The socket's name needs an entry page of our own: the producer finds
-     * the socket from it. */
-    if (c->entry_index < 0 || c->consumers.own == NULL || c->consumers.own_id < 0)
-        return c->consumers.forked ? -ECHILD : -EUSERS;
+     * the socket from it. A consumer opened without one (an observer that
+     * does not register) takes one now, still unregistered. */
+    if (c->entry_index < 0) {
+        int rc = shmq_consumer_claim_late(c);
+        if (rc < 0)
+            return rc == -ENOENT ? -EUSERS : rc;
+    }
+    if (c->consumers.own == NULL || c->consumers.own_id < 0)
+        return -EUSERS;
     uint64_t nonce = shmq_wake_nonce();
     int fd = shmq_wake_socket_open(c->geometry.instance, c->consumers.own_id, nonce);
     if (fd < 0)
@@ -67,10 +73,10 @@ int shmq_consumer_fileno(struct shmq_consumer *c)
         /* Seq_cst: tells the producer to list the entries again before its
          * next descriptor wake-up; ordered after the nonce store. */
         shmq_fetch_add_seq_cst(&wake->descriptor_joins, 1);
-    /* Readable until a poll finds nothing: the consumer may have messages. */
-    shmq_wake_socket_token(fd);
-    c->wake_token = 1;
+    /* Armed at once: readable exactly when a poll would find something. */
+    c->wake_token = 0;
     c->wake_armed = 0;
+    shmq_consumer_quiet(c);
     return fd;
 }
 

@@ -226,6 +226,9 @@ void shmq_wake_socket_drain(int fd);
 /* descriptor.c */
 void shmq_producer_wake_descriptors(struct shmq_producer *producer, int everyone);
 
+/* consumer.c: takes an entry for a consumer opened without one (never
+ * registering it: the producer does not wait for it). */
+int shmq_consumer_claim_late(struct shmq_consumer *consumer);
 /* consumer.c: a poll that found nothing, on a consumer with a descriptor. */
 void shmq_consumer_quiet(struct shmq_consumer *consumer);
 /* Whether a poll has something to report (a message, an overrun, or the end

@@ -500,8 +500,11 @@ void shmq_consumer_set_wait_check(struct shmq_consumer *consumer, int (*check)(v
  *   quiets it. The consumer owns it: shmq_consumer_close closes it; never
  *   read from it or close it yourself. Made on the first call (a Unix
  *   datagram socket in the abstract namespace); later calls return the same
- *   one. Returns the descriptor, -EUSERS (the consumer has no entry: every
- *   one is taken, or a child after fork()), or an errno from socket/bind.
+ *   one. A consumer opened with no_entry takes an entry now (it stays
+ *   unregistered: a lossless producer does not wait for it). Returns the
+ *   descriptor, -EUSERS (every entry is taken, or the queue has none),
+ *   -ECHILD (a consumer handle in a child after fork(): its entry is the
+ *   parent's), or an errno from socket/bind.
  *   A consumer that holds a descriptor costs the producer one datagram per
  *   sleep episode, and costs itself nothing while messages flow.
  *

@@ -154,9 +154,9 @@ struct shmq_control {
     unsigned char pad4[SHMQ_LINE - 4];
     /* line 5 */
     _Atomic uint32_t wake_epoch;
-    uint32_t reserved5;
+    uint32_t pad5;
     _Atomic uint64_t producer_nonce;
-    unsigned char pad5[SHMQ_LINE - 16];
+    unsigned char pad6[SHMQ_LINE - 16];
 };
 
 struct shmq_slot {

@@ -66,9 +66,9 @@ static int futex_slice(struct shmq_consumer *const *consumers, size_t count, int
     _Static_assert(2 * SHMQ_WAIT_ANY_FUTEX_MAX <= SHMQ_WAITV_MAX, "two words per consumer");
     if (count > SHMQ_WAIT_ANY_FUTEX_MAX)
         return -ENOSYS;
-    _Atomic uint32_t *words[SHMQ_WAITV_MAX];
-    uint32_t expected[SHMQ_WAITV_MAX];
-    unsigned char private_word[SHMQ_WAITV_MAX];
+    _Atomic uint32_t *words[SHMQ_WAITV_MAX] = {0};
+    uint32_t expected[SHMQ_WAITV_MAX] = {0};
+    unsigned char private_word[SHMQ_WAITV_MAX] = {0};
     int unwoken = 0;
     for (size_t i = 0; i < count; i++) {
         struct shmq_consumer *c = consumers[i];

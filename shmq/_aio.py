@@ -54,7 +54,9 @@ def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> "asyncio.Future[None]
 
 def _forget(loop: asyncio.AbstractEventLoop, fd: int, fut: "asyncio.Future[None]") -> None:
     by_fd = _waiting.get(loop)
-    group = by_fd.get(fd) if by_fd is not None else None
+    if by_fd is None:
+        return
+    group = by_fd.get(fd)
     if group is None:
         return
     group.discard(fut)
@@ -96,6 +98,7 @@ async def _until_readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: Opt
 
 class Consumer(_shmq.Consumer):
     __slots__ = ("_async_fd",)
+    _async_fd: Optional[int]
     __doc__ = _shmq.Consumer.__doc__
     __module__ = "shmq"
 
@@ -158,6 +161,8 @@ class Consumer(_shmq.Consumer):
         if fd is not None and not self.closed:
             _release(fd)
         super().close()
+
+    close.__doc__ = _shmq.Consumer.close.__doc__
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()

@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import socket
 import platform
 import re
 import shutil
@@ -26,7 +27,8 @@ LAYOUT = ROOT / "csrc" / "shmq_layout.h"
 STRUCTS = ["shmq_identity", "shmq_control", "shmq_slot", "shmq_wake_page", "shmq_consumer_entry"]
 # Constants the compiler reads from shmq_layout.h and shmq.h.
 CONSTANTS = ["SHMQ_MAGIC", "SHMQ_WAKE_MAGIC", "SHMQ_LAYOUT_VERSION", "SHMQ_LINE",
-             "SHMQ_SLOT_HEADER", "SHMQ_SLOT_ALIGN", "SHMQ_STREAM_ENDED", "SHMQ_FLAG_LOSSLESS",
+             "SHMQ_SLOT_HEADER", "SHMQ_SLOT_ALIGN", "SHMQ_STREAM_ENDED", "SHMQ_WAKE_FUTEX",
+             "SHMQ_WAKE_DESCRIPTOR", "SHMQ_FLAG_LOSSLESS",
              "SHMQ_KNOWN_FLAGS", "SHMQ_ENTRY_REGISTERED", "SHMQ_CONSUMER_ENTRIES_MAX",
              "SHMQ_ENTRY_ID_BASE", "SHMQ_ENTRY_ID_SPAN", "SHMQ_NAME_MAX", "SHMQ_SLOT_SIZE_MAX",
              "SHMQ_CAPACITY_MAX", "SHMQ_SEGMENT_MAX", "SHMQ_DEFAULT_SLOT_SIZE",
@@ -412,11 +414,26 @@ def test_a_consumer_entry_is_found_from_the_lock_file_and_has_the_documented_byt
             assert _u(data, entry, "ring_instance") == instance
             assert _u(data, entry, "pid") == os.getpid()
             assert _u(data, entry, "lost") == 0
-            assert _u(data, entry, "reserved") == 0
+            assert _u(data, entry, "armed") == 0, "never armed: no descriptor yet"
+            assert _u(data, entry, "wake_nonce") == 0
             state = _u(data, entry, "state")
             assert state & registered
             assert state >> 1 == 1, "a fresh page: claim counter 1"
-            assert not any(data[entry["reserved"][0] + 4:]), "the rest of the page is zero"
+            assert not any(data[entry["wake_nonce"][0] + 8:]), "the rest of the page is zero"
+
+            # A descriptor: the nonce and the armed count appear in the
+            # entry, and the socket is bound under the documented name.
+            fd = consumer.fileno()
+            assert consumer.poll() is None  # arms it
+            data = read_entry()
+            nonce = _u(data, entry, "wake_nonce")
+            assert nonce != 0 and _u(data, entry, "armed") == 1
+            sockname = socket.socket(fileno=os.dup(fd))
+            try:
+                assert sockname.getsockname() == (
+                    b"\0shmq-wake-%016x-%d-%016x" % (instance, first_id, nonce))
+            finally:
+                sockname.close()
 
             for i in range(3):
                 producer.publish(b"m%d" % i)
