@@ -87,7 +87,13 @@ void shmq_consumer_quiet(struct shmq_consumer *c)
          * round of wake-ups (wake_descriptors): unchanged and even, no
          * datagram was sent since we armed, so the socket is empty. */
         uint32_t epoch = shmq_load_acquire(&c->control->wake_epoch);
-        if (epoch == c->wake_epoch_seen && !(epoch & 1))
+        struct shmq_wake_page *raised = c->consumers.wake;
+        /* Relaxed: only whether to arm again. The flag down with no round
+         * since means someone else cleared it (a consumer may write the
+         * page): raise it again, or the producer would never send. */
+        if (epoch == c->wake_epoch_seen && !(epoch & 1) &&
+            (raised == NULL ||
+             (shmq_load_relaxed(&raised->wake_flag) & SHMQ_WAKE_DESCRIPTOR)))
             return;
     }
     if (c->wake_token && shmq_consumer_ended(c))

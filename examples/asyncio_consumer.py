@@ -3,9 +3,10 @@ loop. A producer process publishes price ticks for a while, then closes.
 
 `async for msg in consumer` ends when the producer closes the stream;
 `await consumer.poll_async(timeout)` returns None when nothing came in time,
-which is where a heartbeat goes. While a consumer waits, a thread of the
-loop's default executor sleeps on the queue's futex: an idle consumer costs
-no CPU, and the loop stays free for the other tasks.
+which is where a heartbeat goes. While a consumer waits, the loop watches its
+descriptor (`consumer.fileno()`), which the producer makes readable with one
+datagram when it publishes: no thread, no CPU while idle, and the loop stays
+free for the other tasks.
 
     python examples/asyncio_consumer.py [TICKS]
 """
@@ -25,11 +26,10 @@ def exchange(name, ready, ticks):
     """The producer, in its own process: bursts of ticks with quiet gaps."""
     with shmq.Producer(name, slot_size=TICK.size, capacity=1024, lossless=True, unlink_on_close=True) as p:
         ready.set()
-        deadline = time.monotonic() + 30
-        while len(p.consumers) < 2:  # both consumers registered: none can miss a tick
-            if time.monotonic() > deadline:
-                sys.exit("the consumers did not come")
-            time.sleep(0.01)
+        try:
+            p.wait_consumers(2, timeout=30)  # both registered: none can miss a tick
+        except TimeoutError:
+            sys.exit("the consumers did not come")
         for i in range(ticks):
             p.publish(TICK.pack(i, 100 + (i % 7) * 0.25))
             if i % 100 == 99:

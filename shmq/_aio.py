@@ -22,6 +22,11 @@ from . import _shmq  # type: ignore[attr-defined]
 # A lossless producer waiting for room looks again at least this often:
 # consumers that die free nothing and send nothing (the core's 10 ms slice).
 _ROOM_RECHECK = 0.01
+# An awaiting consumer looks again at least this often, and raises the wake
+# flag again if it finds it cleared: a consumer of the same queue can write
+# the shared wake page (docs/waiting.md, TRUST). One wake-up per second per
+# idle consumer: 500 of them cost about 10 ms of CPU per second.
+_SAFETY_RECHECK = 1.0
 # A consumer without a descriptor (every consumer entry taken) looks this often.
 _NO_DESCRIPTOR_SLICE = 0.005
 # wait_consumers_async looks this often.
@@ -143,7 +148,7 @@ class Consumer(_shmq.Consumer):
             if fd is None:
                 await asyncio.sleep(_NO_DESCRIPTOR_SLICE if left is None else min(left, _NO_DESCRIPTOR_SLICE))
             else:
-                await _until_readable(loop, fd, left)
+                await _until_readable(loop, fd, _SAFETY_RECHECK if left is None else min(left, _SAFETY_RECHECK))
             if self.closed:
                 raise ValueError("Consumer was closed while poll_async() waited")
 

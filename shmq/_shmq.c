@@ -1060,9 +1060,6 @@ typedef struct {
     int lent;          /* a view() is open */
     int pending;       /* a core error a poll_many met after it had consumed
                           messages: the next call raises it */
-    int cancel_next;   /* _interrupt() came with no wait in progress: the next
-                          _wait_for_async returns at once */
-    unsigned interrupts; /* how many times _interrupt() interrupted a wait */
     Py_ssize_t exports; /* buffers of views still exported */
     /* How it was opened, for pickling. */
     int registered_entry;
@@ -1299,14 +1296,12 @@ static inline int consumer_usable(ConsumerObject *self)
  * Waits in the core, once, up to timeout_ns (-1: forever), until a poll has
  * something to report; flags as shmq_consumer_wait_flags. Without the GIL,
  * the handle busy, our wait check installed. Returns 0, SHMQ_ENDED,
- * -ETIMEDOUT, SHMQ_INTERRUPTED (by _interrupt()), PYTHON_ERROR (a signal
- * handler raised), or CLOSED_WHILE_WAITING (close() came meanwhile: the
+ * -ETIMEDOUT, PYTHON_ERROR (a signal handler raised), or CLOSED_WHILE_WAITING (close() came meanwhile: the
  * handle is closed now, ValueError set).
  */
 static int consumer_wait(ConsumerObject *self, int64_t timeout_ns, unsigned flags)
 {
     struct released_gil gil;
-    unsigned interrupts = self->interrupts;
     int rc;
     self->busy = 1;
     self->busy_pid = getpid();
@@ -1315,11 +1310,10 @@ static int consumer_wait(ConsumerObject *self, int64_t timeout_ns, unsigned flag
         gil.tstate = PyEval_SaveThread();
         rc = shmq_consumer_wait_flags(self->consumer, timeout_ns, flags);
         PyEval_RestoreThread(gil.tstate);
-        /* An _interrupt() that reached the core just after an earlier wait
-         * had returned stays pending there, and ends this wait at once,
-         * before it sleeps: it was not meant for this one. (The core keeps
-         * one pending interrupt, not a count.) */
-    } while (rc == SHMQ_INTERRUPTED && !self->close_pending && self->interrupts == interrupts);
+        /* Only close() interrupts our waits; an interrupt left pending by
+         * an earlier close attempt that found the wait already over is not
+         * meant for this one. */
+    } while (rc == SHMQ_INTERRUPTED && !self->close_pending);
     shmq_consumer_set_wait_check(self->consumer, NULL, NULL);
     self->busy = 0;
     if (rc == -EINTR)
@@ -1752,35 +1746,6 @@ static PyObject *Consumer_wait(ConsumerObject *self, PyObject *const *args, Py_s
     return wait_for_message(self, timeout);
 }
 
-/* For shmq._aio: wait() that an _interrupt() made before it started ends at
- * once. Runs in an executor thread; the event loop cancels it with
- * _interrupt(). */
-static PyObject *Consumer_wait_for_async(ConsumerObject *self, PyObject *timeout)
-{
-    if (!consumer_usable(self))
-        return NULL;
-    if (self->cancel_next) {
-        self->cancel_next = 0;
-        Py_RETURN_FALSE;
-    }
-    return wait_for_message(self, timeout);
-}
-
-/* For shmq._aio: ends the wait in progress on this consumer (it returns
- * False), or, with none in progress, the next _wait_for_async. Never
- * closes anything. */
-static PyObject *Consumer_interrupt(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
-{
-    if (self->consumer == NULL)
-        Py_RETURN_NONE;
-    if (self->busy && self->busy_pid == getpid()) {
-        self->interrupts++;
-        shmq_consumer_interrupt(self->consumer);
-    } else
-        self->cancel_next = 1;
-    Py_RETURN_NONE;
-}
-
 static PyObject *Consumer_close(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (lent_out(self->lent, self->exports, "Consumer") < 0)
@@ -1916,12 +1881,6 @@ static PyMethodDef Consumer_methods[] = {
      "escapes it can: the exit raises BufferError). Otherwise the exit re-checks the slot "
      "and raises Overwritten if the producer rewrote it meanwhile: discard what the block "
      "computed (the message counts as lost)."},
-    {"_wait_for_async", (PyCFunction)Consumer_wait_for_async, METH_O,
-     "_wait_for_async($self, timeout, /)\n--\n\nwait(timeout) for poll_async's executor "
-     "thread: an _interrupt() that came before it started ends it at once."},
-    {"_interrupt", (PyCFunction)Consumer_interrupt, METH_NOARGS,
-     "_interrupt($self, /)\n--\n\nEnd the wait in progress on this consumer (it returns "
-     "False), or else the next _wait_for_async. For poll_async's cancellation."},
     {"__enter__", return_self, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
     {"__exit__", (PyCFunction)(void (*)(void))Consumer_exit, METH_FASTCALL, "__exit__($self, exc_type, exc, tb, /)\n--\n\n"},
     {NULL, NULL, 0, NULL},

@@ -17,6 +17,7 @@ EXPECTED = {
     "lossless_pipeline.py": "(right), lost 0",
     "numpy_frames.py": ", 0 wrong",
     "asyncio_consumer.py": "average: 1000 ticks",
+    "trio_consumer.py": "in order, complete",
 }
 
 
