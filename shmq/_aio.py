@@ -73,15 +73,28 @@ def _forget(loop: asyncio.AbstractEventLoop, fd: int, fut: "asyncio.Future[None]
 def _release(fd: int) -> None:
     """Before a descriptor is closed: wake whoever waits on it, in any loop,
     and take it out of the loops (a closed number may be reused at once)."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
     for loop, by_fd in list(_waiting.items()):
         group = by_fd.pop(fd, None)
-        if group is None:
+        if group is None or loop.is_closed():
             continue
-        if not loop.is_closed():
-            loop.remove_reader(fd)
-        for fut in group:
-            if not fut.done():
-                fut.get_loop().call_soon_threadsafe(_settle, fut)
+        if loop is running:
+            _drop(loop, fd, group)
+        else:
+            # Another thread's loop: asyncio is not thread-safe, so the loop
+            # does it. Its epoll drops the descriptor when we close it; the
+            # selector forgets the number when this runs.
+            loop.call_soon_threadsafe(_drop, loop, fd, group)
+
+
+def _drop(loop: asyncio.AbstractEventLoop, fd: int, group: "Set[asyncio.Future[None]]") -> None:
+    loop.remove_reader(fd)
+    for fut in group:
+        if not fut.done():
+            fut.set_result(None)
 
 
 def _settle(fut: "asyncio.Future[None]") -> None:
@@ -108,14 +121,15 @@ class Consumer(_shmq.Consumer):
     __module__ = "shmq"
 
     def _descriptor(self) -> Optional[int]:
-        try:
-            return self._async_fd
-        except AttributeError:
-            pass
+        """The descriptor to wait on, or None when the consumer can have
+        none (every entry taken; a handle inherited through fork(), whose
+        entry is the parent's): then poll_async looks every few ms."""
         try:
             fd: Optional[int] = self.fileno()
         except _shmq.TooManyConsumers:
-            fd = None  # no entry to be woken through: look every few ms
+            fd = None
+        except ChildProcessError:
+            fd = None
         self._async_fd = fd
         return fd
 

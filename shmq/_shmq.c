@@ -1823,6 +1823,11 @@ static PyObject *Consumer_fileno(ConsumerObject *self, PyObject *Py_UNUSED(ignor
     if (!consumer_usable(self))
         return NULL;
     int fd = shmq_consumer_fileno(self->consumer);
+    if (fd == -ECHILD)
+        return raise_os_error(PyExc_ChildProcessError, ECHILD,
+                              "a Consumer inherited through fork() has no descriptor (its entry "
+                              "is the parent's): open a new Consumer in the child",
+                              self->name);
     if (fd < 0)
         return raise_code(state_of_type(Py_TYPE(self)), fd, self->name);
     return PyLong_FromLong(fd);
