@@ -4,7 +4,7 @@
  *   cc -O2 -Icsrc benchmarks/herd.c csrc/[a-z]*.c -lpthread -o build/herd
  *   build/herd [--seconds S] [--repeats R] [--rate MSGS_PER_S] [--quick]
  *              [--counts N,N,...] [--spin ITERATIONS] [--nap-us MICROSECONDS]
- *              [--pin] [--batch]
+ *              [--pin] [--batch] [--waiters futex,descriptor]
  *
  * Writes Markdown tables to stdout (docs/herd.md has a run and what it
  * means). Exit 0, or 1 if a consumer saw a bad payload, a sequence out of
@@ -34,8 +34,20 @@
  *   word's index), checked in full; sequences must increase, and at the end
  *   received + lost must equal published.
  *
+ *   --waiters picks how consumers wait, one table per kind, the kinds
+ *   interleaved within each round for each N (their order alternating
+ *   between rounds), plus a table of their ratios:
+ *     futex       (the default) shmq_consumer_poll_wait, as above;
+ *     descriptor  the consumer takes shmq_consumer_fileno and loops: poll
+ *                 until SHMQ_EMPTY (that poll arms the descriptor), then
+ *                 poll(2) on the descriptor (timeout 1 s), until the stream
+ *                 has ended and a last poll finds nothing. A poll that finds
+ *                 nothing before poll(2) is its "blocking entry".
+ *   The killed sleeper runs once per kind too.
+ *
  *   Two knobs for experiments, both off by default: --spin gives the
- *   consumers a spin budget before they sleep (shmq_consumer_set_spin);
+ *   consumers a spin budget before they sleep (shmq_consumer_set_spin;
+ *   futex sleepers only, as poll_wait is what spins);
  *   --nap-us makes a consumer that finds the ring empty first sleep that
  *   long without raising the wake flag (nanosleep) and poll again, and only
  *   then block: a stand-in, through the public API, for the re-arm delay
@@ -49,14 +61,19 @@
  *   wakes/msg     shmq_producer_wakeups() / messages: FUTEX_WAKE calls per
  *                 published message (read before close, whose own wake-up
  *                 of the sleepers would add one)
+ *   datagrams/msg shmq_producer_descriptor_wakeups() / messages: datagrams
+ *                 sent to descriptor waiters per published message (read
+ *                 before close, as above)
  *   delivered     received / published, averaged over consumers (the rest
  *                 was lost to overrun: the producer never waits)
  *   on CPU        the producer's user + system time / wall time while
  *                 publishing (getrusage): below 100% it was runnable but not
  *                 running, or blocked
- *   us/wake       the producer's system time / its FUTEX_WAKE calls: what
- *                 one wake costs it in the kernel (it makes no other
- *                 syscalls while publishing; clock_gettime is in the vDSO)
+ *   us/wake       the producer's system time / its FUTEX_WAKE calls and
+ *                 datagrams: what one wake costs it in the kernel (it makes
+ *                 no other syscalls while publishing, but for listing the
+ *                 consumer entries when a descriptor waiter joins;
+ *                 clock_gettime is in the vDSO)
  *   preempted     the producer's involuntary context switches per 1000
  *                 messages
  *
@@ -68,6 +85,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -87,6 +105,14 @@
 #define MESSAGE_SIZE 64
 #define MAX_CONSUMERS 64
 #define PAYLOAD_MIX UINT64_C(0x9e3779b97f4a7c15)
+
+/* How a consumer waits for the ring (--waiters). */
+enum waiter { WAITER_FUTEX, WAITER_DESCRIPTOR, WAITER_KINDS };
+static const char *const waiter_names[WAITER_KINDS] = {"futex", "descriptor"};
+static const char *const waiter_titles[WAITER_KINDS] = {"futex sleepers (shmq_consumer_poll_wait)",
+                                                        "descriptor waiters (poll(2) on shmq_consumer_fileno)"};
+static enum waiter waiter_kinds[WAITER_KINDS] = {WAITER_FUTEX};
+static size_t waiter_n = 1;
 
 /* Consumer behaviour, set from the command line before any fork. */
 static uint32_t consumer_spin;
@@ -126,6 +152,7 @@ struct consumer_result {
     uint64_t lost;
     uint64_t blocking; /* polls that found nothing, followed by a blocking wait */
     uint64_t timeouts; /* waits that ran their whole second out */
+    uint64_t spurious; /* descriptor readable, nothing to read */
     uint64_t bad;      /* payloads that failed the check */
     uint64_t disorder; /* sequences that did not increase */
     int entry;         /* consumer-state entry, -1: none (would sleep unwoken) */
@@ -204,7 +231,30 @@ static int message_ok(const uint64_t *words, uint64_t *sequence)
 
 /* --------------------------------------------------------- the consumer */
 
-static void consumer_main(const char *name, struct board *board, int index)
+/* The descriptor twin of shmq_consumer_poll_wait(timeout 1 s), for a
+ * consumer whose last poll found nothing and so armed its descriptor:
+ * poll(2) until readable, then poll the ring. Returns 0 with a message,
+ * SHMQ_ENDED, -ETIMEDOUT, SHMQ_EMPTY when it was readable with nothing to
+ * read (a wake-up that raced a poll), or a negative errno. */
+static int wait_on_descriptor(struct shmq_consumer *c, int fd, uint64_t *words, size_t *length)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    int n = poll(&pfd, 1, 1000);
+    if (n < 0)
+        return -errno;
+    int rc = shmq_consumer_poll(c, words, MESSAGE_SIZE, length);
+    if (rc != SHMQ_EMPTY)
+        return rc;
+    if (shmq_consumer_ended(c)) {
+        /* Whoever sees the end sees every message published before it: one
+         * more poll finds the last of them, if our first raced the close. */
+        rc = shmq_consumer_poll(c, words, MESSAGE_SIZE, length);
+        return rc == SHMQ_EMPTY ? SHMQ_ENDED : rc;
+    }
+    return n == 0 ? -ETIMEDOUT : SHMQ_EMPTY;
+}
+
+static void consumer_main(const char *name, struct board *board, int index, enum waiter waiter)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() == 1)
@@ -224,6 +274,15 @@ static void consumer_main(const char *name, struct board *board, int index)
         _exit(3);
     }
     r->entry = shmq_consumer_entry(c);
+    int fd = -1;
+    if (waiter == WAITER_DESCRIPTOR) {
+        /* Before we count as ready, so that the producer lists us first. */
+        fd = shmq_consumer_fileno(c);
+        if (fd < 0) {
+            fprintf(stderr, "herd: consumer %d: fileno: %s\n", index, shmq_strerror(fd));
+            _exit(3);
+        }
+    }
     atomic_fetch_add(&board->ready, 1);
     uint64_t words[MESSAGE_SIZE / 8];
     uint64_t expected_min = 0;
@@ -238,7 +297,10 @@ static void consumer_main(const char *name, struct board *board, int index)
         }
         if (rc == SHMQ_EMPTY) {
             r->blocking++;
-            rc = shmq_consumer_poll_wait(c, words, sizeof(words), &length, 1000000000);
+            if (waiter == WAITER_DESCRIPTOR)
+                rc = wait_on_descriptor(c, fd, words, &length);
+            else
+                rc = shmq_consumer_poll_wait(c, words, sizeof(words), &length, 1000000000);
         }
         if (rc == 0) {
             uint64_t sequence;
@@ -255,6 +317,8 @@ static void consumer_main(const char *name, struct board *board, int index)
             r->timeouts++;
         } else if (rc == SHMQ_ENDED) {
             break;
+        } else if (rc == SHMQ_EMPTY) {
+            r->spurious++;
         } else if (rc != -EINTR) {
             fprintf(stderr, "herd: consumer %d: poll: %s\n", index, shmq_strerror(rc));
             _exit(3);
@@ -270,13 +334,16 @@ static void consumer_main(const char *name, struct board *board, int index)
 
 struct run_result {
     int consumers;
+    enum waiter waiter;
     uint64_t published;
     double seconds;
     double rate;
     uint64_t wakeups;
+    uint64_t datagrams; /* shmq_producer_descriptor_wakeups */
     double delivered; /* mean received / published over consumers */
     uint64_t blocking; /* sum over consumers */
     uint64_t timeouts;
+    uint64_t spurious;
     int no_entry;      /* consumers without an entry */
     double cpu_share;  /* producer (user + system) / wall while publishing */
     double system_s;   /* producer system time while publishing */
@@ -286,6 +353,7 @@ struct run_result {
 
 struct run_plan {
     int consumers;
+    enum waiter waiter;
     double seconds;
     double rate; /* 0: flat out */
 };
@@ -327,7 +395,7 @@ static uint64_t publish_for(struct shmq_producer *p, double seconds, double rate
 }
 
 /* Creates a queue, starts the consumers and waits until each has opened. */
-static struct shmq_producer *start_queue(int consumers, struct board *board)
+static struct shmq_producer *start_queue(int consumers, enum waiter waiter, struct board *board)
 {
     char name[64];
     snprintf(name, sizeof(name), "herd-%d-%u", (int)getpid(), ++run_serial);
@@ -345,7 +413,7 @@ static struct shmq_producer *start_queue(int consumers, struct board *board)
         if (pid < 0)
             die("fork", -errno);
         if (pid == 0)
-            consumer_main(name, board, i);
+            consumer_main(name, board, i, waiter);
         current_pids[i] = pid;
         current_count = i + 1;
     }
@@ -392,6 +460,7 @@ static int finish_queue(struct shmq_producer *p, struct board *board, int consum
         delivered += published ? (double)r->received / (double)published : 1.0;
         out->blocking += r->blocking;
         out->timeouts += r->timeouts;
+        out->spurious += r->spurious;
         out->no_entry += r->entry < 0;
     }
     out->delivered = consumers ? delivered / consumers : 0;
@@ -407,8 +476,9 @@ static void run_once(const struct run_plan *plan, struct board *board, struct ru
 {
     memset(out, 0, sizeof(*out));
     out->consumers = plan->consumers;
+    out->waiter = plan->waiter;
     alarm(alarm_seconds);
-    struct shmq_producer *p = start_queue(plan->consumers, board);
+    struct shmq_producer *p = start_queue(plan->consumers, plan->waiter, board);
     struct rusage before, after;
     getrusage(RUSAGE_SELF, &before);
     out->published = publish_for(p, plan->seconds, plan->rate, &out->seconds);
@@ -418,6 +488,7 @@ static void run_once(const struct run_plan *plan, struct board *board, struct ru
                      out->seconds;
     out->preempted = (uint64_t)(after.ru_nivcsw - before.ru_nivcsw);
     out->wakeups = shmq_producer_wakeups(p);
+    out->datagrams = shmq_producer_descriptor_wakeups(p);
     out->rate = (double)out->published / out->seconds;
     out->failures = finish_queue(p, board, plan->consumers, out->published, out);
     alarm(0);
@@ -430,13 +501,19 @@ struct kill_result {
     double before;       /* flat-out rate with the blocking consumer alive */
     double after;        /* flat-out rate in the second after its death */
     double first_10ms;   /* ... in the first 10 ms of that second */
-    uint64_t wakes_after; /* FUTEX_WAKE calls in that second */
+    uint64_t wakes_after; /* FUTEX_WAKE calls and datagrams in that second */
 };
 
-static void run_killed_sleeper(double seconds, struct board *board, struct kill_result *k)
+static uint64_t wakes_of(const struct shmq_producer *p)
+{
+    return shmq_producer_wakeups(p) + shmq_producer_descriptor_wakeups(p);
+}
+
+static void run_killed_sleeper(double seconds, enum waiter waiter, struct board *board,
+                               struct kill_result *k)
 {
     alarm(alarm_seconds + 3 * (unsigned)seconds);
-    struct shmq_producer *p = start_queue(0, board);
+    struct shmq_producer *p = start_queue(0, waiter, board);
     double elapsed;
     uint64_t n = publish_for(p, seconds, 0, &elapsed);
     k->alone = (double)n / elapsed;
@@ -446,7 +523,7 @@ static void run_killed_sleeper(double seconds, struct board *board, struct kill_
     if (pid < 0)
         die("fork", -errno);
     if (pid == 0)
-        consumer_main(current_name, board, 0);
+        consumer_main(current_name, board, 0, waiter);
     current_pids[0] = pid;
     current_count = 1;
     while (atomic_load(&board->ready) < 1)
@@ -462,12 +539,12 @@ static void run_killed_sleeper(double seconds, struct board *board, struct kill_
     current_pids[0] = 0;
     current_count = 0;
 
-    uint64_t wakes = shmq_producer_wakeups(p);
+    uint64_t wakes = wakes_of(p);
     n = publish_for(p, 0.01, 0, &elapsed);
     k->first_10ms = (double)n / elapsed;
     uint64_t rest = publish_for(p, seconds - elapsed, 0, &elapsed);
     k->after = (double)(n + rest) / (elapsed + 0.01);
-    k->wakes_after = shmq_producer_wakeups(p) - wakes;
+    k->wakes_after = wakes_of(p) - wakes;
     finish_queue(p, board, 0, 0, NULL);
     alarm(0);
 }
@@ -529,27 +606,32 @@ static void report(const char *title, struct run_result results[][COUNTS], int r
                 base_rate[r] = results[r][i].rate;
             base = stats(base_rate, repeats).median;
         }
-    uint64_t timeouts = 0;
+    uint64_t timeouts = 0, spurious = 0;
     printf("\n### %s\n\n", title);
-    printf("| consumers | msgs/s | vs N=1 | wakes/msg | blocking entries/msg | wakes per blocking entry "
-           "| delivered | producer on CPU | us/wake | preempted per 1k msgs |\n");
-    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("| consumers | msgs/s | vs N=1 | wakes/msg | datagrams/msg | blocking entries/msg "
+           "| wakes per blocking entry | delivered | producer on CPU | us/wake "
+           "| preempted per 1k msgs |\n");
+    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (size_t i = 0; i < count_n; i++) {
-        double rate[16], wakes[16], entries[16], per_entry[16], delivered[16], cpu[16], per_wake[16],
-            preempted[16];
+        double rate[16], wakes[16], datagrams[16], entries[16], per_entry[16], delivered[16],
+            cpu[16], per_wake[16], preempted[16];
         int no_entry = 0;
         for (int r = 0; r < repeats; r++) {
             const struct run_result *x = &results[r][i];
             double published = x->published ? (double)x->published : 1;
+            /* Both kinds of wake-up: one syscall each for the producer. */
+            uint64_t woken = x->wakeups + x->datagrams;
             rate[r] = x->rate;
             wakes[r] = (double)x->wakeups / published;
+            datagrams[r] = (double)x->datagrams / published;
             entries[r] = (double)x->blocking / published;
-            per_entry[r] = x->blocking ? (double)x->wakeups / (double)x->blocking : 0;
+            per_entry[r] = x->blocking ? (double)woken / (double)x->blocking : 0;
             delivered[r] = x->delivered;
             cpu[r] = x->cpu_share;
-            per_wake[r] = x->wakeups ? x->system_s * 1e6 / (double)x->wakeups : 0;
+            per_wake[r] = woken ? x->system_s * 1e6 / (double)woken : 0;
             preempted[r] = 1000.0 * (double)x->preempted / published;
             timeouts += x->timeouts;
+            spurious += x->spurious;
             no_entry += x->no_entry;
         }
         printf("| %d%s |", consumer_counts[i], no_entry ? " (some without entry)" : "");
@@ -560,6 +642,7 @@ static void report(const char *title, struct run_result results[][COUNTS], int r
         else
             printf(" - |");
         print_ratio(stats(wakes, repeats));
+        print_ratio(stats(datagrams, repeats));
         print_ratio(stats(entries, repeats));
         if (consumer_counts[i] == 0) {
             printf(" - | - |");
@@ -577,9 +660,146 @@ static void report(const char *title, struct run_result results[][COUNTS], int r
     }
     if (timeouts)
         printf("\n%llu blocking polls ran their 1 s timeout out.\n", (unsigned long long)timeouts);
+    if (spurious)
+        printf("\n%llu times a descriptor was readable with nothing to read.\n",
+               (unsigned long long)spurious);
+}
+
+/* Descriptor waiters against futex sleepers: per N, each kind's median
+ * rate and the median (min-max) of the per-round ratios, which compare
+ * runs made seconds apart. */
+static void compare(const char *title, struct run_result results[][15][COUNTS], int repeats)
+{
+    printf("\n### %s\n\n", title);
+    printf("| consumers | futex sleepers msgs/s | descriptor waiters msgs/s | descriptor / futex "
+           "| FUTEX_WAKE/msg (futex) | datagrams/msg (descriptor) "
+           "| readable with nothing to read, per blocking entry (descriptor) |\n");
+    printf("|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (size_t i = 0; i < count_n; i++) {
+        double futex[16], descriptor[16], ratio[16], wakes[16], datagrams[16], spurious[16];
+        for (int r = 0; r < repeats; r++) {
+            const struct run_result *f = &results[WAITER_FUTEX][r][i];
+            const struct run_result *d = &results[WAITER_DESCRIPTOR][r][i];
+            futex[r] = f->rate;
+            descriptor[r] = d->rate;
+            ratio[r] = f->rate > 0 ? d->rate / f->rate : 0;
+            wakes[r] = (double)f->wakeups / (double)(f->published ? f->published : 1);
+            datagrams[r] = (double)d->datagrams / (double)(d->published ? d->published : 1);
+            spurious[r] = d->blocking ? (double)d->spurious / (double)d->blocking : 0;
+        }
+        printf("| %d |", consumer_counts[i]);
+        print_rate(stats(futex, repeats));
+        print_rate(stats(descriptor, repeats));
+        print_ratio(stats(ratio, repeats));
+        print_ratio(stats(wakes, repeats));
+        print_ratio(stats(datagrams, repeats));
+        if (consumer_counts[i] == 0)
+            printf(" - |");
+        else
+            print_ratio(stats(spurious, repeats));
+        printf("\n");
+    }
+}
+
+/* A table's title, naming the waiters when there is more than one kind. */
+static const char *titled(const char *title, enum waiter waiter)
+{
+    static char out[160];
+    if (waiter_n == 1 && waiter == WAITER_FUTEX)
+        snprintf(out, sizeof(out), "%s", title);
+    else
+        snprintf(out, sizeof(out), "%s, %s", title, waiter_titles[waiter]);
+    return out;
+}
+
+/* Every N of every waiter kind, `repeats` rounds; within a round the kinds
+ * run back to back for each N, in an order that alternates between rounds,
+ * so that drift in the machine's load reaches both alike. Returns the
+ * number of invariant violations. */
+static int run_scenario(const char *label, double seconds, double rate, struct board *board,
+                        struct run_result results[][15][COUNTS], int repeats)
+{
+    int failures = 0;
+    for (int r = 0; r < repeats; r++)
+        for (size_t i = 0; i < count_n; i++)
+            for (size_t k = 0; k < waiter_n; k++) {
+                enum waiter w = waiter_kinds[r % 2 == 0 ? k : waiter_n - 1 - k];
+                struct run_plan plan = {consumer_counts[i], w, seconds, rate};
+                struct run_result *x = &results[w][r][i];
+                run_once(&plan, board, x);
+                failures += x->failures;
+                double published = (double)(x->published ? x->published : 1);
+                fprintf(stderr,
+                        "%-9s round %d N=%2d %-10s: %.3f M msgs/s, %.4f wakes/msg, "
+                        "%.4f datagrams/msg\n",
+                        label, r, plan.consumers, waiter_names[w], x->rate / 1e6,
+                        (double)x->wakeups / published, (double)x->datagrams / published);
+            }
+    return failures;
+}
+
+static void report_killed_sleeper(double seconds, enum waiter waiter, struct board *board,
+                                  int repeats)
+{
+    double alone[15], before[15], after[15], first[15], rel[15];
+    uint64_t wakes_after_max = 0, wakes_after_min = UINT64_MAX;
+    for (int r = 0; r < repeats; r++) {
+        struct kill_result k;
+        run_killed_sleeper(seconds, waiter, board, &k);
+        alone[r] = k.alone;
+        before[r] = k.before;
+        after[r] = k.after;
+        first[r] = k.first_10ms;
+        rel[r] = k.after / k.before;
+        if (k.wakes_after > wakes_after_max)
+            wakes_after_max = k.wakes_after;
+        if (k.wakes_after < wakes_after_min)
+            wakes_after_min = k.wakes_after;
+        fprintf(stderr,
+                "killed sleeper (%s) round %d: before %.2f M, after %.2f M, %llu wakes after\n",
+                waiter_names[waiter], r, k.before / 1e6, k.after / 1e6,
+                (unsigned long long)k.wakes_after);
+    }
+    char title[96];
+    snprintf(title, sizeof(title), "Killed sleeper (windows of %.1f s)", seconds);
+    printf("\n### %s\n\n", titled(title, waiter));
+    printf("| no consumer yet | blocking consumer alive | after SIGKILL, first 10 ms | after SIGKILL, whole window | after / before | wakes after the kill |\n");
+    printf("|---:|---:|---:|---:|---:|---:|\n");
+    printf("|");
+    print_rate(stats(alone, repeats));
+    print_rate(stats(before, repeats));
+    print_rate(stats(first, repeats));
+    print_rate(stats(after, repeats));
+    print_ratio(stats(rel, repeats));
+    printf(" %llu-%llu |\n", (unsigned long long)wakes_after_min,
+           (unsigned long long)wakes_after_max);
 }
 
 static void usage(const char *argv0);
+
+/* "futex,descriptor": each kind once. */
+static void parse_waiters(const char *list, const char *argv0)
+{
+    waiter_n = 0;
+    for (const char *at = list; *at != '\0';) {
+        size_t len = strcspn(at, ",");
+        size_t k;
+        for (k = 0; k < WAITER_KINDS; k++)
+            if (strlen(waiter_names[k]) == len && strncmp(at, waiter_names[k], len) == 0)
+                break;
+        if (k == WAITER_KINDS)
+            usage(argv0);
+        for (size_t j = 0; j < waiter_n; j++)
+            if (waiter_kinds[j] == (enum waiter)k)
+                usage(argv0);
+        waiter_kinds[waiter_n++] = (enum waiter)k;
+        at += len;
+        if (*at == ',' && *++at == '\0')
+            usage(argv0);
+    }
+    if (waiter_n == 0)
+        usage(argv0);
+}
 
 /* "0,1,64": up to MAX_COUNTS values of N, each 0..MAX_CONSUMERS. */
 static void parse_counts(const char *list, const char *argv0)
@@ -603,7 +823,7 @@ static void usage(const char *argv0)
     fprintf(stderr,
             "usage: %s [--seconds S] [--repeats R] [--rate MSGS_PER_S] [--quick]\n"
             "          [--counts N,N,...] [--spin ITERATIONS] [--nap-us MICROSECONDS]\n"
-            "          [--pin] [--batch]\n",
+            "          [--pin] [--batch] [--waiters futex,descriptor]\n",
             argv0);
     exit(2);
 }
@@ -625,6 +845,8 @@ int main(int argc, char **argv)
             consumer_nap_ns = (int64_t)(atof(argv[++i]) * 1000);
         else if (strcmp(argv[i], "--counts") == 0 && i + 1 < argc)
             parse_counts(argv[++i], argv[0]);
+        else if (strcmp(argv[i], "--waiters") == 0 && i + 1 < argc)
+            parse_waiters(argv[++i], argv[0]);
         else if (strcmp(argv[i], "--pin") == 0)
             pin_cpus = 1;
         else if (strcmp(argv[i], "--batch") == 0)
@@ -657,66 +879,37 @@ int main(int argc, char **argv)
                                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (board == MAP_FAILED)
         die("mmap", -errno);
-    static struct run_result flat[15][COUNTS], paced[15][COUNTS];
+    static struct run_result flat[WAITER_KINDS][15][COUNTS], paced[WAITER_KINDS][15][COUNTS];
     int failures = 0;
 
     printf("## herd: %ld CPUs, %d-byte messages, %d repeats of %.1f s, medians (min-max)\n\n",
            sysconf(_SC_NPROCESSORS_ONLN), MESSAGE_SIZE, repeats, seconds);
-    printf("Consumers: spin %u, nap before blocking %.0f us, %s; %s.\n", consumer_spin,
+    printf("Consumers: spin %u, nap before blocking %.0f us, %s; %s; waiting:", consumer_spin,
            (double)consumer_nap_ns / 1000, consumer_batch ? "SCHED_BATCH" : "SCHED_OTHER",
            pin_cpus ? "producer pinned to CPU 0, consumers to CPU 1" : "no pinning");
-    for (int r = 0; r < repeats; r++)
-        for (size_t i = 0; i < count_n; i++) {
-            struct run_plan plan = {consumer_counts[i], seconds, 0};
-            run_once(&plan, board, &flat[r][i]);
-            failures += flat[r][i].failures;
-            fprintf(stderr, "flat out  round %d N=%2d: %.2f M msgs/s, %.4f wakes/msg\n", r,
-                    plan.consumers, flat[r][i].rate / 1e6,
-                    (double)flat[r][i].wakeups / (double)(flat[r][i].published ? flat[r][i].published : 1));
-        }
-    report("Flat out", flat, repeats);
+    for (size_t k = 0; k < waiter_n; k++)
+        printf("%s %s", k ? "," : "", waiter_names[waiter_kinds[k]]);
+    printf(".\n");
 
-    for (int r = 0; r < repeats; r++)
-        for (size_t i = 0; i < count_n; i++) {
-            struct run_plan plan = {consumer_counts[i], seconds, rate};
-            run_once(&plan, board, &paced[r][i]);
-            failures += paced[r][i].failures;
-            fprintf(stderr, "paced     round %d N=%2d: %.0f msgs/s, %.4f wakes/msg\n", r,
-                    plan.consumers, paced[r][i].rate,
-                    (double)paced[r][i].wakeups / (double)(paced[r][i].published ? paced[r][i].published : 1));
-        }
-    char title[96];
-    snprintf(title, sizeof(title), "Fixed rate, %.0f msgs/s asked", rate);
-    report(title, paced, repeats);
+    failures += run_scenario("flat out", seconds, 0, board, flat, repeats);
+    for (size_t k = 0; k < waiter_n; k++)
+        report(titled("Flat out", waiter_kinds[k]), flat[waiter_kinds[k]], repeats);
+    if (waiter_n == WAITER_KINDS)
+        compare("Flat out: descriptor waiters against futex sleepers", flat, repeats);
 
-    double alone[15], before[15], after[15], first[15], rel[15];
-    uint64_t wakes_after_max = 0, wakes_after_min = UINT64_MAX;
-    for (int r = 0; r < repeats; r++) {
-        struct kill_result k;
-        run_killed_sleeper(seconds < 1 ? seconds : 1, board, &k);
-        alone[r] = k.alone;
-        before[r] = k.before;
-        after[r] = k.after;
-        first[r] = k.first_10ms;
-        rel[r] = k.after / k.before;
-        if (k.wakes_after > wakes_after_max)
-            wakes_after_max = k.wakes_after;
-        if (k.wakes_after < wakes_after_min)
-            wakes_after_min = k.wakes_after;
-        fprintf(stderr, "killed sleeper round %d: before %.2f M, after %.2f M, %llu wakes after\n",
-                r, k.before / 1e6, k.after / 1e6, (unsigned long long)k.wakes_after);
+    failures += run_scenario("paced", seconds, rate, board, paced, repeats);
+    char paced_title[96];
+    snprintf(paced_title, sizeof(paced_title), "Fixed rate, %.0f msgs/s asked", rate);
+    for (size_t k = 0; k < waiter_n; k++)
+        report(titled(paced_title, waiter_kinds[k]), paced[waiter_kinds[k]], repeats);
+    if (waiter_n == WAITER_KINDS) {
+        snprintf(paced_title, sizeof(paced_title),
+                 "Fixed rate, %.0f msgs/s asked: descriptor waiters against futex sleepers", rate);
+        compare(paced_title, paced, repeats);
     }
-    printf("\n### Killed sleeper (windows of %.1f s)\n\n", seconds < 1 ? seconds : 1);
-    printf("| no consumer yet | blocking consumer alive | after SIGKILL, first 10 ms | after SIGKILL, whole window | after / before | wakes after the kill |\n");
-    printf("|---:|---:|---:|---:|---:|---:|\n");
-    printf("|");
-    print_rate(stats(alone, repeats));
-    print_rate(stats(before, repeats));
-    print_rate(stats(first, repeats));
-    print_rate(stats(after, repeats));
-    print_ratio(stats(rel, repeats));
-    printf(" %llu-%llu |\n", (unsigned long long)wakes_after_min,
-           (unsigned long long)wakes_after_max);
+
+    for (size_t k = 0; k < waiter_n; k++)
+        report_killed_sleeper(seconds < 1 ? seconds : 1, waiter_kinds[k], board, repeats);
 
     if (failures) {
         fprintf(stderr, "herd: %d invariant violations\n", failures);
