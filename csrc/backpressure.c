@@ -217,8 +217,10 @@ static void wake_producer(struct shmq_consumer *c)
         return;
     if (c->wake_sender < 0)
         c->wake_sender = shmq_wake_sender_open();
+    /* Relaxed: published by the release store of the nonce. */
+    uint64_t key = shmq_load_relaxed(&c->control->producer_key);
     if (c->wake_sender >= 0)
-        (void)shmq_wake_socket_send(c->wake_sender, c->geometry.instance, -1, nonce);
+        (void)shmq_wake_socket_send(c->wake_sender, c->geometry.instance, -1, nonce, key);
 }
 
 int shmq_backpressure_arm(struct shmq_producer *p)

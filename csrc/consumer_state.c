@@ -238,27 +238,40 @@ static int attach_entry(const struct shmq_consumer_state *s, int id,
     return *entry == NULL ? -EACCES : 0;
 }
 
+/* Brings view i up to date with what the kernel tells (live: whether lock
+ * byte i is held). */
+static void refresh_view(struct shmq_consumer_state *s, uint32_t i, int live)
+{
+    struct shmq_entry_view *v = &s->views[i];
+    int id = live ? entry_id(s, i) : -ENOENT;
+    v->unclear = id == -EBADMSG;
+    if (id >= 0 && id == v->shm_id)
+        return;
+    if (v->entry != NULL)
+        drop_view(v);
+    struct shmq_consumer_entry *entry;
+    uid_t creator;
+    if (id >= 0 && attach_entry(s, id, &entry, &creator) == 0) {
+        v->entry = entry;
+        v->shm_id = id;
+    }
+}
+
 void shmq_consumers_discover(struct shmq_consumer_state *s)
 {
     if (s->locks == NULL)
         return;
     unsigned char live[SHMQ_CONSUMER_ENTRIES_MAX] = {0};
     find_live(s, 0, s->entry_count, live, 0);
-    for (uint32_t i = 0; i < s->entry_count; i++) {
-        struct shmq_entry_view *v = &s->views[i];
-        int id = live[i] ? entry_id(s, i) : -ENOENT;
-        v->unclear = id == -EBADMSG;
-        if (id >= 0 && id == v->shm_id)
-            continue;
-        if (v->entry != NULL)
-            drop_view(v);
-        struct shmq_consumer_entry *entry;
-        uid_t creator;
-        if (id >= 0 && attach_entry(s, id, &entry, &creator) == 0) {
-            v->entry = entry;
-            v->shm_id = id;
-        }
-    }
+    for (uint32_t i = 0; i < s->entry_count; i++)
+        refresh_view(s, i, live[i]);
+}
+
+void shmq_consumers_discover_one(struct shmq_consumer_state *s, uint32_t index)
+{
+    if (s->locks == NULL || s->views == NULL || index >= s->entry_count)
+        return;
+    refresh_view(s, index, shmq_region_lock_held(s->locks, index) == 1);
 }
 
 void shmq_consumers_forget(struct shmq_consumer_state *s, uint32_t index)

@@ -623,8 +623,12 @@ static uint32_t attached_consumers(struct shmq_producer *p)
 
 int shmq_producer_wait_consumers(struct shmq_producer *p, uint32_t n, int64_t timeout_ns)
 {
+    if (p == NULL)
+        return -EINVAL;
     if (p->forked)
         return -ECHILD;
+    if (n > p->geometry.consumer_entries)
+        return -ERANGE; /* more than can ever attach */
     int64_t deadline = deadline_after(timeout_ns);
     for (;;) {
         int rc = shmq_waiter_take_interrupt(&p->waiter);

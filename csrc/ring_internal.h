@@ -98,7 +98,8 @@ struct shmq_producer {
     uint64_t descriptor_wakeups; /* datagrams sent to descriptor waiters */
     int wake_sender;             /* socket the wake-ups go out of; -1: none yet */
     int wake_fd;                 /* shmq_producer_fileno; -1: none yet */
-    uint32_t joins_seen;         /* descriptor_joins at the last listing */
+    uint64_t wake_key;           /* the only payload wake_fd accepts */
+    int64_t listing_allowed_at;  /* a full listing for joiners waits until then */
     /* Lossless: sequences below `limit` have room (every registered consumer
      * has read what they overwrite); recomputed when publishing reaches it. */
     uint64_t limit;
@@ -136,11 +137,9 @@ struct shmq_consumer {
     struct shmq_producer_watch producer; /* whether the producer lives */
     /* The descriptor (shmq_consumer_fileno; docs/waiting.md). */
     int wake_fd;             /* -1: none yet */
-    int wake_armed;          /* armed, and no wake-up sent since, as far as we know */
     int wake_token;          /* we queued a token to ourselves: readable */
-    uint32_t wake_epoch_seen; /* control->wake_epoch when we armed */
     uint32_t wake_armed_count;
-    uint64_t wake_nonce;
+    uint64_t wake_key;       /* the only payload our socket accepts */
     int wake_sender; /* to wake a producer waiting on its descriptor; -1: none yet */
 };
 
@@ -174,6 +173,8 @@ int shmq_consumers_claim(struct shmq_consumer_state *state, struct shmq_consumer
 int shmq_consumers_entry_live(const struct shmq_consumer_state *state, uint32_t index);
 /* Producer: map the entries of live consumers, drop those of dead ones. */
 void shmq_consumers_discover(struct shmq_consumer_state *state);
+/* The same for entry `index` alone. */
+void shmq_consumers_discover_one(struct shmq_consumer_state *state, uint32_t index);
 void shmq_consumers_forget(struct shmq_consumer_state *state, uint32_t index);
 int shmq_consumers_snapshot(const struct shmq_consumer_state *state, uint32_t index,
                             struct shmq_consumer_info *info, uint64_t head,
@@ -216,11 +217,13 @@ int64_t shmq_now_ns(void);
 
 /* wake_socket.c */
 uint64_t shmq_wake_nonce(void);
-/* entry_id -1: the producer's socket. */
-int shmq_wake_socket_open(uint64_t instance, int entry_id, uint64_t nonce);
+/* entry_id -1: the producer's socket. It accepts only datagrams whose
+ * payload is the 8 bytes of key. */
+int shmq_wake_socket_open(uint64_t instance, int entry_id, uint64_t nonce, uint64_t key);
 int shmq_wake_sender_open(void);
-int shmq_wake_socket_send(int sender, uint64_t instance, int entry_id, uint64_t nonce);
-void shmq_wake_socket_token(int fd);
+int shmq_wake_socket_send(int sender, uint64_t instance, int entry_id, uint64_t nonce,
+                          uint64_t key);
+void shmq_wake_socket_token(int fd, uint64_t key);
 void shmq_wake_socket_drain(int fd);
 
 /* descriptor.c */

@@ -341,7 +341,8 @@ int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
 int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_start start);
 
 /* Copies the next message into buf (buf_size bytes) and stores its length in
- * *length. Never blocks, never makes a syscall.
+ * *length. Never blocks, and makes no syscall, except one recv when it finds
+ * nothing on a consumer that holds a descriptor (shmq_consumer_fileno).
  * If the consumer was overrun, the skipped messages are added to the lost
  * count and it resumes half a ring behind the producer (see OVERRUN below).
  * Returns 0; SHMQ_EMPTY (-EAGAIN) when nothing is available (also at the
@@ -532,7 +533,8 @@ void shmq_consumer_set_wait_check(struct shmq_consumer *consumer, int (*check)(v
  *   shmq_producer_wait_consumers waits until at least n consumers are
  *   attached: registered ones on a lossless queue, any with an entry on a
  *   lossy one. Returns their count, -ETIMEDOUT, SHMQ_INTERRUPTED or -EINTR
- *   (as WAITING below). It looks every millisecond.
+ *   (as WAITING below), or -ERANGE at once when n is more than the queue's
+ *   consumer entries (it could never happen). It looks every millisecond.
  */
 #define SHMQ_ROOM_RECHECK_NS (10LL * 1000 * 1000)
 #define SHMQ_WAIT_ANY_FUTEX_MAX 64u

@@ -28,10 +28,9 @@
  *   line 3 (384) stream_state u32: SHMQ_STREAM_ENDED once the producer closed
  *   line 4 (512) wake_shm i32: the System V segment holding the wake page,
  *                written by the producer when it opens
- *   line 5 (640) wake_epoch u32: odd while the producer sends wake-ups to
- *                descriptor waiters, bumped to even when it is done |
- *                reserved u32 | producer_nonce u64: names the producer's
- *                wake socket (docs/waiting.md); 0: it has none
+ *   line 5 (640) producer_nonce u64: names the producer's wake socket
+ *                (docs/waiting.md); 0: it has none | producer_key u64: the
+ *                only payload that socket accepts
  *   rest         zero, reserved
  *
  *   Slot (slot_stride bytes, a multiple of 16):
@@ -61,9 +60,7 @@
  *                    SHMQ_WAKE_DESCRIPTOR: on their wake socket), cleared
  *                    by the producer when it wakes them |
  *                    relay_word u32: the last futex_word value whose wake
- *                    a woken consumer passed on to the other sleepers |
- *                    descriptor_joins u32: bumped by a consumer that opens
- *                    a wake socket, so the producer lists entries again
+ *                    a woken consumer passed on to the other sleepers
  *            line 1: producer_waiting u32 | producer_futex u32 |
  *                    producer_wake_at u64: a lossless producer waiting for
  *                    room raises producer_waiting (SHMQ_WAKE_FUTEX, and
@@ -72,6 +69,9 @@
  *                    position reaches producer_wake_at clears the flag,
  *                    bumps the word and wakes it
  *            line 2: tag: magic u64 "shmqwake" | ring_instance u64
+ *            line 3: joined u64[16]: bit i set by the consumer of entry i
+ *                    when it opens a wake socket, so that the producer
+ *                    looks at that entry again (docs/waiting.md)
  *
  *   Entry i: one page of System V shared memory, created by the consumer
  *   that holds lock byte i (IPC_PRIVATE, mode 0600), given to the ring's
@@ -79,10 +79,12 @@
  *   consumer (its creator) and the producer's user can map it, and the
  *   kernel frees it with the last mapping; the producer maps it read-only:
  *            position u64 | pid u32 | state u32 | lost u64 |
- *            ring_instance u64 | index u32 | armed u32 | wake_nonce u64
+ *            ring_instance u64 | index u32 | armed u32 | wake_nonce u64 |
+ *            wake_key u64
  *            armed: bumped by the consumer each time it waits on its wake
  *            socket; the producer sends one wake-up per new value, to the
- *            socket named by the page's id and wake_nonce (docs/waiting.md)
+ *            socket named by the page's id and wake_nonce, carrying
+ *            wake_key, the only payload that socket accepts (docs/waiting.md)
  *            state: 0 free; otherwise 2 (claimed) and bit
  *            0, SHMQ_ENTRY_REGISTERED: a lossless producer must not
  *            overwrite what this consumer has not read (position).
@@ -153,10 +155,9 @@ struct shmq_control {
     _Atomic int32_t wake_shm;
     unsigned char pad4[SHMQ_LINE - 4];
     /* line 5 */
-    _Atomic uint32_t wake_epoch;
-    uint32_t pad5;
     _Atomic uint64_t producer_nonce;
-    unsigned char pad6[SHMQ_LINE - 16];
+    _Atomic uint64_t producer_key;
+    unsigned char pad5[SHMQ_LINE - 16];
 };
 
 struct shmq_slot {
@@ -169,14 +170,15 @@ struct shmq_slot {
 struct shmq_wake_page {
     _Atomic uint32_t wake_flag;
     _Atomic uint32_t relay_word;
-    _Atomic uint32_t descriptor_joins;
-    unsigned char pad0[SHMQ_LINE - 12];
+    unsigned char pad0[SHMQ_LINE - 8];
     _Atomic uint32_t producer_waiting;
     _Atomic uint32_t producer_futex;
     _Atomic uint64_t producer_wake_at;
     unsigned char pad1[SHMQ_LINE - 16];
     _Atomic uint64_t magic;
     _Atomic uint64_t ring_instance;
+    unsigned char pad2[SHMQ_LINE - 16];
+    _Atomic uint64_t joined[SHMQ_CONSUMER_ENTRIES_MAX / 64];
 };
 
 struct shmq_consumer_entry {
@@ -188,6 +190,7 @@ struct shmq_consumer_entry {
     uint32_t index;
     _Atomic uint32_t armed;
     _Atomic uint64_t wake_nonce;
+    _Atomic uint64_t wake_key;
 };
 
 _Static_assert(offsetof(struct shmq_identity, version) == 8, "layout");
@@ -204,25 +207,27 @@ _Static_assert(offsetof(struct shmq_control, head) == 1 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, futex_word) == 2 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, stream_state) == 3 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, wake_shm) == 4 * SHMQ_LINE, "layout");
-_Static_assert(offsetof(struct shmq_control, wake_epoch) == 5 * SHMQ_LINE, "layout");
-_Static_assert(offsetof(struct shmq_control, producer_nonce) == 5 * SHMQ_LINE + 8, "layout");
+_Static_assert(offsetof(struct shmq_control, producer_nonce) == 5 * SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_control, producer_key) == 5 * SHMQ_LINE + 8, "layout");
 _Static_assert(sizeof(struct shmq_control) == 6 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_slot, length) == 8, "layout");
 _Static_assert(offsetof(struct shmq_slot, payload) == SHMQ_SLOT_HEADER, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, relay_word) == 4, "layout");
-_Static_assert(offsetof(struct shmq_wake_page, descriptor_joins) == 8, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_waiting) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_futex) == SHMQ_LINE + 4, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_wake_at) == SHMQ_LINE + 8, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, magic) == 2 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, ring_instance) == 2 * SHMQ_LINE + 8, "layout");
+_Static_assert(offsetof(struct shmq_wake_page, joined) == 3 * SHMQ_LINE, "layout");
+_Static_assert(sizeof(struct shmq_wake_page) == 4 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, pid) == 8, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, lost) == 16, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, ring_instance) == 24, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, index) == 32, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, armed) == 36, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, wake_nonce) == 40, "layout");
-_Static_assert(sizeof(struct shmq_consumer_entry) == 48, "layout");
+_Static_assert(offsetof(struct shmq_consumer_entry, wake_key) == 48, "layout");
+_Static_assert(sizeof(struct shmq_consumer_entry) == 56, "layout");
 
 /* Bytes one slot occupies for a given maximum payload. */
 static inline uint64_t shmq_slot_stride_for(uint64_t slot_size)

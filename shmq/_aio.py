@@ -28,7 +28,7 @@ _ROOM_RECHECK = 0.01
 # idle consumer: 500 of them cost about 10 ms of CPU per second.
 _SAFETY_RECHECK = 1.0
 # A consumer without a descriptor (every consumer entry taken) looks this often.
-_NO_DESCRIPTOR_SLICE = 0.005
+_NO_DESCRIPTOR_SLICE = 0.01
 # wait_consumers_async looks this often.
 _ATTACH_LOOK = 0.002
 
@@ -177,9 +177,11 @@ class Consumer(_shmq.Consumer):
 
     def close(self) -> None:
         fd = getattr(self, "_async_fd", None)
-        if fd is not None and not self.closed:
-            _release(fd)
-        super().close()
+        try:
+            if fd is not None and not self.closed:
+                _release(fd)
+        finally:
+            super().close()
 
     close.__doc__ = _shmq.Consumer.close.__doc__
 

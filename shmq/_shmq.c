@@ -853,6 +853,23 @@ static PyObject *Producer_get_closed(ProducerObject *self, void *closure)
 }
 
 
+/* n for wait_consumers: an int from 0 to 2^32-1. */
+static int consumer_count(PyObject *value, uint32_t *out)
+{
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "n must be int, not %.100s", Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    if ((v == (unsigned long long)-1 && PyErr_Occurred()) || v > UINT32_MAX) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "n must be an integer from 0 to max_consumers");
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
 /* wait_consumers(n, timeout=None): see the docstring in Producer_methods. */
 static PyObject *Producer_wait_consumers(ProducerObject *self, PyObject *const *args,
                                          Py_ssize_t nargs, PyObject *kwnames)
@@ -864,11 +881,22 @@ static PyObject *Producer_wait_consumers(ProducerObject *self, PyObject *const *
     if (parse_args(args, nargs, kwnames, names, 1, argv, 2) < 0)
         return NULL;
     uint32_t n;
-    if (optional_u32(argv[0], "n", &n) < 0)
+    if (consumer_count(argv[0], &n) < 0)
         return NULL;
     int64_t timeout_ns;
     if (parse_timeout(argv[1] ? argv[1] : Py_None, &timeout_ns) < 0)
         return NULL;
+    int now = shmq_producer_wait_consumers(self->producer, n, 0);
+    if (now == -ERANGE)
+        return PyErr_Format(PyExc_ValueError, "n=%u is more than the %R queue's max_consumers: "
+                            "that many can never attach", (unsigned)n, self->name);
+    if (now >= 0 || timeout_ns == 0) {
+        if (now == -ETIMEDOUT)
+            return PyErr_Format(PyExc_TimeoutError, "fewer than %u consumers attached to %R",
+                                (unsigned)n, self->name);
+        return now < 0 ? raise_code(state_of_type(Py_TYPE(self)), now, self->name)
+                       : PyLong_FromLong(now);
+    }
     struct released_gil gil;
     self->busy = 1;
     self->busy_pid = getpid();
@@ -902,11 +930,14 @@ static PyObject *Producer_count_consumers(ProducerObject *self, PyObject *n)
     if (!producer_usable(self))
         return NULL;
     uint32_t want;
-    if (optional_u32(n, "n", &want) < 0)
+    if (consumer_count(n, &want) < 0)
         return NULL;
     int rc = shmq_producer_wait_consumers(self->producer, want, 0);
     if (rc == -ETIMEDOUT)
         Py_RETURN_NONE;
+    if (rc == -ERANGE)
+        return PyErr_Format(PyExc_ValueError, "n=%u is more than the %R queue's max_consumers: "
+                            "that many can never attach", (unsigned)want, self->name);
     if (rc < 0)
         return raise_code(state_of_type(Py_TYPE(self)), rc, self->name);
     return PyLong_FromLong(rc);
@@ -1058,6 +1089,7 @@ typedef struct {
     pid_t busy_pid;    /* ... in this process (a forked child never finishes it) */
     int close_pending; /* close() was called while busy */
     int lent;          /* a view() is open */
+    int listed;        /* wait_any() is gathering its consumers: seen once already */
     int pending;       /* a core error a poll_many met after it had consumed
                           messages: the next call raises it */
     Py_ssize_t exports; /* buffers of views still exported */
@@ -2451,16 +2483,19 @@ static PyObject *shmq_wait_any_py(PyObject *module, PyObject *const *args, Py_ss
             goto done;
         }
         ConsumerObject *c = (ConsumerObject *)item;
-        int seen = 0;
-        for (Py_ssize_t j = 0; j < m && !seen; j++)
-            seen = objs[j] == c;
-        if (seen)
-            continue;
+        if (c->listed)
+            continue; /* a duplicate: each consumer is waited on (and returned) once */
         if (!consumer_usable(c))
             goto done;
+        c->listed = 1;
         objs[m] = c;
         handles[m] = c->consumer;
         m++;
+    }
+    if (m == 0 && timeout_ns < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "wait_any() with no consumers and no timeout would never return");
+        goto done;
     }
     if (timeout_ns == 0) {
         int rc = shmq_wait_any(handles, (size_t)m, 0, ready, NULL, NULL);
@@ -2470,9 +2505,10 @@ static PyObject *shmq_wait_any_py(PyObject *module, PyObject *const *args, Py_ss
         }
     } else {
         struct released_gil gil;
+        pid_t me = getpid();
         for (marked = 0; marked < m; marked++) {
             objs[marked]->busy = 1;
-            objs[marked]->busy_pid = getpid();
+            objs[marked]->busy_pid = me;
         }
         int rc;
         do {
@@ -2518,6 +2554,8 @@ static PyObject *shmq_wait_any_py(PyObject *module, PyObject *const *args, Py_ss
 done:
     for (Py_ssize_t i = 0; i < marked; i++)
         objs[i]->busy = 0;
+    for (Py_ssize_t i = 0; i < m; i++)
+        objs[i]->listed = 0;
     PyMem_Free(objs);
     PyMem_Free(handles);
     PyMem_Free(ready);
@@ -2530,8 +2568,8 @@ static PyMethodDef module_methods[] = {
      "wait_any($module, /, consumers, timeout=None)\n--\n\nBlock (GIL released) until at "
      "least one of `consumers` has something for poll(timeout=0) (a message, or a loss or "
      "error to report) or its stream has ended, or until timeout seconds pass (None: "
-     "forever; 0: only look). Returns the list of those ready, in the order given (empty on "
-     "timeout). Takes any number of consumers of any queues; up to 64 it sleeps in one "
+     "forever; 0: only look). Returns the list of those ready, each once, in the order they "
+     "were given (empty on timeout). Takes any number of consumers of any queues; up to 64 it sleeps in one "
      "futex_waitv, beyond that in ppoll on their descriptors (fileno()). Ctrl-C interrupts "
      "it. The consumers may not be used by another thread meanwhile; close() from another "
      "thread ends the wait with ValueError."},

@@ -416,18 +416,21 @@ def test_a_consumer_entry_is_found_from_the_lock_file_and_has_the_documented_byt
             assert _u(data, entry, "lost") == 0
             assert _u(data, entry, "armed") == 0, "never armed: no descriptor yet"
             assert _u(data, entry, "wake_nonce") == 0
+            assert _u(data, entry, "wake_key") == 0
             state = _u(data, entry, "state")
             assert state & registered
             assert state >> 1 == 1, "a fresh page: claim counter 1"
-            assert not any(data[entry["wake_nonce"][0] + 8:]), "the rest of the page is zero"
+            assert not any(data[entry["wake_key"][0] + 8:]), "the rest of the page is zero"
 
             # A descriptor: the nonce and the armed count appear in the
             # entry, and the socket is bound under the documented name.
-            fd = consumer.fileno()
-            assert consumer.poll() is None  # arms it
+            fd = consumer.fileno()  # arms it
+            assert _u(read_entry(), entry, "armed") == 1
+            assert consumer.poll() is None  # arms it again
             data = read_entry()
             nonce = _u(data, entry, "wake_nonce")
-            assert nonce != 0 and _u(data, entry, "armed") == 1
+            assert nonce != 0 and _u(data, entry, "wake_key") != 0
+            assert _u(data, entry, "armed") == 2
             sockname = socket.socket(fileno=os.dup(fd))
             try:
                 assert sockname.getsockname() == (
