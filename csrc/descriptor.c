@@ -130,16 +130,27 @@ void shmq_consumer_quiet(struct shmq_consumer *c)
 /* Joiners whose entries a round looks at one by one; more than this at
  * once is a burst (a pool starting), answered by one full listing. */
 #define JOIN_CHECKS_PER_ROUND 4
-/* Full listings for joiners take at most a tenth of the producer's time:
- * the next waits nine times as long as the last took. */
+/* How much of the producer's time looking at joiners may take, as the wait
+ * after a look in multiples of how long it took: full listings a tenth,
+ * looks at single entries a half. Normal joiners never come that fast; a
+ * consumer that sets every bit on every publish can then cost the
+ * producer no more than that share. */
 #define LISTING_SHARE 9
+#define CHECK_SHARE 1
+
+/* Gives bits back for a later round, and raises the flag so that the next
+ * publish makes one. */
+static void look_later(struct shmq_wake_page *wake, uint32_t word, uint64_t bits)
+{
+    /* Seq_cst: as the joiner's own fetch_or. */
+    shmq_fetch_or_seq_cst(&wake->joined[word], bits);
+    shmq_fetch_or_seq_cst(&wake->wake_flag, SHMQ_WAKE_DESCRIPTOR);
+}
 
 /* Looks again at the entries whose consumers announced a socket (joined
  * bits). Each costs a few syscalls, and any consumer may set every bit on
- * every publish, so a round does a bounded amount of it: a few entries one
- * by one, or a full listing when at most a tenth of the time goes to them;
- * what is left waits for the next round, with the flag raised again so
- * that there is one. */
+ * every publish, so a round does a bounded amount of it (see the shares
+ * above); what is left waits for the next round. */
 static void look_at_joiners(struct shmq_producer *p)
 {
     struct shmq_consumer_state *cs = &p->consumers;
@@ -152,6 +163,11 @@ static void look_at_joiners(struct shmq_producer *p)
     if (pending == 0)
         return;
     int64_t now = shmq_now_ns();
+    if (now < p->joiners_allowed_at) {
+        /* Seq_cst: the flag alone; the bits stay where they are. */
+        shmq_fetch_or_seq_cst(&wake->wake_flag, SHMQ_WAKE_DESCRIPTOR);
+        return;
+    }
     if (pending > JOIN_CHECKS_PER_ROUND && now >= p->listing_allowed_at) {
         for (uint32_t w = 0; w < words; w++)
             /* Seq_cst: pairs with the joiner's fetch_or; its nonce and key,
@@ -160,25 +176,24 @@ static void look_at_joiners(struct shmq_producer *p)
         shmq_consumers_discover(cs);
         int64_t done = shmq_now_ns();
         p->listing_allowed_at = done + LISTING_SHARE * (done - now);
+        p->joiners_allowed_at = done + CHECK_SHARE * (done - now);
         return;
     }
     unsigned budget = JOIN_CHECKS_PER_ROUND;
-    for (uint32_t w = 0; w < words && budget > 0; w++) {
+    for (uint32_t w = 0; w < words; w++) {
         /* Seq_cst: as above. */
-        uint64_t bits = shmq_exchange_seq_cst(&wake->joined[w], 0);
+        uint64_t bits = budget > 0 ? shmq_exchange_seq_cst(&wake->joined[w], 0) : 0;
         while (bits != 0 && budget > 0) {
             unsigned bit = (unsigned)__builtin_ctzll(bits);
             bits &= bits - 1;
             budget--;
             shmq_consumers_discover_one(cs, w * 64 + bit);
         }
-        if (bits != 0) {
-            /* Seq_cst: handed back for a later round, which the raised
-             * flag makes happen at the next publish. */
-            shmq_fetch_or_seq_cst(&wake->joined[w], bits);
-            shmq_fetch_or_seq_cst(&wake->wake_flag, SHMQ_WAKE_DESCRIPTOR);
-        }
+        if (bits != 0)
+            look_later(wake, w, bits);
     }
+    int64_t done = shmq_now_ns();
+    p->joiners_allowed_at = done + CHECK_SHARE * (done - now);
 }
 
 /* Sends one datagram to each consumer whose `armed` moved since the last

@@ -100,6 +100,7 @@ struct shmq_producer {
     int wake_fd;                 /* shmq_producer_fileno; -1: none yet */
     uint64_t wake_key;           /* the only payload wake_fd accepts */
     int64_t listing_allowed_at;  /* a full listing for joiners waits until then */
+    int64_t joiners_allowed_at;  /* any look at joiners waits until then */
     /* Lossless: sequences below `limit` have room (every registered consumer
      * has read what they overwrite); recomputed when publishing reaches it. */
     uint64_t limit;
