@@ -13,6 +13,8 @@
  *     another thread returns SHMQ_INTERRUPTED;
  *   - a lossless producer's descriptor turns readable when a consumer frees
  *     room after shmq_producer_wait_room(p, 0) said SHMQ_FULL;
+ *   - datagrams from anyone without the socket's key never make it
+ *     readable; with the key, one poll that finds nothing quiets it;
  *   - shmq_producer_wait_consumers counts consumers that attach.
  * Built under ASan (make test) and under TSan (make tsan).
  */
@@ -22,7 +24,11 @@
 #include <stdatomic.h>
 #include <sys/resource.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+
 #include "helpers.h"
+#include "ring_internal.h" /* the wake key, to play a consumer of the queue */
 
 static int readable(int fd, int timeout_ms)
 {
@@ -80,6 +86,46 @@ static void readiness(void)
     CHECK_RC(shmq_consumer_poll(c, &v, sizeof(v), &len), SHMQ_EMPTY);
     CHECK(readable(fd, 0)); /* and it stays readable */
     shmq_consumer_close(c);
+}
+
+/* Datagrams from anyone else: without the key the kernel drops them; with
+ * it (a reader of the queue can know it) the descriptor turns readable, and
+ * the next poll that finds nothing quiets it again: never readable for
+ * nothing for longer than one poll. */
+static void stray_datagrams(void)
+{
+    const char *name = test_name("stray");
+    struct shmq_producer *p = open_producer(name, 16, 0);
+    struct shmq_consumer *c;
+    CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
+    int fd = shmq_consumer_fileno(c);
+    CHECK(fd >= 0 && !readable(fd, 0));
+    struct sockaddr_un addr;
+    socklen_t len = sizeof(addr);
+    CHECK(getsockname(fd, (struct sockaddr *)&addr, &len) == 0);
+    int stranger = socket(AF_UNIX, SOCK_DGRAM, 0);
+    CHECK(stranger >= 0);
+    uint64_t guess = 0x0123456789abcdefULL;
+    for (int i = 0; i < 100; i++, guess *= 6364136223846793005ULL)
+        CHECK(sendto(stranger, &guess, sizeof(guess), 0, (struct sockaddr *)&addr, len) ==
+              (ssize_t)sizeof(guess)); /* accepted by the kernel, then dropped */
+    CHECK(sendto(stranger, "x", 1, 0, (struct sockaddr *)&addr, len) == 1);
+    CHECK(!readable(fd, 20));
+    uint64_t key = c->wake_key;
+    for (int round = 0; round < 100; round++) {
+        CHECK(sendto(stranger, &key, sizeof(key), 0, (struct sockaddr *)&addr, len) ==
+              (ssize_t)sizeof(key));
+        CHECK(readable(fd, 0));
+        uint64_t v;
+        size_t n;
+        CHECK_RC(shmq_consumer_poll(c, &v, sizeof(v), &n), SHMQ_EMPTY);
+        CHECK(!readable(fd, 0));
+    }
+    publish_u64(p, 5); /* and real wake-ups still come */
+    CHECK(readable(fd, 1000));
+    close(stranger);
+    shmq_consumer_close(c);
+    shmq_producer_close(p);
 }
 
 /* A publish from another process wakes the descriptor. */
@@ -326,6 +372,7 @@ int main(void)
     }
     readiness();
     readiness_across_processes();
+    stray_datagrams();
     no_lost_wakeups();
     wait_any_over(3);
     wait_any_over(100);
