@@ -125,6 +125,14 @@ void shmq_consumer_quiet(struct shmq_consumer *c)
     }
 }
 
+int shmq_consumer_rearm(struct shmq_consumer *c)
+{
+    if (c == NULL || c->wake_fd < 0)
+        return -EINVAL;
+    shmq_consumer_quiet(c);
+    return 0;
+}
+
 /* ---------------------------------------------------------- the producer */
 
 /* Joiners whose entries a round looks at one by one; more than this at

@@ -540,6 +540,14 @@ void shmq_consumer_set_wait_check(struct shmq_consumer *consumer, int (*check)(v
 #define SHMQ_WAIT_ANY_FUTEX_MAX 64u
 
 int shmq_consumer_fileno(struct shmq_consumer *consumer);
+/* For a program that waits on the descriptor with a long or no timeout:
+ * arms it again as a poll that finds nothing does, without reading
+ * anything (it stays or turns readable if a poll would find something).
+ * Another consumer of the queue can clear the shared wake flag; calling this
+ * now and then (poll_async does, once a second for all its consumers)
+ * bounds how long that can strand a waiter. 0, or -EINVAL without a
+ * descriptor. */
+int shmq_consumer_rearm(struct shmq_consumer *consumer);
 int shmq_producer_fileno(struct shmq_producer *producer);
 int shmq_wait_any(struct shmq_consumer *const *consumers, size_t count, int64_t timeout_ns,
                   unsigned char *ready, int (*check)(void *context), void *context);

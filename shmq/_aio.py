@@ -22,10 +22,10 @@ from . import _shmq  # type: ignore[attr-defined]
 # A lossless producer waiting for room looks again at least this often:
 # consumers that die free nothing and send nothing (the core's 10 ms slice).
 _ROOM_RECHECK = 0.01
-# An awaiting consumer looks again at least this often, and raises the wake
-# flag again if it finds it cleared: a consumer of the same queue can write
-# the shared wake page (docs/waiting.md, TRUST). One wake-up per second per
-# idle consumer: 500 of them cost about 10 ms of CPU per second.
+# Every consumer awaited in a loop is armed again this often, by one timer
+# per loop, without waking its coroutine: a consumer of the same queue can
+# clear the shared wake flag (docs/waiting.md, Trust), and re-arming raises
+# it again (and makes the descriptor readable if a message is there).
 _SAFETY_RECHECK = 1.0
 # A consumer without a descriptor (every consumer entry taken) looks this often.
 _NO_DESCRIPTOR_SLICE = 0.01
@@ -36,6 +36,39 @@ _ATTACH_LOOK = 0.002
 _waiting: "WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[int, Set[asyncio.Future]]]" = (
     WeakKeyDictionary()
 )
+
+
+# loop -> the consumers awaited in it now, and the timer that re-arms them
+_awaited: "WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[Any, int]]" = WeakKeyDictionary()
+_rearm_timers: "WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.TimerHandle]" = WeakKeyDictionary()
+
+
+def _rearm_all(loop: asyncio.AbstractEventLoop) -> None:
+    _rearm_timers.pop(loop, None)
+    consumers = _awaited.get(loop)
+    if not consumers:
+        return
+    for consumer in list(consumers):
+        consumer._rearm()
+    _rearm_timers[loop] = loop.call_later(_SAFETY_RECHECK, _rearm_all, loop)
+
+
+def _awaiting(loop: asyncio.AbstractEventLoop, consumer: Any, add: bool) -> None:
+    consumers = _awaited.setdefault(loop, {})
+    if add:
+        consumers[consumer] = consumers.get(consumer, 0) + 1
+        if loop not in _rearm_timers:
+            _rearm_timers[loop] = loop.call_later(_SAFETY_RECHECK, _rearm_all, loop)
+        return
+    left = consumers.get(consumer, 1) - 1
+    if left > 0:
+        consumers[consumer] = left
+    else:
+        consumers.pop(consumer, None)
+    if not consumers:
+        timer = _rearm_timers.pop(loop, None)
+        if timer is not None:
+            timer.cancel()
 
 
 def _wake(loop: asyncio.AbstractEventLoop, fd: int) -> None:
@@ -162,7 +195,11 @@ class Consumer(_shmq.Consumer):
             if fd is None:
                 await asyncio.sleep(_NO_DESCRIPTOR_SLICE if left is None else min(left, _NO_DESCRIPTOR_SLICE))
             else:
-                await _until_readable(loop, fd, _SAFETY_RECHECK if left is None else min(left, _SAFETY_RECHECK))
+                _awaiting(loop, self, True)
+                try:
+                    await _until_readable(loop, fd, left)
+                finally:
+                    _awaiting(loop, self, False)
             if self.closed:
                 raise ValueError("Consumer was closed while poll_async() waited")
 

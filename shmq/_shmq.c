@@ -1865,7 +1865,18 @@ static PyObject *Consumer_fileno(ConsumerObject *self, PyObject *Py_UNUSED(ignor
     return PyLong_FromLong(fd);
 }
 
+/* For shmq._aio: re-arms the descriptor (shmq_consumer_rearm); False when
+ * the consumer cannot be used now (closed, busy in another thread). */
+static PyObject *Consumer_rearm(ConsumerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->consumer == NULL || self->busy || self->lent || self->close_pending)
+        Py_RETURN_FALSE;
+    return PyBool_FromLong(shmq_consumer_rearm(self->consumer) == 0);
+}
+
 static PyMethodDef Consumer_methods[] = {
+    {"_rearm", (PyCFunction)Consumer_rearm, METH_NOARGS,
+     "For shmq._aio: arms the descriptor again without reading (see shmq_consumer_rearm)."},
     {"fileno", (PyCFunction)Consumer_fileno, METH_NOARGS,
      "fileno($self, /)\n--\n\nA descriptor for select, poll, epoll, selectors and "
      "loop.add_reader. It is readable whenever poll(timeout=0) would return a message (or "
