@@ -137,6 +137,10 @@ static void readiness_across_processes(void)
     pid_t child = fork();
     CHECK(child >= 0);
     if (child == 0) {
+        /* Only the parent's ends stay open elsewhere: if it dies, reads end. */
+        close(ready_pipe[0]);
+        close(go_pipe[1]);
+        alarm(60);
         struct shmq_producer *p = open_producer(name, 16, 0);
         char b = 0;
         CHECK(write(ready_pipe[1], &b, 1) == 1);
@@ -272,6 +276,9 @@ static void wait_any_over(size_t count)
     pid_t child = fork();
     CHECK(child >= 0);
     if (child == 0) {
+        close(ready_pipe[0]);
+        close(go_pipe[1]);
+        alarm(60);
         struct shmq_producer **ps = calloc(count, sizeof(*ps));
         for (size_t i = 0; i < count; i++) {
             struct shmq_config cfg = {.slot_size = 64, .capacity = 16};
