@@ -51,7 +51,7 @@ all: build/libshmq.a build/$(SONAME) build/libshmq.so producer consumer examples
 build/%.o: csrc/%.c $(CORE_HDR) | build
 	$(CC) $(WARN) $(CFLAGS) -fPIC -c $< -o $@
 
-build build/tests build/tsan build/examples:
+build build/tests build/tsan build/asan build/examples:
 	mkdir -p $@
 
 build/libshmq.a: $(CORE_OBJ)
@@ -79,9 +79,15 @@ build/examples/%: examples/%.c build/libshmq.a $(PUBLIC_HDR) | build/examples
 
 examples: $(EXAMPLES)
 
-# Each test is one program built with the core under ASan+UBSan: exit 0 pass, 1 fail, 77 skip.
-build/tests/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) $(TEST_HDR) | build/tests
-	$(CC) $(WARN) -O1 -g $(SAN) -Icsrc $< $(CORE_SRC) $(LDLIBS) -o $@
+# Each test is one program linked with the core built once under ASan+UBSan:
+# exit 0 pass, 1 fail, 77 skip.
+ASAN_OBJ := $(patsubst csrc/%.c,build/asan/%.o,$(CORE_SRC))
+
+build/asan/%.o: csrc/%.c $(CORE_HDR) | build/asan
+	$(CC) $(WARN) -O1 -g $(SAN) -c $< -o $@
+
+build/tests/%: tests/c/%.c $(ASAN_OBJ) $(CORE_HDR) $(TEST_HDR) | build/tests
+	$(CC) $(WARN) -O1 -g $(SAN) -Icsrc $< $(ASAN_OBJ) $(LDLIBS) -o $@
 
 TESTS := $(patsubst tests/c/%.c,build/tests/%,$(TEST_SRC))
 

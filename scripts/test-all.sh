@@ -23,8 +23,8 @@ set -euo pipefail
 SUITES=(c tsan fuzz pytest pytest_asan)
 
 suite_c() {
-    make -s all
-    make -s test
+    make -s -j"$(nproc)" all
+    make -s -j"$(nproc)" test
 }
 
 suite_tsan() {
