@@ -143,6 +143,16 @@ int shmq_backpressure_has_room(struct shmq_producer *p, int discover, int probe_
     return (int64_t)(p->next - p->limit) < 0;
 }
 
+/* Looks for room, asking the kernel about dead consumers (probing) at most
+ * once per WAIT_SLICE_NS: how a waiting producer notices them. */
+static int has_room_probing(struct shmq_producer *p, int64_t now)
+{
+    int probe = now >= p->next_probe_ns;
+    if (probe)
+        p->next_probe_ns = now + WAIT_SLICE_NS;
+    return shmq_backpressure_has_room(p, probe, probe);
+}
+
 int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
 {
     struct shmq_wake_page *wake = p->consumers.wake;
@@ -152,10 +162,7 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
         if (interrupted < 0)
             return interrupted;
         int64_t now = shmq_now_ns();
-        int probe = now >= p->next_probe_ns;
-        if (probe)
-            p->next_probe_ns = now + WAIT_SLICE_NS;
-        if (shmq_backpressure_has_room(p, probe, probe))
+        if (has_room_probing(p, now))
             return 0;
         if (deadline_ns >= 0 && now >= deadline_ns)
             return -ETIMEDOUT;
@@ -228,12 +235,8 @@ int shmq_backpressure_arm(struct shmq_producer *p)
     struct shmq_wake_page *wake = p->consumers.wake;
     uint64_t capacity = p->geometry.capacity;
     /* Consumers that died hold us back until the kernel is asked, which a
-     * blocking wait does every slice: so does every slice of arming. */
-    int64_t now = shmq_now_ns();
-    int probe = now >= p->next_probe_ns;
-    if (probe)
-        p->next_probe_ns = now + WAIT_SLICE_NS;
-    if (shmq_backpressure_has_room(p, probe, probe))
+     * blocking wait does every slice: so does arming. */
+    if (has_room_probing(p, shmq_now_ns()))
         return 0;
     shmq_wake_socket_drain(p->wake_fd);
     if (wake == NULL)

@@ -1,6 +1,7 @@
 """Fixtures: unique queue names that are always unlinked, and the C programs."""
 import itertools
 import os
+import resource
 import queue
 import subprocess
 import sys
@@ -152,3 +153,15 @@ def children():
     yield start
     for child in made:
         child.reap()
+
+
+@pytest.fixture
+def many_files():
+    """Raises this process's descriptor limit to the hard limit for the test
+    (hundreds of queues and consumers)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}: too few descriptors for hundreds of queues")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

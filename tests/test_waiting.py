@@ -71,15 +71,6 @@ def _ready(fd, timeout=0.0):
     return by_select
 
 
-@pytest.fixture
-def many_files():
-    """Raises this process's descriptor limit to the hard limit for the test."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 4096:
-        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}: too few descriptors for 256+ queues")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ fixture, which unlinks it. Every event loop runs under an overall bound.
 import asyncio
 import concurrent.futures
 import contextlib
-import resource
 import threading
 import time
 
@@ -82,15 +81,6 @@ async def _tasks():
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@pytest.fixture
-def many_files():
-    """Raises this process's descriptor limit to the hard limit for the test."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 4096:
-        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}: too few descriptors for 500 consumers")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # A child that owns a lossy queue's producer and obeys stdin: "publish WORD"
