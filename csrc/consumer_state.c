@@ -217,6 +217,9 @@ static void drop_view(struct shmq_entry_view *v)
     shmq_sysv_page_detach(v->entry);
     v->entry = NULL;
     v->shm_id = -1;
+    if (v->sender >= 0)
+        close(v->sender);
+    v->sender = -1;
 }
 
 /* Attaches entry page `id` read-only if it is sound: one page, the ring
@@ -302,7 +305,7 @@ int shmq_consumers_producer_open(struct shmq_consumer_state *s, const char *name
         goto fail;
     }
     for (uint32_t i = 0; i < s->entry_count; i++)
-        s->views[i].shm_id = -1;
+        s->views[i].shm_id = s->views[i].sender = -1;
     return 0;
 fail:
     shmq_consumers_close(s);

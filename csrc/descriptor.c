@@ -129,6 +129,9 @@ int shmq_consumer_rearm(struct shmq_consumer *c)
 {
     if (c == NULL || c->wake_fd < 0)
         return -EINVAL;
+    /* Tells the producer about our entry again: another consumer may have
+     * cleared our joined bit before the producer saw it. */
+    announce_join(c);
     shmq_consumer_quiet(c);
     return 0;
 }
@@ -204,6 +207,36 @@ static void look_at_joiners(struct shmq_producer *p)
     p->joiners_allowed_at = done + CHECK_SHARE * (done - now);
 }
 
+#define SEND_AGAIN 1
+
+/* Sends one wake-up to the consumer of view v: 0, SEND_AGAIN (nothing was
+ * sent and the next round must try again), or another negative errno
+ * (nobody to wake: answered). Each consumer's datagrams go out of a socket
+ * of their own, connected to its: a datagram counts against its sender's
+ * buffer until the receiver reads it, so one shared sender would stop
+ * waking anyone once a few hundred waiters (idle ones, or a consumer that
+ * never reads) held a datagram each. */
+static int send_to_view(struct shmq_producer *p, struct shmq_entry_view *v, uint64_t nonce,
+                        uint64_t key)
+{
+    if (v->sender < 0 || v->sender_nonce != nonce) {
+        int fd = shmq_wake_sender_connect(v->sender, p->geometry.instance, v->shm_id, nonce);
+        v->sender = fd < 0 ? -1 : fd;
+        v->sender_nonce = nonce;
+        if (fd == -ECONNREFUSED || fd == -ENOENT)
+            return fd; /* nothing bound there */
+        if (fd < 0) {
+            /* Out of descriptors: the shared sender, whose buffer may be full. */
+            int rc = shmq_wake_socket_send(p->wake_sender, p->geometry.instance, v->shm_id,
+                                           nonce, key);
+            return rc == -EAGAIN || rc == -ENOBUFS ? SEND_AGAIN : rc;
+        }
+    }
+    /* EAGAIN here is the receiver's queue, full: a wake-up is waiting there. */
+    int rc = shmq_wake_sender_send(v->sender, key);
+    return rc == -ENOBUFS ? SEND_AGAIN : rc;
+}
+
 /* Sends one datagram to each consumer whose `armed` moved since the last
  * one it got (everyone: to every armed consumer, as a new producer or a
  * closing one must). */
@@ -221,6 +254,7 @@ void shmq_producer_wake_descriptors(struct shmq_producer *p, int everyone)
         shmq_consumers_discover(cs);
     else if (cs->wake != NULL)
         look_at_joiners(p);
+    int retry = 0;
     for (uint32_t i = 0; i < cs->entry_count; i++) {
         struct shmq_entry_view *v = &cs->views[i];
         if (v->entry == NULL)
@@ -230,17 +264,24 @@ void shmq_producer_wake_descriptors(struct shmq_producer *p, int everyone)
         uint32_t armed = shmq_load_acquire(&v->entry->armed);
         if (armed == 0 || (!everyone && v->woken_id == v->shm_id && armed == v->woken_armed))
             continue;
-        v->woken_id = v->shm_id;
-        v->woken_armed = armed;
         /* Relaxed: the consumer stored them before its first arm, published
          * by the same fetch_or. Any value only names a socket with its id. */
         uint64_t nonce = shmq_load_relaxed(&v->entry->wake_nonce);
         uint64_t key = shmq_load_relaxed(&v->entry->wake_key);
         if (nonce == 0)
             continue;
-        if (shmq_wake_socket_send(p->wake_sender, p->geometry.instance, v->shm_id, nonce, key) == 0)
-            p->descriptor_wakeups++;
+        int rc = send_to_view(p, v, nonce, key);
+        if (rc == SEND_AGAIN) {
+            retry = 1;
+            continue;
+        }
+        v->woken_id = v->shm_id;
+        v->woken_armed = armed;
+        p->descriptor_wakeups += rc == 0;
     }
+    if (retry && cs->wake != NULL)
+        /* Seq_cst: as a sleeper's flag; the next publish makes another round. */
+        shmq_fetch_or_seq_cst(&cs->wake->wake_flag, SHMQ_WAKE_DESCRIPTOR);
 }
 
 int shmq_producer_fileno(struct shmq_producer *p)

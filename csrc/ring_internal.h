@@ -63,10 +63,13 @@ struct shmq_entry_view {
     int shm_id; /* -1: none */
     int unclear; /* the lock file names more than one page for it */
     struct shmq_consumer_entry *entry;
-    /* Descriptor wake-ups (producer.c): the entry's `armed` value last
-     * answered, and for which page. */
+    /* Descriptor wake-ups (descriptor.c): the entry's `armed` value last
+     * answered, and for which page; the socket they go out of, connected
+     * to the consumer's (-1: none yet), and the nonce it is connected for. */
     uint32_t woken_armed;
     int woken_id;
+    int sender;
+    uint64_t sender_nonce;
 };
 
 /* The consumer state as one side sees it (consumer_state.c). */
@@ -224,6 +227,10 @@ int shmq_wake_socket_open(uint64_t instance, int entry_id, uint64_t nonce, uint6
 int shmq_wake_sender_open(void);
 int shmq_wake_socket_send(int sender, uint64_t instance, int entry_id, uint64_t nonce,
                           uint64_t key);
+/* A socket connected to one wake socket (its own send buffer: datagrams a
+ * waiter has not read yet count against the sender's), or -errno. */
+int shmq_wake_sender_connect(int sender, uint64_t instance, int entry_id, uint64_t nonce);
+int shmq_wake_sender_send(int sender, uint64_t key);
 void shmq_wake_socket_token(int fd, uint64_t key);
 void shmq_wake_socket_drain(int fd);
 

@@ -507,7 +507,8 @@ void shmq_consumer_set_wait_check(struct shmq_consumer *consumer, int (*check)(v
  *   -ECHILD (a consumer handle in a child after fork(): its entry is the
  *   parent's), or an errno from socket/bind.
  *   A consumer that holds a descriptor costs the producer one datagram per
- *   sleep episode, and costs itself nothing while messages flow.
+ *   sleep episode (and one socket, to send them from), and costs itself
+ *   nothing while messages flow.
  *
  *   shmq_producer_fileno (lossless queues; -EOPNOTSUPP on lossy ones): a
  *   descriptor that becomes readable when consumers free room after

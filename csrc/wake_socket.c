@@ -125,6 +125,29 @@ int shmq_wake_socket_send(int sender, uint64_t instance, int entry_id, uint64_t 
     return n == (ssize_t)sizeof(key) ? 0 : -errno;
 }
 
+int shmq_wake_sender_connect(int sender, uint64_t instance, int entry_id, uint64_t nonce)
+{
+    if (sender < 0) {
+        sender = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (sender < 0)
+            return -errno;
+    }
+    struct sockaddr_un addr;
+    socklen_t len = wake_address(&addr, instance, entry_id, nonce);
+    if (connect(sender, (struct sockaddr *)&addr, len) < 0) {
+        int rc = -errno;
+        close(sender);
+        return rc;
+    }
+    return sender;
+}
+
+int shmq_wake_sender_send(int sender, uint64_t key)
+{
+    ssize_t n = send(sender, &key, sizeof(key), MSG_DONTWAIT | MSG_NOSIGNAL);
+    return n == (ssize_t)sizeof(key) ? 0 : -errno;
+}
+
 void shmq_wake_socket_token(int fd, uint64_t key)
 {
     /* To itself: through the name it is bound to. */
