@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import shmq  # noqa: E402
+from async_latency import _round_ratios, percentile  # noqa: E402  (same folder)
 
 STAMP = struct.Struct("<Q")
 
@@ -185,20 +186,6 @@ def run_round(mode, count, interval, serial):
     if len(samples) != total:
         raise SystemExit(f"{mode}: received {len(samples)} messages of {total}")
     return samples[WARMUP:], report["wakeups"], total, cpu
-
-
-def percentile(sorted_values, q):
-    return sorted_values[min(len(sorted_values) - 1, int(q / 100 * len(sorted_values)))]
-
-
-def _round_ratios(round_p50, mode, base):
-    """Each round's p50 over the base mode's p50 in the same round (they
-    ran seconds apart): median (min-max), or "-" without the base mode."""
-    if base not in round_p50:
-        return "-"
-    r = sorted(a / b for a, b in zip(round_p50[mode], round_p50[base]))
-    mid = r[len(r) // 2] if len(r) % 2 else (r[len(r) // 2 - 1] + r[len(r) // 2]) / 2
-    return f"{mid:.2f}x ({r[0]:.2f}-{r[-1]:.2f})"
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@
  * then sleeps on the futex word with the value it read, for at most
  * SLEEP_SLICE_NS. The producer stores the stamp, fences, and reads the flag;
  * if it is raised it clears it, bumps the futex word and wakes one sleeper,
- * which passes the wake on to the others (relay_wake). The
+ * which passes the wake on to the others (shmq_consumer_relay). The
  * flag store, the fence and both loads are sequentially consistent, so
  * either the consumer's last check sees the message, or the producer sees
  * the flag and its bump makes the futex wait return at once. Wake-ups are
@@ -562,7 +562,7 @@ static struct timespec timespec_of(int64_t ns)
  * others for at most one slice. A consumer without the wake page cannot
  * claim the relay and always passes the wake on (it may be the one the
  * producer woke). */
-static void relay_wake(struct shmq_consumer *c, uint32_t slept_on)
+void shmq_consumer_relay(struct shmq_consumer *c, uint32_t slept_on)
 {
     /* Seq_cst: as the load of the word before sleeping. */
     uint32_t now = shmq_load_seq_cst(&c->control->futex_word);
@@ -577,11 +577,6 @@ static void relay_wake(struct shmq_consumer *c, uint32_t slept_on)
             return;
     }
     shmq_futex_wake_all(&c->control->futex_word);
-}
-
-void shmq_consumer_relay(struct shmq_consumer *c, uint32_t slept_on)
-{
-    relay_wake(c, slept_on);
 }
 
 /* One round of the sleep protocol, at most one slice long; returns 0 (woken,
@@ -615,7 +610,7 @@ static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns, u
         return 0;
     struct timespec until = timespec_of(slice_end);
     int rc = shmq_waiter_sleep(&c->waiter, &c->control->futex_word, word, &until);
-    relay_wake(c, word);
+    shmq_consumer_relay(c, word);
     if (rc == -ETIMEDOUT && last_slice)
         return rc;
     if (rc == -ETIMEDOUT || rc == -EINTR)

@@ -295,7 +295,7 @@ static void write_slot(struct shmq_producer *p, uint64_t sequence, const void *d
 }
 
 /* Wakes one sleeper, which passes the wake on to the others (consumer.c,
- * relay_wake): waking all of them here would make the producer walk every
+ * shmq_consumer_relay): waking all of them here would make the producer walk every
  * sleeper inside its syscall and hand them its CPU, once per wake. */
 static void wake_sleepers(struct shmq_producer *p)
 {
