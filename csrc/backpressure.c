@@ -72,6 +72,8 @@
 /* Looks at the entries this many times, spinning, before sleeping. */
 #define SPIN_LOOKS 64
 
+static void wake_producer(struct shmq_consumer *c);
+
 int64_t shmq_now_ns(void)
 {
     struct timespec now;
@@ -139,6 +141,23 @@ int shmq_backpressure_has_room(struct shmq_producer *p, int discover, int probe_
         if ((int64_t)(position - lowest) < 0)
             lowest = position;
     }
+    /* Each group is one reader: its lowest claim, or its cursor. */
+    if (probe_liveness)
+        cs->group_holds_dead = 0;
+    for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++) {
+        struct shmq_group_view *v = &cs->groups[g];
+        if (v->page == NULL && !v->unclear)
+            continue;
+        if (probe_liveness && shmq_consumers_group_live(cs, g) == 0) {
+            shmq_consumers_forget_group(cs, g);
+            continue;
+        }
+        uint64_t low = v->unclear ? head - capacity
+                                  : shmq_group_low(cs, g, head, capacity, probe_liveness,
+                                                   &cs->group_holds_dead);
+        if ((int64_t)(low - lowest) < 0)
+            lowest = low;
+    }
     p->limit = lowest + capacity;
     return (int64_t)(p->next - p->limit) < 0;
 }
@@ -164,6 +183,12 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
         int64_t now = shmq_now_ns();
         if (has_room_probing(p, now))
             return 0;
+        if (p->consumers.group_holds_dead) {
+            /* A dead member's claim holds us: the group's members take it
+             * over when they look (group.c, RESCUE); wake them to look. */
+            p->consumers.group_holds_dead = 0;
+            shmq_producer_kick(p);
+        }
         if (deadline_ns >= 0 && now >= deadline_ns)
             return -ETIMEDOUT;
         for (int look = 0; look < SPIN_LOOKS; look++) {
@@ -202,6 +227,17 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
 /* Clears the producer's waiting flag and, if this call is the one that
  * cleared it, wakes the producer: one wake per wait, however many consumers
  * see the flag at once. */
+void shmq_backpressure_wake_producer(struct shmq_consumer *c, uint64_t position)
+{
+    struct shmq_wake_page *wake = c->consumers.wake;
+    /* Seq_cst: the member half of the waiting handshake (see top), after
+     * its seq_cst token store (group.c). Relaxed wake_at: published by the
+     * producer's seq_cst store of the flag. */
+    if (wake != NULL && shmq_load_seq_cst(&wake->producer_waiting) &&
+        (int64_t)(position - shmq_load_relaxed(&wake->producer_wake_at)) >= 0)
+        wake_producer(c);
+}
+
 static void wake_producer(struct shmq_consumer *c)
 {
     struct shmq_wake_page *wake = c->consumers.wake;

@@ -49,8 +49,6 @@
 
 #include "ring_internal.h"
 
-enum copy_result { COPY_OK, COPY_EMPTY, COPY_OVERRUN, COPY_TOO_SMALL, COPY_CORRUPT, COPY_NO_MEMORY };
-
 /* A lapped reader is normally resynchronised once. Laps that head explains
  * (the producer really is ahead) are a fast producer on a small ring: a call
  * gives up after MAX_LAPS of them with SHMQ_EMPTY, every skipped message
@@ -237,7 +235,12 @@ static int open_once(struct shmq_consumer **out, const char *name,
         }
     }
     shmq_consumer_bind(c, base, &c->geometry, options->start, c->consumers.wake);
-    if (c->geometry.lossless && c->entry_index >= 0) {
+    if (options->group != NULL) {
+        /* A member is waited for through its group, never registered. */
+        rc = shmq_group_join(c, options->group, options->start);
+        if (rc < 0)
+            goto fail_state;
+    } else if (c->geometry.lossless && c->entry_index >= 0) {
         /* Register, then choose the start from a head loaded after that
          * (backpressure.c, REGISTERING). */
         shmq_backpressure_register(c, options->start);
@@ -280,6 +283,11 @@ int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
     if (out == NULL || (options->start != SHMQ_START_LATEST &&
                         options->start != SHMQ_START_EARLIEST && options->start != SHMQ_START_AT))
         return -EINVAL;
+    if (options->group != NULL &&
+        (options->no_entry || options->group[0] == '\0' ||
+         strnlen(options->group, SHMQ_GROUP_NAME_MAX + 1) > SHMQ_GROUP_NAME_MAX ||
+         shmq_name_validate(options->group) < 0))
+        return -EINVAL;
     int rc = shmq_queue_name_validate(name);
     if (rc < 0)
         return rc;
@@ -314,7 +322,7 @@ static void load_payload(const struct shmq_slot *slot, unsigned char *buf, size_
     size_t words = length / 8;
     for (size_t i = 0; i < words; i++) {
         /* Relaxed: validated afterwards by the acquire fence and stamp
-         * re-check in copy_slot; a torn word is never delivered. */
+         * re-check in shmq_copy_at; a torn word is never delivered. */
         uint64_t word = shmq_load_relaxed(&((struct shmq_slot *)slot)->payload[i]);
         memcpy(buf + i * 8, &word, 8);
     }
@@ -328,7 +336,7 @@ static void load_payload(const struct shmq_slot *slot, unsigned char *buf, size_
     }
 }
 
-static int stamp_unchanged(struct shmq_slot *slot, uint64_t sequence)
+int shmq_stamp_unchanged(struct shmq_slot *slot, uint64_t sequence)
 {
     /* Acquire fence: pairs with the release fence after the "in progress"
      * stamp in write_slot. If any load before this fence saw a word of a newer
@@ -338,42 +346,32 @@ static int stamp_unchanged(struct shmq_slot *slot, uint64_t sequence)
     return shmq_load_relaxed(&slot->stamp) == sequence;
 }
 
-/* Where a message goes: a fixed buffer, or memory from the caller's allocator,
- * asked for once the length is known. */
-struct destination {
-    unsigned char *buf;
-    size_t size;
-    void *(*alloc)(void *context, size_t length);
-    void *context;
-};
-
-static enum copy_result copy_slot(struct shmq_consumer *c, const struct destination *d,
-                                  size_t *length)
+enum shmq_copy_result shmq_copy_at(struct shmq_consumer *c, uint64_t s,
+                                   const struct shmq_destination *d, size_t *length)
 {
-    uint64_t s = c->position;
     struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, s);
     /* Acquire: pairs with the release store of the final stamp in write_slot;
      * seeing stamp == s means seeing all of message s. */
     uint64_t stamp = shmq_load_acquire(&slot->stamp);
     if (stamp != s)
-        return (int64_t)(stamp - s) < 0 ? COPY_EMPTY : COPY_OVERRUN;
+        return (int64_t)(stamp - s) < 0 ? SHMQ_COPY_EMPTY : SHMQ_COPY_OVERRUN;
     /* Relaxed: covered by the acquire above, and re-validated below. */
     uint32_t len = shmq_load_relaxed(&slot->length);
     if (len > c->geometry.slot_size || (d->alloc == NULL && len > d->size)) {
-        if (!stamp_unchanged(slot, s))
-            return COPY_OVERRUN;
+        if (!shmq_stamp_unchanged(slot, s))
+            return SHMQ_COPY_OVERRUN;
         *length = len;
-        return len > c->geometry.slot_size ? COPY_CORRUPT : COPY_TOO_SMALL;
+        return len > c->geometry.slot_size ? SHMQ_COPY_CORRUPT : SHMQ_COPY_TOO_SMALL;
     }
     unsigned char *buf = d->alloc ? d->alloc(d->context, len) : d->buf;
     /* A caller's buffer may be NULL with size 0, which fits an empty message. */
     if (buf == NULL && d->alloc != NULL)
-        return COPY_NO_MEMORY;
+        return SHMQ_COPY_NO_MEMORY;
     load_payload(slot, buf, len);
-    if (!stamp_unchanged(slot, s))
-        return COPY_OVERRUN;
+    if (!shmq_stamp_unchanged(slot, s))
+        return SHMQ_COPY_OVERRUN;
     *length = len;
-    return COPY_OK;
+    return SHMQ_COPY_OK;
 }
 
 /* Makes our position known: to a lossless producer, which may then rewrite
@@ -431,7 +429,7 @@ static int stream_ended(const struct shmq_consumer *c)
     return (shmq_load_acquire(&c->control->stream_state) & SHMQ_STREAM_ENDED) != 0;
 }
 
-static int poll_into(struct shmq_consumer *c, const struct destination *d, size_t *length)
+static int poll_into(struct shmq_consumer *c, const struct shmq_destination *d, size_t *length)
 {
     size_t ignored;
     if (length == NULL)
@@ -443,27 +441,29 @@ static int poll_into(struct shmq_consumer *c, const struct destination *d, size_
         c->pending_error = 0;
         return rc;
     }
+    if (c->group != NULL)
+        return shmq_group_poll(c, d, length);
     uint64_t origin = c->position;
     int garbage = 0, laps = 0;
     while (garbage < MAX_RESYNCS) {
-        switch (copy_slot(c, d, length)) {
-        case COPY_OK:
+        switch (shmq_copy_at(c, c->position, d, length)) {
+        case SHMQ_COPY_OK:
             c->position++;
             publish_position(c);
             return 0;
-        case COPY_EMPTY:
+        case SHMQ_COPY_EMPTY:
             if (c->wake_fd >= 0)
                 shmq_consumer_quiet(c);
             return SHMQ_EMPTY;
-        case COPY_TOO_SMALL:
+        case SHMQ_COPY_TOO_SMALL:
             return -EMSGSIZE;
-        case COPY_NO_MEMORY:
+        case SHMQ_COPY_NO_MEMORY:
             return -ENOMEM;
-        case COPY_CORRUPT:
+        case SHMQ_COPY_CORRUPT:
             c->position++;
             c->lost++;
             return -EUCLEAN;
-        case COPY_OVERRUN: {
+        case SHMQ_COPY_OVERRUN: {
             int explained = resync_after_overrun(c, origin);
             if (explained < 0)
                 return -EUCLEAN;
@@ -484,7 +484,7 @@ int shmq_consumer_poll(struct shmq_consumer *c, void *buf, size_t buf_size, size
 {
     if (buf == NULL && buf_size != 0)
         return -EINVAL;
-    struct destination d = {.buf = buf, .size = buf_size};
+    struct shmq_destination d = {.buf = buf, .size = buf_size};
     return poll_into(c, &d, length);
 }
 
@@ -493,7 +493,7 @@ int shmq_consumer_poll_alloc(struct shmq_consumer *c, void *(*alloc)(void *conte
 {
     if (alloc == NULL)
         return -EINVAL;
-    struct destination d = {.alloc = alloc, .context = context};
+    struct shmq_destination d = {.alloc = alloc, .context = context};
     return poll_into(c, &d, length);
 }
 
@@ -506,6 +506,7 @@ int shmq_consumer_poll_many(struct shmq_consumer *c, void *buf, size_t buf_size,
         max_messages = INT32_MAX;
     unsigned char *out = buf;
     size_t used = 0, n = 0;
+    shmq_consumer_batch_begin(c, max_messages);
     while (n < max_messages) {
         /* No arithmetic on a NULL buffer (size 0: only empty messages fit). */
         int rc = shmq_consumer_poll(c, out ? out + used : NULL, buf_size - used, &lengths[n]);
@@ -516,11 +517,13 @@ int shmq_consumer_poll_many(struct shmq_consumer *c, void *buf, size_t buf_size,
              * already counted, is reported by the next call. */
             if (n > 0)
                 c->pending_error = rc;
+            shmq_consumer_batch_end(c);
             return n > 0 ? (int)n : rc;
         }
         used += lengths[n];
         n++;
     }
+    shmq_consumer_batch_end(c);
     return (int)n;
 }
 
@@ -530,6 +533,8 @@ static int something_to_report(struct shmq_consumer *c, memory_order order)
 {
     /* The order is the caller's: relaxed for hints, seq_cst in the sleep
      * handshake; each call site says why. */
+    if (c->group != NULL)
+        return shmq_group_ready(c, order);
     struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, c->position);
     return (int64_t)(shmq_load_ordered(&slot->stamp, order) - c->position) >= 0;
 }
@@ -637,6 +642,12 @@ static int wait_until(struct shmq_consumer *c, int64_t deadline_ns, unsigned fla
         /* Relaxed: a hint; the caller's poll re-reads the stamp with acquire. */
         if (something_to_report(c, memory_order_relaxed))
             return 0;
+        if (c->group != NULL) {
+            /* Nothing new: a dead member's claim may be what there is. */
+            shmq_group_rescue(c);
+            if (something_to_report(c, memory_order_relaxed))
+                return 0;
+        }
         if (stop_at_end && ended_and_read(c))
             return SHMQ_ENDED;
         int interrupted = shmq_waiter_take_interrupt(&c->waiter);
@@ -717,6 +728,8 @@ int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *lengt
         return -EINVAL;
     if (c->peeked)
         return -EINPROGRESS;
+    if (c->group != NULL)
+        return shmq_group_peek(c, data, length);
     uint64_t origin = c->position;
     int garbage = 0, laps = 0;
     while (garbage < MAX_RESYNCS) {
@@ -741,7 +754,7 @@ int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *lengt
         /* Relaxed: covered by the acquire above, re-validated at release. */
         uint32_t len = shmq_load_relaxed(&slot->length);
         if (len > c->geometry.slot_size) {
-            if (!stamp_unchanged(slot, c->position)) {
+            if (!shmq_stamp_unchanged(slot, c->position)) {
                 int explained = resync_after_overrun(c, origin);
                 if (explained < 0)
                     return SHMQ_CORRUPT;
@@ -764,8 +777,10 @@ int shmq_consumer_release(struct shmq_consumer *c)
 {
     if (!c->peeked)
         return -EINVAL;
+    if (c->group != NULL)
+        return shmq_group_release(c);
     c->peeked = 0;
-    int intact = stamp_unchanged(shmq_slot_at(c->slots, &c->geometry, c->position), c->position);
+    int intact = shmq_stamp_unchanged(shmq_slot_at(c->slots, &c->geometry, c->position), c->position);
     c->position++;
     if (!intact) {
         c->lost++;
@@ -793,8 +808,36 @@ void shmq_consumer_set_spin(struct shmq_consumer *c, uint32_t iterations)
     c->spin = iterations > SHMQ_SPIN_MAX ? SHMQ_SPIN_MAX : iterations;
 }
 
-uint64_t shmq_consumer_position(const struct shmq_consumer *c) { return c->position; }
-uint64_t shmq_consumer_lost(const struct shmq_consumer *c) { return c->lost; }
+uint64_t shmq_consumer_position(const struct shmq_consumer *c)
+{
+    return c->group != NULL ? shmq_group_next(c) : c->position;
+}
+
+uint64_t shmq_consumer_lost(const struct shmq_consumer *c)
+{
+    return c->group != NULL ? shmq_group_lost(c) : c->lost;
+}
+
+const char *shmq_consumer_group(const struct shmq_consumer *c)
+{
+    return c->group != NULL ? c->group->name : NULL;
+}
+
+void shmq_consumer_batch_begin(struct shmq_consumer *c, size_t max_messages)
+{
+    if (c->group != NULL) {
+        c->group->in_batch = 1;
+        c->group->batch = max_messages;
+    }
+}
+
+void shmq_consumer_batch_end(struct shmq_consumer *c)
+{
+    if (c->group != NULL) {
+        c->group->in_batch = 0;
+        shmq_group_commit(c);
+    }
+}
 uint32_t shmq_consumer_slot_size(const struct shmq_consumer *c) { return c->geometry.slot_size; }
 uint32_t shmq_consumer_capacity(const struct shmq_consumer *c) { return c->geometry.capacity; }
 uid_t shmq_consumer_owner_uid(const struct shmq_consumer *c) { return c->owner_uid; }
@@ -803,7 +846,7 @@ int shmq_consumer_registered(const struct shmq_consumer *c) { return c->register
 
 uint64_t shmq_consumer_backlog(const struct shmq_consumer *c)
 {
-    uint64_t behind = load_head(c) - c->position;
+    uint64_t behind = load_head(c) - shmq_consumer_position(c);
     return (int64_t)behind < 0 ? 0 : behind;
 }
 int shmq_consumer_entry(const struct shmq_consumer *c) { return c->entry_index; }
@@ -851,6 +894,7 @@ void shmq_consumer_close(struct shmq_consumer *c)
         close(c->wake_fd);
     if (c->wake_sender >= 0)
         close(c->wake_sender);
+    shmq_group_leave(c);
     shmq_consumers_close(&c->consumers);
     shmq_producer_watch_close(&c->producer);
     shmq_region_close(c->region);

@@ -268,6 +268,7 @@ void shmq_consumers_discover(struct shmq_consumer_state *s)
     find_live(s, 0, s->entry_count, live, 0);
     for (uint32_t i = 0; i < s->entry_count; i++)
         refresh_view(s, i, live[i]);
+    shmq_consumers_discover_groups(s);
 }
 
 void shmq_consumers_discover_one(struct shmq_consumer_state *s, uint32_t index)
@@ -284,6 +285,171 @@ void shmq_consumers_forget(struct shmq_consumer_state *s, uint32_t index)
         if (s->views[index].entry != NULL)
             drop_view(&s->views[index]);
     }
+}
+
+/* ------------------------------------------------------------- groups */
+
+/* The id a lock in [from, from + SHMQ_ENTRY_ID_SPAN) tells, as entry_id. */
+static int told_id(const struct shmq_consumer_state *s, uint64_t from)
+{
+    uint64_t start;
+    if (shmq_region_lock_find(s->locks, from, SHMQ_ENTRY_ID_SPAN, &start) != 1)
+        return -ENOENT;
+    if (start < from)
+        return -EBADMSG;
+    uint64_t id = start - from, after = SHMQ_ENTRY_ID_SPAN - id - 1;
+    if ((id > 0 && shmq_region_lock_held_in(s->locks, from, id) != 0) ||
+        (after > 0 && shmq_region_lock_held_in(s->locks, start + 1, after) != 0))
+        return -EBADMSG;
+    return (int)id;
+}
+
+int shmq_consumers_group_live(const struct shmq_consumer_state *s, uint32_t group)
+{
+    if (s->locks == NULL || group >= SHMQ_GROUPS_MAX)
+        return -EINVAL;
+    return shmq_region_lock_held_in(s->locks, shmq_group_member_byte(group, 0),
+                                    SHMQ_GROUP_MEMBERS_MAX);
+}
+
+/* Marks in live[] the member bytes of `group` in [from, to) that are locked. */
+static void find_live_members(const struct shmq_consumer_state *s, uint32_t group, uint32_t from,
+                              uint32_t to, unsigned char *live)
+{
+    if (from >= to || shmq_region_lock_held_in(s->locks, shmq_group_member_byte(group, from),
+                                               to - from) != 1)
+        return;
+    if (to - from == 1) {
+        live[from] = 1;
+        return;
+    }
+    uint32_t middle = from + (to - from) / 2;
+    find_live_members(s, group, from, middle, live);
+    find_live_members(s, group, middle, to, live);
+}
+
+int shmq_consumers_group_id(const struct shmq_consumer_state *s, uint32_t group)
+{
+    if (s->locks == NULL || group >= SHMQ_GROUPS_MAX)
+        return -EINVAL;
+    unsigned char live[SHMQ_GROUP_MEMBERS_MAX] = {0};
+    find_live_members(s, group, 0, SHMQ_GROUP_MEMBERS_MAX, live);
+    int id = -ENOENT;
+    for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++) {
+        if (!live[m])
+            continue;
+        int told = told_id(s, shmq_group_id_byte(group, m));
+        if (told == -ENOENT)
+            continue; /* still joining: it locks its byte before it tells */
+        /* Members that tell different pages (someone planted a lock) make
+         * the group one nobody can trust the page of. */
+        if (told < 0 || (id >= 0 && told != id))
+            return -EBADMSG;
+        id = told;
+    }
+    return id;
+}
+
+struct shmq_group_page *shmq_consumers_group_attach(const struct shmq_consumer_state *s, int id,
+                                                    int read_only, uid_t *creator)
+{
+    struct shmid_ds ds;
+    if (shmq_sysv_page_stat(id, &ds) < 0)
+        return NULL;
+    /* The ring owner's (given to it by its maker), writable by nobody else. */
+    if (ds.shm_segsz != shmq_group_page_bytes(s->page_size) || ds.shm_perm.uid != s->ring_owner ||
+        (ds.shm_perm.mode & 0022) != 0)
+        return NULL;
+    if (creator != NULL)
+        *creator = ds.shm_perm.cuid;
+    struct shmq_group_page *page = shmq_sysv_page_attach(id, read_only);
+    if (page == NULL)
+        return NULL;
+    /* Relaxed: a hint that the id names a page of this ring's groups; its
+     * members may write anything, and what is read from it is clamped. */
+    if (shmq_load_relaxed(&page->magic) != SHMQ_GROUP_MAGIC ||
+        shmq_load_relaxed(&page->ring_instance) != s->instance) {
+        shmq_sysv_page_detach(page);
+        return NULL;
+    }
+    return page;
+}
+
+void shmq_consumers_forget_group(struct shmq_consumer_state *s, uint32_t group)
+{
+    struct shmq_group_view *v = &s->groups[group];
+    shmq_sysv_page_detach(v->page);
+    v->page = NULL;
+    v->shm_id = -1;
+    v->unclear = 0;
+}
+
+void shmq_consumers_discover_groups(struct shmq_consumer_state *s)
+{
+    if (s->locks == NULL)
+        return;
+    if (shmq_region_lock_held_in(s->locks, shmq_group_member_byte(0, 0),
+                                 SHMQ_GROUPS_MAX * SHMQ_GROUP_MEMBERS_MAX) != 1) {
+        for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++)
+            if (s->groups[g].page != NULL || s->groups[g].unclear)
+                shmq_consumers_forget_group(s, g);
+        return;
+    }
+    for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++) {
+        struct shmq_group_view *v = &s->groups[g];
+        int id = shmq_consumers_group_live(s, g) == 1 ? shmq_consumers_group_id(s, g) : -ENOENT;
+        if (id >= 0 && id == v->shm_id) {
+            v->unclear = 0;
+            continue;
+        }
+        shmq_consumers_forget_group(s, g);
+        if (id == -ENOENT)
+            continue;
+        v->page = id >= 0 ? shmq_consumers_group_attach(s, id, 1, NULL) : NULL;
+        /* A live group whose page we cannot read is waited for as a reader a
+         * lap behind: never overwritten, as for an unclear entry. */
+        v->unclear = v->page == NULL;
+        v->shm_id = v->page != NULL ? id : -1;
+    }
+}
+
+int shmq_consumers_group_snapshot(const struct shmq_consumer_state *s, uint32_t group,
+                                  struct shmq_group_info *info, uint64_t head,
+                                  const struct shmq_geometry *g)
+{
+    memset(info, 0, sizeof(*info));
+    unsigned char live[SHMQ_GROUP_MEMBERS_MAX] = {0};
+    find_live_members(s, group, 0, SHMQ_GROUP_MEMBERS_MAX, live);
+    for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++)
+        info->members += live[m];
+    if (info->members == 0)
+        return -ENOENT;
+    int id = shmq_consumers_group_id(s, group);
+    struct shmq_group_page *page = id >= 0 ? shmq_consumers_group_attach(s, id, 1, NULL) : NULL;
+    if (page == NULL) {
+        info->unclear = 1;
+        info->lag = g->capacity;
+        return 0;
+    }
+    /* Relaxed: a snapshot for display; nothing is decided on it. */
+    for (size_t i = 0; i < SHMQ_GROUP_NAME_MAX / 8; i++) {
+        uint64_t word = shmq_load_relaxed(&page->name[i]);
+        memcpy(info->name + i * 8, &word, 8);
+    }
+    info->name[SHMQ_GROUP_NAME_MAX] = '\0';
+    info->position = shmq_load_relaxed(&page->cursor);
+    info->lost = shmq_load_relaxed(&page->lost);
+    uint64_t lag = head - info->position;
+    info->lag = (int64_t)lag < 0 ? 0 : lag;
+    for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++) {
+        struct shmq_group_member *slot = &page->members[m];
+        if (shmq_load_relaxed(&slot->token) != 0) {
+            uint64_t n = shmq_load_relaxed(&slot->claim_to) - shmq_load_relaxed(&slot->claim_from);
+            info->claimed += n <= g->capacity ? n : 0;
+        }
+    }
+    shmq_sysv_page_detach(page);
+    return 0;
 }
 
 int shmq_consumers_producer_open(struct shmq_consumer_state *s, const char *name,
@@ -306,6 +472,8 @@ int shmq_consumers_producer_open(struct shmq_consumer_state *s, const char *name
     }
     for (uint32_t i = 0; i < s->entry_count; i++)
         s->views[i].shm_id = s->views[i].sender = -1;
+    for (uint32_t i = 0; i < SHMQ_GROUPS_MAX; i++)
+        s->groups[i].shm_id = -1;
     return 0;
 fail:
     shmq_consumers_close(s);
@@ -411,6 +579,8 @@ void shmq_consumers_close(struct shmq_consumer_state *s)
                 drop_view(&s->views[i]);
         free(s->views);
     }
+    for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++)
+        shmq_sysv_page_detach(s->groups[g].page);
     shmq_sysv_page_detach(s->wake);
     shmq_region_close(s->locks);
     memset(s, 0, sizeof(*s));

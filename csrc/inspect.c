@@ -58,3 +58,28 @@ done:
     shmq_consumer_close(c);
     return rc;
 }
+
+int shmq_inspect_groups(const char *name, struct shmq_group_info *out, size_t max)
+{
+    if (out == NULL && max != 0)
+        return -EINVAL;
+    struct shmq_consumer_options options = {.start = SHMQ_START_LATEST, .no_entry = 1};
+    struct shmq_consumer *c;
+    int rc = shmq_consumer_open_with(&c, name, &options);
+    if (rc < 0)
+        return rc;
+    /* Acquire: pairs with the producer's release store of head. */
+    uint64_t head = shmq_load_acquire(&c->control->head);
+    const struct shmq_consumer_state *cs = &c->consumers;
+    int n = 0;
+    for (uint32_t g = 0; cs->locks != NULL && g < SHMQ_GROUPS_MAX; g++) {
+        struct shmq_group_info group;
+        if (shmq_consumers_group_snapshot(cs, g, &group, head, &c->geometry) < 0)
+            continue;
+        if ((size_t)n < max)
+            out[n] = group;
+        n++;
+    }
+    shmq_consumer_close(c);
+    return n;
+}

@@ -282,7 +282,7 @@ static void write_slot(struct shmq_producer *p, uint64_t sequence, const void *d
     struct shmq_slot *slot = shmq_slot_at(p->slots, &p->geometry, sequence);
     /* Relaxed store + release fence: the fence orders this "in progress" mark
      * before every payload store below. It pairs with the acquire fence in the
-     * consumer's copy_slot: a reader that saw any new payload word also sees
+     * consumer's shmq_copy_at: a reader that saw any new payload word also sees
      * this mark when it re-checks the stamp, and discards its copy. */
     shmq_store_relaxed(&slot->stamp, sequence - 1);
     shmq_fence_release();
@@ -290,7 +290,7 @@ static void write_slot(struct shmq_producer *p, uint64_t sequence, const void *d
     shmq_store_relaxed(&slot->length, (uint32_t)length);
     store_payload(slot, data, length);
     /* Release: pairs with the consumer's acquire load of the stamp in
-     * copy_slot; a reader that sees stamp == sequence sees the whole payload. */
+     * shmq_copy_at; a reader that sees stamp == sequence sees the whole payload. */
     shmq_store_release(&slot->stamp, sequence);
 }
 
@@ -304,6 +304,12 @@ static void wake_sleepers(struct shmq_producer *p)
     shmq_fetch_add_seq_cst(&p->control->futex_word, 1);
     shmq_futex_wake_one(&p->control->futex_word);
     p->wakeups++;
+}
+
+void shmq_producer_kick(struct shmq_producer *p)
+{
+    wake_sleepers(p);
+    shmq_producer_wake_descriptors(p, 1);
 }
 
 /* After publishing up to p->next - 1: make head current and wake sleepers. */
@@ -614,7 +620,9 @@ static uint32_t attached_consumers(struct shmq_producer *p)
         /* Acquire: pairs with the consumer's seq_cst store of its state in
          * shmq_backpressure_register. */
         uint32_t state = shmq_load_acquire(&e->state);
-        n += !p->geometry.lossless || (state & SHMQ_ENTRY_REGISTERED);
+        /* Group members count: the producer waits for their group. */
+        n += !p->geometry.lossless ||
+             (state & (SHMQ_ENTRY_REGISTERED | SHMQ_ENTRY_GROUP_MEMBER));
     }
     return n;
 }

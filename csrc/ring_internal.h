@@ -72,6 +72,34 @@ struct shmq_entry_view {
     uint64_t sender_nonce;
 };
 
+/* A group as the producer sees it: its page mapped read-only. */
+struct shmq_group_view {
+    int shm_id;  /* -1: none */
+    int unclear; /* its live members tell different pages (or none we may map) */
+    struct shmq_group_page *page;
+};
+
+/* A consumer's membership of a group (group.c). */
+struct shmq_group_membership {
+    struct shmq_group_page *page; /* mapped read-write */
+    int shm_id;
+    uint32_t index;  /* the group's number in NAME.consumers */
+    uint32_t member; /* our member slot */
+    uint32_t token;  /* what our claims carry in the slot */
+    /* Claimed and not yet returned: [from, to); `next` is the first not yet
+     * delivered by the current call (or batch). */
+    int claimed;
+    uint64_t claim_from;
+    uint64_t claim_to;
+    uint64_t next;
+    size_t batch;           /* shmq_consumer_batch_begin: claim up to this many */
+    int in_batch;
+    int64_t next_rescue_ns; /* when to look for dead members' claims again */
+    uint32_t claims_since_rescue;
+    uint64_t received;
+    char name[SHMQ_GROUP_NAME_MAX + 1];
+};
+
 /* The consumer state as one side sees it (consumer_state.c). */
 struct shmq_consumer_state {
     struct shmq_region *locks;    /* NAME.consumers, never mapped; NULL: none */
@@ -84,6 +112,8 @@ struct shmq_consumer_state {
     uid_t ring_owner;
     mode_t ring_mode;             /* consumer: the ring's permission bits */
     struct shmq_entry_view *views; /* producer: entry_count of them */
+    struct shmq_group_view groups[SHMQ_GROUPS_MAX]; /* producer */
+    int group_holds_dead; /* producer: the last probe found a dead member's claim holding us */
     struct shmq_consumer_entry *own; /* consumer: its entry, or NULL */
     int own_id;
     int own_index; /* consumer: its entry, or -1 */
@@ -145,6 +175,7 @@ struct shmq_consumer {
     uint32_t wake_armed_count;
     uint64_t wake_key;       /* the only payload our socket accepts */
     int wake_sender; /* to wake a producer waiting on its descriptor; -1: none yet */
+    struct shmq_group_membership *group; /* NULL: a plain consumer */
 };
 
 /* Point a handle at a mapped, validated ring. shmq_*_open use these; the
@@ -156,6 +187,29 @@ void shmq_producer_bind(struct shmq_producer *producer, unsigned char *base,
 void shmq_consumer_bind(struct shmq_consumer *consumer, unsigned char *base,
                         const struct shmq_geometry *geometry, enum shmq_start start,
                         struct shmq_wake_page *wake);
+
+/* consumer.c: copying one message out of its slot. */
+enum shmq_copy_result {
+    SHMQ_COPY_OK,
+    SHMQ_COPY_EMPTY,
+    SHMQ_COPY_OVERRUN,
+    SHMQ_COPY_TOO_SMALL,
+    SHMQ_COPY_CORRUPT,
+    SHMQ_COPY_NO_MEMORY
+};
+/* Where a message goes: a fixed buffer, or memory from the caller's
+ * allocator, asked for once the length is known. */
+struct shmq_destination {
+    unsigned char *buf;
+    size_t size;
+    void *(*alloc)(void *context, size_t length);
+    void *context;
+};
+enum shmq_copy_result shmq_copy_at(struct shmq_consumer *consumer, uint64_t sequence,
+                                   const struct shmq_destination *destination, size_t *length);
+/* After reading a slot: whether its stamp still says `sequence` (the acquire
+ * fence half of the seqlock; see consumer.c). */
+int shmq_stamp_unchanged(struct shmq_slot *slot, uint64_t sequence);
 
 /* header.c */
 int shmq_geometry_plan(struct shmq_geometry *geometry, const struct shmq_config *config);
@@ -187,6 +241,45 @@ void shmq_consumers_in_child(struct shmq_consumer_state *state);
 /* Gives up every lock (its entry) but keeps the mappings. */
 void shmq_consumers_release(struct shmq_consumer_state *state);
 void shmq_consumers_close(struct shmq_consumer_state *state);
+
+/* Producer, with the groups: maps the pages of live groups, drops those of
+ * groups with no member left. */
+void shmq_consumers_discover_groups(struct shmq_consumer_state *state);
+int shmq_consumers_group_live(const struct shmq_consumer_state *state, uint32_t group);
+void shmq_consumers_forget_group(struct shmq_consumer_state *state, uint32_t group);
+/* The id of group g's page, from its live members' id locks: the id,
+ * -ENOENT (no member has told one), or -EBADMSG (they disagree). */
+int shmq_consumers_group_id(const struct shmq_consumer_state *state, uint32_t group);
+/* Maps a group page if it is sound (size, owner, nobody else may write). */
+struct shmq_group_page *shmq_consumers_group_attach(const struct shmq_consumer_state *state,
+                                                    int id, int read_only, uid_t *creator);
+int shmq_consumers_group_snapshot(const struct shmq_consumer_state *state, uint32_t group,
+                                  struct shmq_group_info *info, uint64_t head,
+                                  const struct shmq_geometry *geometry);
+
+/* group.c */
+int shmq_group_join(struct shmq_consumer *consumer, const char *group, enum shmq_start start);
+void shmq_group_leave(struct shmq_consumer *consumer);
+int shmq_group_poll(struct shmq_consumer *consumer, const struct shmq_destination *destination,
+                    size_t *length);
+int shmq_group_peek(struct shmq_consumer *consumer, const void **data, size_t *length);
+int shmq_group_release(struct shmq_consumer *consumer);
+/* Looks for claims of dead members (see RESCUE in group.c), at most every
+ * few milliseconds. */
+void shmq_group_rescue(struct shmq_consumer *consumer);
+/* Whether a poll may find something: the member's claim, or the cursor's
+ * slot published (another member may take it first). */
+int shmq_group_ready(struct shmq_consumer *consumer, memory_order order);
+/* The next sequence this member would deliver (its claim, or the cursor). */
+uint64_t shmq_group_next(const struct shmq_consumer *consumer);
+uint64_t shmq_group_lost(const struct shmq_consumer *consumer);
+/* Gives back what the current call delivered (see shmq_consumer_batch_end). */
+void shmq_group_commit(struct shmq_consumer *consumer);
+/* Producer: the lowest sequence group view `v` may still read, clamped to
+ * [head - capacity, head]; sets *dead_claim when a claim holding that low
+ * belongs to a member whose lock is gone (probe only). */
+uint64_t shmq_group_low(const struct shmq_consumer_state *state, uint32_t group, uint64_t head,
+                        uint64_t capacity, int probe, int *dead_claim);
 
 /* sysv.c */
 int shmq_sysv_page_create(key_t key, mode_t mode, size_t size);
@@ -233,6 +326,13 @@ int shmq_wake_sender_connect(int sender, uint64_t instance, int entry_id, uint64
 int shmq_wake_sender_send(int sender, uint64_t key);
 void shmq_wake_socket_token(int fd, uint64_t key);
 void shmq_wake_socket_drain(int fd);
+
+/* backpressure.c: wakes a producer waiting for room, if it waits. */
+void shmq_backpressure_wake_producer(struct shmq_consumer *consumer, uint64_t position);
+
+/* producer.c: wakes every sleeper and descriptor waiter, with nothing new
+ * published (they look again). */
+void shmq_producer_kick(struct shmq_producer *producer);
 
 /* descriptor.c */
 void shmq_producer_wake_descriptors(struct shmq_producer *producer, int everyone);

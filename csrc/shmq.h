@@ -314,6 +314,10 @@ struct shmq_consumer_options {
     int64_t wait_ns;
     int (*wait_check)(void *context);
     void *wait_context;
+    /* Non-NULL: join consumer group `group` (GROUPS below): 1 to
+     * SHMQ_GROUP_NAME_MAX characters from [A-Za-z0-9._-], not starting with
+     * one of ".-_"; -EINVAL otherwise, and with no_entry. */
+    const char *group;
 };
 
 /* Opens a consumer on an existing queue (waiting for it first, as
@@ -419,6 +423,59 @@ int shmq_consumer_poll_many(struct shmq_consumer *consumer, void *buf, size_t bu
  * -EINVAL (nothing peeked). */
 int shmq_consumer_peek(struct shmq_consumer *consumer, const void **data, size_t *length);
 int shmq_consumer_release(struct shmq_consumer *consumer);
+
+/* GROUPS (docs/consumer-state.md, "Groups"). Consumers of one queue opened
+ * with the same options.group split the stream: each message goes to exactly
+ * one live member, while plain consumers and other groups still see every
+ * message. The first member creates the group at its start; later members
+ * continue from the group's position; the group lives while it has a member.
+ * A lossless producer waits for each group as for one reader.
+ *
+ * Members claim messages from the group's cursor by compare-and-swap, into
+ * their own slot of the group's page. A message stays claimed until the call
+ * that delivers it returns (a batch: until shmq_consumer_batch_end). A member
+ * that dies leaves its claim behind, and another member (the next to poll
+ * and find nothing, within about 10 ms, or the next to join) takes it over
+ * and delivers it again if the ring still holds it intact (always, on a
+ * lossless queue): at-least-once for what a dead member claimed and had not
+ * returned. A claimed message the producer overwrote first (lossy only) is
+ * counted in the group's lost count, once; so is an overrun of the cursor.
+ * shmq_consumer_lost of a member returns the group's count.
+ *
+ * Every poll call works for members; shmq_consumer_fileno's readiness is a
+ * hint for them (another member may take the message first). A queue holds
+ * SHMQ_GROUPS_MAX groups of SHMQ_GROUP_MEMBERS_MAX members (-EUSERS beyond).
+ * A group page is writable by its creator's user and the ring owner only: a
+ * member of another user gets -EACCES. Open fails with -EOPNOTSUPP on a
+ * queue without consumer state (docs/consumer-state.md). */
+#define SHMQ_GROUPS_MAX 16u
+#define SHMQ_GROUP_MEMBERS_MAX 128u
+#define SHMQ_GROUP_NAME_MAX 32u
+
+/* Group members: the next claim takes up to max_messages at once, and what
+ * the polls until shmq_consumer_batch_end deliver stays claimed until then
+ * (a member that dies inside the batch has it redelivered whole). Plain
+ * consumers: no effect. shmq_consumer_poll_many does this itself. */
+void shmq_consumer_batch_begin(struct shmq_consumer *consumer, size_t max_messages);
+void shmq_consumer_batch_end(struct shmq_consumer *consumer);
+
+/* The consumer's group name, or NULL for a plain consumer. */
+const char *shmq_consumer_group(const struct shmq_consumer *consumer);
+
+/* A live group, as its page shows it. */
+struct shmq_group_info {
+    char name[SHMQ_GROUP_NAME_MAX + 1];
+    uint32_t members;  /* live members (their locks) */
+    uint64_t position; /* the next sequence no member has claimed */
+    uint64_t lag;      /* published and not yet claimed */
+    uint64_t lost;     /* the group's lost count */
+    uint64_t claimed;  /* claimed and not yet returned */
+    int unclear;       /* its members tell different pages, or none we may read */
+};
+
+/* Fills out[0..max) with the live groups of queue `name` and returns how
+ * many there are, or what shmq_inspect returns on error. */
+int shmq_inspect_groups(const char *name, struct shmq_group_info *out, size_t max);
 
 /* Spin iterations before a blocking poll goes to sleep (default 0: sleep at
  * once), at most SHMQ_SPIN_MAX (larger values are clamped). Spinning trades

@@ -37,6 +37,9 @@ _Static_assert(sizeof(_Atomic uint64_t) == 8 && sizeof(_Atomic uint32_t) == 4,
 #define shmq_cas_relaxed(p, expected, v)                                                         \
     atomic_compare_exchange_strong_explicit((p), (expected), (v), memory_order_relaxed,          \
                                             memory_order_relaxed)
+#define shmq_cas_seq_cst(p, expected, v)                                                         \
+    atomic_compare_exchange_strong_explicit((p), (expected), (v), memory_order_seq_cst,        \
+                                            memory_order_seq_cst)
 #define shmq_fence_acquire() atomic_thread_fence(memory_order_acquire)
 #define shmq_fence_release() atomic_thread_fence(memory_order_release)
 #define shmq_fence_seq_cst() atomic_thread_fence(memory_order_seq_cst)

@@ -101,7 +101,7 @@
 
 #define SHMQ_MAGIC UINT64_C(0x676e6972716d6873)          /* "shmqring" in memory order */
 #define SHMQ_WAKE_MAGIC UINT64_C(0x656b6177716d6873)      /* "shmqwake" */
-#define SHMQ_LAYOUT_VERSION 4u
+#define SHMQ_LAYOUT_VERSION 5u
 #define SHMQ_LINE 128u
 #define SHMQ_SLOT_HEADER 16u
 #define SHMQ_SLOT_ALIGN 16u
@@ -117,6 +117,31 @@
 /* Where in NAME.consumers an entry's holder tells its page's id. */
 #define SHMQ_ENTRY_ID_BASE (UINT64_C(1) << 32)
 #define SHMQ_ENTRY_ID_SPAN (UINT64_C(1) << 31)
+
+/* Consumer groups (docs/consumer-state.md, "Groups"). In NAME.consumers:
+ * byte SHMQ_GROUP_BASE is the join lock (held while a member creates or
+ * joins a group); member m of group g holds byte shmq_group_member_byte(g,
+ * m) and tells its group page's id d with a second lock at
+ * shmq_group_id_byte(g, m) + d. A group lives while any member byte of it is
+ * locked. */
+#define SHMQ_GROUPS_MAX 16u
+#define SHMQ_GROUP_MEMBERS_MAX 128u
+#define SHMQ_GROUP_NAME_MAX 32u
+#define SHMQ_GROUP_MAGIC UINT64_C(0x70757267716d6873) /* "shmqgrup" */
+#define SHMQ_GROUP_BASE (UINT64_C(1) << 44)
+#define SHMQ_GROUP_ID_BASE (UINT64_C(1) << 45)
+#define SHMQ_ENTRY_GROUP_MEMBER 4u /* entry state: a group member (display only) */
+
+static inline uint64_t shmq_group_member_byte(uint32_t group, uint32_t member)
+{
+    return SHMQ_GROUP_BASE + 1 + (uint64_t)group * SHMQ_GROUP_MEMBERS_MAX + member;
+}
+
+static inline uint64_t shmq_group_id_byte(uint32_t group, uint32_t member)
+{
+    return SHMQ_GROUP_ID_BASE +
+           ((uint64_t)group * SHMQ_GROUP_MEMBERS_MAX + member) * SHMQ_ENTRY_ID_SPAN;
+}
 
 /* Line 0 of the control page; copied whole into private memory and then
  * validated, so no field is read twice. */
@@ -193,7 +218,46 @@ struct shmq_consumer_entry {
     _Atomic uint64_t wake_key;
 };
 
+/* A member's claim: the sequences [claim_from, claim_to) are its to deliver
+ * while token is non-zero (its holder's token; 0: no claim). Only its holder
+ * writes it, except that a member that finds the holder dead (its member
+ * lock gone) takes the claim over by compare-and-swap of the token. */
+struct shmq_group_member {
+    _Atomic uint32_t token;
+    _Atomic uint32_t pid;
+    _Atomic uint64_t claim_from;
+    _Atomic uint64_t claim_to;
+    _Atomic uint64_t received; /* display: messages this slot's members returned */
+    unsigned char pad[SHMQ_LINE - 32];
+};
+
+/* A group's page: System V, made by its first member, given to the ring's
+ * owner, marked for removal once mapped, so that it lives exactly while a
+ * member (or a producer that looks at it) has it mapped. */
+struct shmq_group_page {
+    /* line 0: identity, written by the creator before its locks tell the id */
+    _Atomic uint64_t magic;
+    _Atomic uint64_t ring_instance;
+    _Atomic uint64_t name[5]; /* SHMQ_GROUP_NAME_MAX bytes, NUL-padded */
+    unsigned char pad0[SHMQ_LINE - 56];
+    /* line 1: the next sequence no member has claimed */
+    _Atomic uint64_t cursor;
+    unsigned char pad1[SHMQ_LINE - 8];
+    /* line 2: messages the group lost (overrun, or overwritten in a claim) */
+    _Atomic uint64_t lost;
+    unsigned char pad2[SHMQ_LINE - 8];
+    unsigned char reserved[SHMQ_LINE];
+    struct shmq_group_member members[SHMQ_GROUP_MEMBERS_MAX];
+};
+
 _Static_assert(offsetof(struct shmq_identity, version) == 8, "layout");
+_Static_assert(offsetof(struct shmq_group_member, claim_from) == 8, "layout");
+_Static_assert(offsetof(struct shmq_group_member, received) == 24, "layout");
+_Static_assert(sizeof(struct shmq_group_member) == SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_group_page, name) == 16, "layout");
+_Static_assert(offsetof(struct shmq_group_page, cursor) == SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_group_page, lost) == 2 * SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_group_page, members) == 4 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_identity, slot_size) == 16, "layout");
 _Static_assert(offsetof(struct shmq_identity, capacity) == 24, "layout");
 _Static_assert(offsetof(struct shmq_identity, first_sequence) == 32, "layout");
@@ -228,6 +292,12 @@ _Static_assert(offsetof(struct shmq_consumer_entry, armed) == 36, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, wake_nonce) == 40, "layout");
 _Static_assert(offsetof(struct shmq_consumer_entry, wake_key) == 48, "layout");
 _Static_assert(sizeof(struct shmq_consumer_entry) == 56, "layout");
+
+/* Bytes of a group's page: whole pages. */
+static inline uint64_t shmq_group_page_bytes(uint64_t page_size)
+{
+    return (sizeof(struct shmq_group_page) + page_size - 1) / page_size * page_size;
+}
 
 /* Bytes one slot occupies for a given maximum payload. */
 static inline uint64_t shmq_slot_stride_for(uint64_t slot_size)

@@ -1098,6 +1098,7 @@ typedef struct {
     int check_owner;
     uid_t owner;
     uint32_t spin;
+    PyObject *group; /* the group's name (str), or NULL */
 } ConsumerObject;
 
 /* timeout and wait: None -> forever (-1); a number of seconds >= 0; value
@@ -1141,14 +1142,39 @@ static int64_t monotonic_ns(void)
 
 static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"name", "start", "spin", "owner", "register", "wait", NULL};
+    static char *keywords[] = {"name", "start", "spin", "owner", "register", "wait", "group", NULL};
     module_state *st = state_of_type(type);
-    PyObject *name, *start = NULL, *spin_arg = NULL, *owner = NULL, *wait = NULL;
+    PyObject *name, *start = NULL, *spin_arg = NULL, *owner = NULL, *wait = NULL, *group = NULL;
     int register_entry = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O$OOpO:Consumer", keywords, &name, &start,
-                                     &spin_arg, &owner, &register_entry, &wait))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O$OOpOO:Consumer", keywords, &name, &start,
+                                     &spin_arg, &owner, &register_entry, &wait, &group))
         return NULL;
     struct shmq_consumer_options options = {.start = SHMQ_START_LATEST, .no_entry = !register_entry};
+    if (group == Py_None)
+        group = NULL;
+    if (group != NULL) {
+        if (!PyUnicode_Check(group)) {
+            PyErr_Format(PyExc_TypeError, "group must be str or None, not %.100s",
+                         Py_TYPE(group)->tp_name);
+            return NULL;
+        }
+        Py_ssize_t size;
+        options.group = PyUnicode_AsUTF8AndSize(group, &size);
+        if (options.group == NULL)
+            return NULL;
+        if (!register_entry) {
+            PyErr_SetString(PyExc_ValueError, "a group member takes a consumer entry: "
+                                              "group and register=False exclude each other");
+            return NULL;
+        }
+        if (size < 1 || size > SHMQ_GROUP_NAME_MAX || (size_t)size != strlen(options.group) ||
+            shmq_name_validate(options.group) < 0) {
+            PyErr_Format(PyExc_ValueError, "group must be 1 to %d characters from "
+                         "[A-Za-z0-9._-], starting with a letter or digit, not %R",
+                         (int)SHMQ_GROUP_NAME_MAX, group);
+            return NULL;
+        }
+    }
     if (spin_arg != NULL) {
         if (!PyLong_Check(spin_arg) || PyBool_Check(spin_arg)) {
             PyErr_Format(PyExc_TypeError, "spin must be int, not %.100s", Py_TYPE(spin_arg)->tp_name);
@@ -1249,6 +1275,7 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         return raise_code(st, rc, name);
     }
     self->name = Py_NewRef(name);
+    self->group = group != NULL ? Py_NewRef(group) : NULL;
     return (PyObject *)self;
 }
 
@@ -1276,6 +1303,7 @@ static void Consumer_dealloc(ConsumerObject *self)
     PyTypeObject *type = Py_TYPE(self);
     Consumer_close_handle(self);
     Py_XDECREF(self->name);
+    Py_XDECREF(self->group);
     type->tp_free(self);
     Py_DECREF(type);
 }
@@ -1529,6 +1557,9 @@ static PyObject *Consumer_poll(ConsumerObject *self, PyObject *const *args, Py_s
     return poll_bytes(self, timeout_ns, 0, &ended);
 }
 
+static PyObject *poll_many_loop(ConsumerObject *self, PyObject *list, Py_ssize_t max_messages,
+                                int64_t timeout_ns);
+
 static PyObject *Consumer_poll_many(ConsumerObject *self, PyObject *const *args, Py_ssize_t nargs,
                                     PyObject *kwnames)
 {
@@ -1551,6 +1582,20 @@ static PyObject *Consumer_poll_many(ConsumerObject *self, PyObject *const *args,
     PyObject *list = PyList_New(0);
     if (list == NULL || max_messages == 0)
         return list;
+    /* A group member claims the batch at once, and holds it until the call
+     * returns (shmq.h, GROUPS). */
+    struct shmq_consumer *batch = self->consumer;
+    shmq_consumer_batch_begin(batch, (size_t)max_messages);
+    list = poll_many_loop(self, list, max_messages, timeout_ns);
+    /* The handle is still open: a close() meanwhile waits for this call. */
+    if (self->consumer == batch)
+        shmq_consumer_batch_end(batch);
+    return list;
+}
+
+static PyObject *poll_many_loop(ConsumerObject *self, PyObject *list, Py_ssize_t max_messages,
+                                int64_t timeout_ns)
+{
     for (Py_ssize_t i = 0; i < max_messages; i++) {
         struct new_bytes nb = {NULL};
         /* Only the first message is waited for; then take what is there. */
@@ -1649,9 +1694,14 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
     }
     int n = 0;
     if (max_messages > 0) {
-        /* Wait for the first message in place, then take the rest in one call. */
+        /* Wait for the first message in place, then take the rest in one
+         * call; a group member claims them all at once (shmq.h, GROUPS). */
         struct into_buffer ib = {view.buf, (size_t)view.len, 0};
+        struct shmq_consumer *batch = self->consumer;
+        shmq_consumer_batch_begin(batch, (size_t)max_messages);
         int rc = poll_until(self, timeout_ns, attempt_into, &ib, SHMQ_WAIT_PAST_END);
+        if (self->consumer != batch)
+            batch = NULL; /* closed while it waited */
         lengths[0] = ib.length;
         if (rc == 0) {
             /* -EMSGSIZE here only ends the batch: the message stays, and
@@ -1662,7 +1712,10 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
                                                (size_t)view.len - lengths[0], lengths + 1,
                                                (size_t)max_messages - 1);
             n = 1 + (more > 0 ? more : 0);
-        } else if (rc != SHMQ_EMPTY && rc != SHMQ_ENDED) {
+        }
+        if (batch != NULL)
+            shmq_consumer_batch_end(batch);
+        if (rc != 0 && rc != SHMQ_EMPTY && rc != SHMQ_ENDED) {
             poll_error(self, rc, lengths[0], (size_t)view.len);
             goto done;
         }
@@ -1722,6 +1775,8 @@ static PyObject *Consumer_reduce(ConsumerObject *self, PyObject *Py_UNUSED(ignor
     if (self->check_owner && set_int_item(options, "owner", (unsigned long)self->owner) < 0)
         goto fail;
     if (!self->registered_entry && PyDict_SetItemString(options, "register", Py_False) < 0)
+        goto fail;
+    if (self->group != NULL && PyDict_SetItemString(options, "group", self->group) < 0)
         goto fail;
     if (PyDict_GET_SIZE(options) > 0) {
         /* functools.partial(cls, **options): picklable under every protocol. */
@@ -1843,6 +1898,12 @@ static PyObject *Consumer_get_name(ConsumerObject *self, void *closure)
     return Py_NewRef(self->name);
 }
 
+static PyObject *Consumer_get_group(ConsumerObject *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(self->group != NULL ? self->group : Py_None);
+}
+
 static PyObject *Consumer_get_closed(ConsumerObject *self, void *closure)
 {
     (void)closure;
@@ -1957,6 +2018,9 @@ static PyGetSetDef Consumer_getset[] = {
     {"unlinked", (getter)Consumer_get_unlinked, NULL,
      "Whether the queue was unlinked since this consumer attached (its name may now be "
      "another queue's).", NULL},
+    {"group", (getter)Consumer_get_group, NULL,
+     "The consumer group this consumer is a member of (its name), or None: the members of a "
+     "group split the stream, each message going to one of them.", NULL},
     {"closed", (getter)Consumer_get_closed, NULL,
      "True after close() (also while a waiting call is about to close the handle).", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -1,6 +1,6 @@
 /*
  * consumer NAME [--count N] [--timeout SECONDS] [--from earliest|latest] [--spin N]
- *               [--no-register]
+ *               [--no-register] [--group NAME]
  *
  * Reads queue NAME, verifies every byte of every message (pattern.h), and
  * stops after --count messages have been received or lost, when nothing
@@ -27,6 +27,8 @@
  * On a lossless queue the consumer registers, so the producer waits for it
  * and it loses nothing; with --no-register it takes no consumer entry and
  * reads as a lossy observer, counting what it loses.
+ * With --group NAME it joins consumer group NAME: the group's members split
+ * the stream, and lost= is the group's count (see GROUPS in shmq.h).
  * Exit status: 0 when --count was reached (or none was given), 3 when the
  * timeout ended it first (or the queue never appeared), 1 on error (one line
  * on stderr, and no counts).
@@ -55,7 +57,7 @@ static int stop_requested(void *context) { (void)context; return stop; }
 static void usage(void)
 {
     fprintf(stderr, "usage: consumer NAME [--count N] [--timeout SECONDS|inf] [--from earliest|latest] "
-                    "[--spin N] [--no-register]\n");
+                    "[--spin N] [--no-register] [--group NAME]\n");
     exit(2);
 }
 
@@ -134,12 +136,14 @@ int main(int argc, char **argv)
     uint64_t spin = 20000;
     enum shmq_start start = SHMQ_START_LATEST;
     int no_register = 0;
+    const char *group = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--count")) count = cli_u64("consumer", a, v), i++;
         else if (!strcmp(a, "--timeout")) timeout = cli_double("consumer", a, v), i++;
         else if (!strcmp(a, "--spin")) spin = cli_u64("consumer", a, v), i++;
         else if (!strcmp(a, "--no-register")) no_register = 1;
+        else if (!strcmp(a, "--group") && v) group = v, i++;
         else if (!strcmp(a, "--from")) {
             if (v && !strcmp(v, "earliest")) start = SHMQ_START_EARLIEST;
             else if (v && !strcmp(v, "latest")) start = SHMQ_START_LATEST;
@@ -156,7 +160,7 @@ int main(int argc, char **argv)
 
     struct reader r = {
         .name = name,
-        .options = {.no_entry = no_register, .wait_check = stop_requested},
+        .options = {.no_entry = no_register, .wait_check = stop_requested, .group = group},
         .spin = spin > UINT32_MAX ? UINT32_MAX : (uint32_t)spin,
     };
     /* Nothing has arrived for --timeout seconds once cli_now() passes idle_until. */
