@@ -446,8 +446,10 @@ int shmq_consumer_release(struct shmq_consumer *consumer);
  * hint for them (another member may take the message first). A queue holds
  * SHMQ_GROUPS_MAX groups of SHMQ_GROUP_MEMBERS_MAX members (-EUSERS beyond).
  * A group page is writable by its creator's user and the ring owner only: a
- * member of another user gets -EACCES. Open fails with -EOPNOTSUPP on a
- * queue without consumer state (docs/consumer-state.md). */
+ * member of another user who names the same group makes a group of its own.
+ * Open fails with -EOPNOTSUPP on a queue without consumer state
+ * (docs/consumer-state.md), and -ETIMEDOUT when another process holds the
+ * join lock for 5 s. */
 #define SHMQ_GROUPS_MAX 16u
 #define SHMQ_GROUP_MEMBERS_MAX 128u
 #define SHMQ_GROUP_NAME_MAX 32u
