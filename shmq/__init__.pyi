@@ -88,6 +88,19 @@ class _ConsumerInfo(TypedDict):
     lost: int
     unclear: bool
 
+class _GroupInfo(TypedDict):
+    """A live consumer group in inspect()'s "groups": its members, the next
+    sequence none of them has claimed, what is published and not yet
+    claimed, what the group lost, what its members claimed and have not
+    returned, and whether its members tell different pages."""
+    name: str
+    members: int
+    position: int
+    lag: int
+    lost: int
+    claimed: int
+    unclear: bool
+
 class _QueueInfo(TypedDict):
     """What inspect() returns."""
     name: str
@@ -104,6 +117,7 @@ class _QueueInfo(TypedDict):
     ring_bytes: int
     state_bytes: int
     consumers: List[_ConsumerInfo]
+    groups: List[_GroupInfo]
 
 class Producer:
     """The single producer of a queue; creates it or continues its sequence."""
@@ -165,9 +179,12 @@ class Consumer:
         owner: Optional[int] = None,
         register: bool = True,
         wait: Optional[float] = 0,
+        group: Optional[str] = None,
     ) -> Self: ...
     @property
     def name(self) -> str: ...
+    @property
+    def group(self) -> Optional[str]: ...
     @property
     def slot_size(self) -> int: ...
     @property

@@ -2002,7 +2002,8 @@ static PyGetSetDef Consumer_getset[] = {
     {"position", (getter)Consumer_get_position, NULL,
      "Next sequence number this consumer will read.", NULL},
     {"lost", (getter)Consumer_get_lost, NULL,
-     "Messages this consumer lost to overrun, cumulative.", NULL},
+     "Messages this consumer lost to overrun, cumulative (a group member: its group's count).",
+     NULL},
     {"owner_uid", (getter)Consumer_get_owner_uid, NULL, "uid that owns the queue's segment.", NULL},
     {"lossless", (getter)Consumer_get_lossless, NULL, "Whether the queue is lossless.", NULL},
     {"registered", (getter)Consumer_get_registered, NULL,
@@ -2027,7 +2028,7 @@ static PyGetSetDef Consumer_getset[] = {
 };
 
 PyDoc_STRVAR(Consumer_doc,
-"Consumer(name, start='latest', *, spin=0, owner=None, register=True, wait=0)\n"
+"Consumer(name, start='latest', *, spin=0, owner=None, register=True, wait=0, group=None)\n"
 "--\n\n"
 "A reader of queue `name`; every consumer sees every message.\n\n"
 "start='latest' reads what is published after it attaches; 'earliest' starts\n"
@@ -2040,13 +2041,20 @@ PyDoc_STRVAR(Consumer_doc,
 "on a lossless queue, a lossy observer that never holds the producer back).\n"
 "wait: seconds to wait for the queue to appear (None: forever; 0, the\n"
 "default: not at all), raising QueueNotFound when it does not; Ctrl-C\n"
-"interrupts the wait.\n\n"
+"interrupts the wait.\n"
+"group: join the consumer group of that name (1 to 32 characters, as in queue\n"
+"names): the members of a group split the stream, each message going to one\n"
+"of them, while plain consumers and other groups still read every message.\n"
+"The first member starts the group at its start; later ones continue from the\n"
+"group's position. `lost` is then the group's count. A message a member had\n"
+"claimed and not returned when it died is delivered again to another member\n"
+"(or counted lost if the producer overwrote it first): docs/consumer-state.md.\n\n"
 "The ring is mapped read-only. Iterating blocks for each next message and\n"
 "stops when the producer closes the stream. `ended` says the producer closed\n"
 "the stream; a consumer that attached after the end sees ended=True until a\n"
 "producer reopens the queue: a poll with a timeout waits for that next run,\n"
-"while iteration stops at once. Pickling keeps name, position, spin, owner\n"
-"and register.");
+"while iteration stops at once. Pickling keeps name, position, spin, owner,\n"
+"register and group.");
 
 static PyType_Slot Consumer_slots[] = {
     {Py_tp_new, Consumer_new},
@@ -2486,6 +2494,36 @@ static PyObject *shmq_exists_py(PyObject *module, PyObject *name)
     return PyBool_FromLong(rc);
 }
 
+/* The live groups of queue cname, as a list of dicts. */
+static PyObject *group_info_list(module_state *st, PyObject *name, const char *cname)
+{
+    struct shmq_group_info groups[SHMQ_GROUPS_MAX];
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = shmq_inspect_groups(cname, groups, SHMQ_GROUPS_MAX);
+    Py_END_ALLOW_THREADS
+    if (n < 0)
+        return raise_code(st, n, name);
+    if (n > (int)SHMQ_GROUPS_MAX)
+        n = (int)SHMQ_GROUPS_MAX;
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list != NULL && i < n; i++) {
+        struct shmq_group_info *g = &groups[i];
+        /* A name is whatever the page holds: decoded leniently. */
+        PyObject *group_name = PyUnicode_DecodeUTF8(g->name, (Py_ssize_t)strlen(g->name), "replace");
+        PyObject *d = group_name == NULL ? NULL : Py_BuildValue(
+            "{sNsIsKsKsKsKsO}", "name", group_name, "members", g->members,
+            "position", (unsigned long long)g->position, "lag", (unsigned long long)g->lag,
+            "lost", (unsigned long long)g->lost, "claimed", (unsigned long long)g->claimed,
+            "unclear", g->unclear ? Py_True : Py_False);
+        if (d == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, d);
+    }
+    return list;
+}
+
 /* inspect(name): shmq_inspect as a dict. */
 static PyObject *shmq_inspect_py(PyObject *module, PyObject *name)
 {
@@ -2509,8 +2547,13 @@ static PyObject *shmq_inspect_py(PyObject *module, PyObject *name)
     PyObject *consumers = consumer_info_list(entries, n < SHMQ_CONSUMER_LIST_MAX ? n : SHMQ_CONSUMER_LIST_MAX);
     if (consumers == NULL)
         goto done;
+    PyObject *groups = group_info_list(st, name, cname);
+    if (groups == NULL) {
+        Py_DECREF(consumers);
+        goto done;
+    }
     result = Py_BuildValue(
-        "{sOsIsIsIsOsKsKsOsOsksksKsKsN}",
+        "{sOsIsIsIsOsKsKsOsOsksksKsKsNsN}",
         "name", name, "slot_size", info.slot_size, "capacity", info.capacity,
         "max_consumers", info.max_consumers, "lossless", info.lossless ? Py_True : Py_False,
         "first_sequence", (unsigned long long)info.first_sequence,
@@ -2518,7 +2561,8 @@ static PyObject *shmq_inspect_py(PyObject *module, PyObject *name)
         "producer_alive", info.producer_alive ? Py_True : Py_False,
         "ended", info.ended ? Py_True : Py_False, "owner_uid", (unsigned long)info.owner_uid,
         "mode", (unsigned long)info.mode, "ring_bytes", (unsigned long long)info.ring_bytes,
-        "state_bytes", (unsigned long long)info.state_bytes, "consumers", consumers);
+        "state_bytes", (unsigned long long)info.state_bytes, "consumers", consumers,
+        "groups", groups);
 done:
     PyMem_Free(entries);
     return result;

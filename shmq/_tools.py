@@ -196,6 +196,7 @@ def describe(name):
         "producer_alive": bool(q["producer_alive"]), "ended": bool(q["ended"]),
         "consumers": len(entries), "registered": sum(e["registered"] for e in entries),
         "consumer_entries": q["max_consumers"], "entries": entries,
+        "groups": [dict(g, name=printable(g["name"])) for g in q.get("groups", [])],
     }
     info["holding_back"] = _holding_back(info)
     return info
@@ -372,6 +373,14 @@ def _print_stat(info, out):
                                 f"transit lost {feed['transit_lost']}"))
     for key, value in lines:
         _emit(f"{key:<10} {value}", out)
+    if info.get("groups"):
+        name_w = max(5, *(len(g["name"]) for g in info["groups"]))
+        _emit(f"  {'GROUP':<{name_w}} {'MEMBERS':>7} {'POSITION':>14} {'LAG':>12} {'LOST':>12} "
+              f"{'CLAIMED':>8}", out)
+        for g in info["groups"]:
+            _emit(f"  {g['name']:<{name_w}} {g['members']:>7} {g['position']:>14} {g['lag']:>12} "
+                  f"{g['lost']:>12} {g['claimed']:>8}"
+                  + ("  unclear: its members tell different pages" if g["unclear"] else ""), out)
     if info["entries"]:
         users = [_name(e["user"]) for e in info["entries"]]
         user_w = max(4, *map(len, users))

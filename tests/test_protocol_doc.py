@@ -24,7 +24,8 @@ import shmq
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "protocol.md"
 LAYOUT = ROOT / "csrc" / "shmq_layout.h"
-STRUCTS = ["shmq_identity", "shmq_control", "shmq_slot", "shmq_wake_page", "shmq_consumer_entry"]
+STRUCTS = ["shmq_identity", "shmq_control", "shmq_slot", "shmq_wake_page", "shmq_consumer_entry",
+           "shmq_group_page", "shmq_group_member"]
 # Constants the compiler reads from shmq_layout.h and shmq.h.
 CONSTANTS = ["SHMQ_MAGIC", "SHMQ_WAKE_MAGIC", "SHMQ_LAYOUT_VERSION", "SHMQ_LINE",
              "SHMQ_SLOT_HEADER", "SHMQ_SLOT_ALIGN", "SHMQ_STREAM_ENDED", "SHMQ_WAKE_FUTEX",
@@ -32,7 +33,9 @@ CONSTANTS = ["SHMQ_MAGIC", "SHMQ_WAKE_MAGIC", "SHMQ_LAYOUT_VERSION", "SHMQ_LINE"
              "SHMQ_KNOWN_FLAGS", "SHMQ_ENTRY_REGISTERED", "SHMQ_CONSUMER_ENTRIES_MAX",
              "SHMQ_ENTRY_ID_BASE", "SHMQ_ENTRY_ID_SPAN", "SHMQ_NAME_MAX", "SHMQ_SLOT_SIZE_MAX",
              "SHMQ_CAPACITY_MAX", "SHMQ_SEGMENT_MAX", "SHMQ_DEFAULT_SLOT_SIZE",
-             "SHMQ_DEFAULT_CAPACITY", "SHMQ_DEFAULT_MAX_CONSUMERS"]
+             "SHMQ_DEFAULT_CAPACITY", "SHMQ_DEFAULT_MAX_CONSUMERS", "SHMQ_ENTRY_GROUP_MEMBER",
+             "SHMQ_GROUPS_MAX", "SHMQ_GROUP_MEMBERS_MAX", "SHMQ_GROUP_NAME_MAX", "SHMQ_GROUP_MAGIC",
+             "SHMQ_GROUP_BASE", "SHMQ_GROUP_ID_BASE"]
 # Tuning constants of the C files (#define NAME value) that the doc states.
 SOURCE_CONSTANTS = {"MAX_RESYNCS": "consumer.c", "MAX_LAPS": "consumer.c",
                     "SLEEP_SLICE_NS": "consumer.c", "UNWOKEN_SLICE_NS": "consumer.c",
@@ -466,3 +469,71 @@ def test_a_consumer_entry_is_found_from_the_lock_file_and_has_the_documented_byt
             with sysv_page(again, page) as read_again:
                 assert _u(read_again(), entry, "state") & registered
         producer.publish(b"m5", timeout=0)  # nobody registered: room again
+
+
+@needs_sysv_view
+def test_a_group_page_is_found_from_the_lock_file_and_has_the_documented_bytes(queue_name):
+    name = queue_name
+    tables = doc_struct_tables()
+    consts = doc_constants()
+    ident, gpage, member = tables["shmq_identity"], tables["shmq_group_page"], tables["shmq_group_member"]
+    page = os.sysconf("SC_PAGESIZE")
+    ring_path = f"/dev/shm/shmq-{name}"
+    members_max = consts["SHMQ_GROUP_MEMBERS_MAX"]
+    size = -(-(gpage["members"][0] + gpage["members"][1]) // page) * page
+    with shmq.Producer(name, slot_size=16, capacity=8, lossless=True) as producer, \
+            contextlib.ExitStack() as stack:
+        for i in range(3):
+            producer.publish(b"m%d" % i)
+        instance = _u(Path(ring_path).read_bytes(), ident, "instance")
+        locks = os.open(ring_path + ".consumers", os.O_RDONLY)
+        stack.callback(os.close, locks)
+        assert write_lock_in(locks, consts["SHMQ_GROUP_BASE"], 1 + 16 * members_max) is None
+        first = stack.enter_context(shmq.Consumer(name, start="earliest", group="workers"))
+        second = stack.enter_context(shmq.Consumer(name, group="workers"))
+        # Group 0, members 0 and 1: their bytes are locked; the join lock is free.
+        base = consts["SHMQ_GROUP_BASE"]
+        assert write_lock_in(locks, base, 1) is None
+        assert write_lock_in(locks, base + 1, 1) == base + 1
+        assert write_lock_in(locks, base + 2, 1) == base + 2
+        assert write_lock_in(locks, base + 3, members_max - 2) is None
+        # Both tell the same page id from their id ranges.
+        span = consts["SHMQ_ENTRY_ID_SPAN"]
+        ids = set()
+        for m in (0, 1):
+            start = consts["SHMQ_GROUP_ID_BASE"] + m * span
+            found = write_lock_in(locks, start, span)
+            assert found is not None
+            ids.add(found - start)
+        assert len(ids) == 1
+        shm_id = ids.pop()
+        seen = ipc_stat(shm_id)
+        assert seen["key"] == 0 and seen["segsz"] == size
+        assert seen["uid"] == os.stat(ring_path).st_uid and seen["cuid"] == os.geteuid()
+        assert seen["mode"] & 0o777 == 0o600 and seen["mode"] & SHM_DEST
+        read = stack.enter_context(sysv_page(shm_id, size))
+        data = read()
+        assert _u(data, gpage, "magic") == consts["SHMQ_GROUP_MAGIC"]
+        assert data[:8] == b"shmqgrup"
+        assert _u(data, gpage, "ring_instance") == instance
+        offset, length = gpage["name"]
+        assert data[offset:offset + length] == b"workers".ljust(length, b"\0")
+        assert _u(data, gpage, "cursor") == 0, "the first member started at the earliest"
+        assert _u(data, gpage, "lost") == 0
+        slot0 = gpage["members"][0]
+        assert _u(data, member, "pid", slot0) == os.getpid()
+        assert _u(data, member, "token", slot0) == 0
+
+        assert second.poll() == b"m0"  # one claim, returned: the cursor moved, no token
+        data = read()
+        assert _u(data, gpage, "cursor") == 1
+        assert _u(data, member, "token", slot0 + 128) == 0
+        assert _u(data, member, "received", slot0 + 128) == 1
+        with first.view() as view:  # a view holds its claim until it is released
+            assert bytes(view) == b"m1"
+            data = read()
+            assert _u(data, gpage, "cursor") == 2
+            assert _u(data, member, "token", slot0) != 0
+            assert _u(data, member, "claim_from", slot0) == 1
+            assert _u(data, member, "claim_to", slot0) == 2
+        assert _u(read(), member, "token", slot0) == 0
