@@ -18,6 +18,7 @@ EXPECTED = {
     "numpy_frames.py": ", 0 wrong",
     "asyncio_consumer.py": "average: 1000 ticks",
     "trio_consumer.py": "in order, complete",
+    "worker_pool.py": "every task done exactly once",
 }
 
 
