@@ -471,6 +471,13 @@ static int hold_claim(struct shmq_consumer *c)
             return SHMQ_EMPTY;
         shmq_group_commit(c);
     }
+    if (g->next_rescue_ns == 0) {
+        /* Claims enough since the last look (a busy group never finds the
+         * ring empty): look for dead members' claims now. */
+        shmq_group_rescue(c);
+        if (g->claimed)
+            return 0;
+    }
     int rc = claim(c, g->in_batch && g->batch > 1 ? g->batch : 1);
     if (rc == SHMQ_EMPTY) {
         shmq_group_rescue(c);

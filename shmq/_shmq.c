@@ -1272,6 +1272,13 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
             }
             return NULL;
         }
+        if (rc == -EUSERS && group != NULL) {
+            PyErr_Format(st->TooManyConsumers, "no room to join group %R of queue %R: a queue "
+                         "holds %d groups of %d members, and a lossless queue's members each "
+                         "take a consumer entry too", group, name, (int)SHMQ_GROUPS_MAX,
+                         (int)SHMQ_GROUP_MEMBERS_MAX);
+            return NULL;
+        }
         return raise_code(st, rc, name);
     }
     self->name = Py_NewRef(name);
@@ -1473,6 +1480,11 @@ static PyObject *poll_error(ConsumerObject *self, int rc, size_t length, size_t 
     if (rc == -EMSGSIZE)
         return PyErr_Format(st->MessageTooLarge,
                             "next message is %zu bytes, the buffer holds only %zu", length, buf_size);
+    if (rc == -ECHILD)
+        /* A group member's claims are its parent's: a child opens its own. */
+        return raise_os_error(PyExc_ChildProcessError, ECHILD,
+                              "a group member inherited through fork() reads nothing in the "
+                              "child: open a new Consumer there", self->name);
     return raise_code(st, rc, self->name);
 }
 
