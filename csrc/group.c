@@ -259,6 +259,11 @@ int shmq_group_join(struct shmq_consumer *c, const char *name, enum shmq_start s
         shmq_fetch_add_relaxed(&g->page->lost, c->lost - lost_before);
     }
     if (rc == 0) {
+        /* Relaxed: ordered before our first claim's seq_cst stores, which a
+         * producer's acquire load of the cursor pairs with before it loads
+         * this (shmq_group_low); joiners raise it under the join lock. */
+        if (shmq_load_relaxed(&g->page->member_slots) <= g->member)
+            shmq_store_relaxed(&g->page->member_slots, g->member + 1);
         adopt_leftover(g, &c->geometry);
         /* Relaxed: display only. */
         shmq_store_relaxed(&g->page->members[g->member].pid, (uint32_t)getpid());
@@ -317,8 +322,10 @@ void shmq_group_commit(struct shmq_consumer *c)
     if (g == NULL || !g->claimed)
         return;
     struct shmq_group_member *me = &g->page->members[g->member];
-    /* Relaxed: display only. */
+    /* Relaxed: display only (this slot's count, and our entry's position
+     * as shmq stat lists it). */
     shmq_store_relaxed(&me->received, g->received);
+    shmq_store_relaxed(&c->entry->position, g->next);
     if (g->next == g->claim_to) {
         g->claimed = 0;
         /* Seq_cst: pairs with a lossless producer's acquire load of the
@@ -599,7 +606,13 @@ uint64_t shmq_group_low(const struct shmq_consumer_state *s, uint32_t group, uin
     if ((int64_t)(low - head) > 0)
         low = head; /* garbage ahead: only the group's own loss */
     int held_by = -1;
-    for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++) {
+    /* Relaxed: after the acquire load of the cursor, which a member's claim
+     * (made after it raised this) synchronises with. A member that lowers it
+     * hides claims of its own group only. */
+    uint32_t slots = shmq_load_relaxed(&page->member_slots);
+    if (slots > SHMQ_GROUP_MEMBERS_MAX)
+        slots = SHMQ_GROUP_MEMBERS_MAX;
+    for (uint32_t m = 0; m < slots; m++) {
         struct shmq_group_member *slot = &page->members[m];
         /* Acquire: pairs with the member's seq_cst store of its token (a
          * claim) and of 0 (its reads of the claim are done). */

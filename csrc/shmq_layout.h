@@ -246,7 +246,10 @@ struct shmq_group_page {
     /* line 2: messages the group lost (overrun, or overwritten in a claim) */
     _Atomic uint64_t lost;
     unsigned char pad2[SHMQ_LINE - 8];
-    unsigned char reserved[SHMQ_LINE];
+    /* line 3: member slots ever taken (slots at or past it hold no claim),
+     * raised by joiners so that a producer reads only those */
+    _Atomic uint32_t member_slots;
+    unsigned char pad3[SHMQ_LINE - 4];
     struct shmq_group_member members[SHMQ_GROUP_MEMBERS_MAX];
 };
 
@@ -257,6 +260,7 @@ _Static_assert(sizeof(struct shmq_group_member) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, name) == 16, "layout");
 _Static_assert(offsetof(struct shmq_group_page, cursor) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, lost) == 2 * SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_group_page, member_slots) == 3 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, members) == 4 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_identity, slot_size) == 16, "layout");
 _Static_assert(offsetof(struct shmq_identity, capacity) == 24, "layout");
