@@ -132,6 +132,10 @@ int shmq_consumer_rearm(struct shmq_consumer *c)
     /* Tells the producer about our entry again: another consumer may have
      * cleared our joined bit before the producer saw it. */
     announce_join(c);
+    /* A group member looks for dead members' claims too: a claim it takes
+     * over makes the descriptor readable (the re-check in quiet). */
+    if (c->group != NULL)
+        shmq_group_rescue(c);
     shmq_consumer_quiet(c);
     return 0;
 }

@@ -43,6 +43,10 @@ static size_t mark_ready(struct shmq_consumer *const *consumers, size_t count,
 {
     size_t n = 0;
     for (size_t i = 0; i < count; i++) {
+        /* A group member with nothing new may find a dead member's claim
+         * (at most every few milliseconds: group.c, RESCUE); once a slice. */
+        if (consumers[i]->group != NULL)
+            shmq_group_rescue(consumers[i]);
         ready[i] = (unsigned char)(shmq_consumer_ready(consumers[i]) != 0);
         n += ready[i];
     }
