@@ -146,17 +146,20 @@ int shmq_backpressure_has_room(struct shmq_producer *p, int discover, int probe_
         cs->group_holds_dead = 0;
     for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++) {
         struct shmq_group_view *v = &cs->groups[g];
-        if (v->page == NULL && !v->unclear)
+        if (v->count == 0 && !v->unclear)
             continue;
         if (probe_liveness && shmq_consumers_group_live(cs, g) == 0) {
             shmq_consumers_forget_group(cs, g);
             continue;
         }
-        uint64_t low = v->unclear ? head - capacity
-                                  : shmq_group_low(cs, g, head, capacity, probe_liveness,
-                                                   &cs->group_holds_dead);
-        if ((int64_t)(low - lowest) < 0)
-            lowest = low;
+        if (v->unclear && (int64_t)(head - capacity - lowest) < 0)
+            lowest = head - capacity;
+        for (int k = 0; k < v->count; k++) {
+            uint64_t low = shmq_group_low(cs, g, v->page[k], head, capacity, probe_liveness,
+                                          &cs->group_holds_dead);
+            if ((int64_t)(low - lowest) < 0)
+                lowest = low;
+        }
     }
     p->limit = lowest + capacity;
     return (int64_t)(p->next - p->limit) < 0;

@@ -237,7 +237,8 @@ static int open_once(struct shmq_consumer **out, const char *name,
     shmq_consumer_bind(c, base, &c->geometry, options->start, c->consumers.wake);
     if (options->group != NULL) {
         /* A member is waited for through its group, never registered. */
-        rc = shmq_group_join(c, options->group, options->start);
+        rc = shmq_group_join(c, options->group, options->start, options->wait_check,
+                             options->wait_context);
         if (rc < 0)
             goto fail_state;
     } else if (c->geometry.lossless && c->entry_index >= 0) {

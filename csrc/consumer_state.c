@@ -289,19 +289,28 @@ void shmq_consumers_forget(struct shmq_consumer_state *s, uint32_t index)
 
 /* ------------------------------------------------------------- groups */
 
-/* The id a lock in [from, from + SHMQ_ENTRY_ID_SPAN) tells, as entry_id. */
-static int told_id(const struct shmq_consumer_state *s, uint64_t from)
+/* Every id that 1-byte locks in [from, from + SHMQ_ENTRY_ID_SPAN) tell, at
+ * most max: how many, or -EBADMSG when there are more. A member tells its
+ * group page's id with one such lock; anyone who can lock bytes of the file
+ * can add more, so each is only a candidate, validated where it is used. */
+static int told_ids(const struct shmq_consumer_state *s, uint64_t from, int *ids, int max)
 {
-    uint64_t start;
-    if (shmq_region_lock_find(s->locks, from, SHMQ_ENTRY_ID_SPAN, &start) != 1)
-        return -ENOENT;
-    if (start < from)
-        return -EBADMSG;
-    uint64_t id = start - from, after = SHMQ_ENTRY_ID_SPAN - id - 1;
-    if ((id > 0 && shmq_region_lock_held_in(s->locks, from, id) != 0) ||
-        (after > 0 && shmq_region_lock_held_in(s->locks, start + 1, after) != 0))
-        return -EBADMSG;
-    return (int)id;
+    uint64_t at = from, end = from + SHMQ_ENTRY_ID_SPAN;
+    int n = 0;
+    while (at < end) {
+        uint64_t start, length;
+        if (shmq_region_lock_span(s->locks, at, end - at, &start, &length) != 1)
+            break;
+        if (start >= from && length == 1) {
+            if (n == max)
+                return -EBADMSG;
+            ids[n++] = (int)(start - from);
+        }
+        /* Past this lock (a wider one, planted, tells nothing). */
+        uint64_t after = length == 0 ? end : start + length;
+        at = after > at ? after : at + 1;
+    }
+    return n;
 }
 
 int shmq_consumers_group_live(const struct shmq_consumer_state *s, uint32_t group)
@@ -328,26 +337,33 @@ static void find_live_members(const struct shmq_consumer_state *s, uint32_t grou
     find_live_members(s, group, middle, to, live);
 }
 
-int shmq_consumers_group_id(const struct shmq_consumer_state *s, uint32_t group)
+int shmq_consumers_group_ids(const struct shmq_consumer_state *s, uint32_t group, int *ids,
+                             int max)
 {
     if (s->locks == NULL || group >= SHMQ_GROUPS_MAX)
         return -EINVAL;
     unsigned char live[SHMQ_GROUP_MEMBERS_MAX] = {0};
     find_live_members(s, group, 0, SHMQ_GROUP_MEMBERS_MAX, live);
-    int id = -ENOENT;
+    int n = 0;
     for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++) {
         if (!live[m])
             continue;
-        int told = told_id(s, shmq_group_id_byte(group, m));
-        if (told == -ENOENT)
-            continue; /* still joining: it locks its byte before it tells */
-        /* Members that tell different pages (someone planted a lock) make
-         * the group one nobody can trust the page of. */
-        if (told < 0 || (id >= 0 && told != id))
-            return -EBADMSG;
-        id = told;
+        int told[4];
+        int k = told_ids(s, shmq_group_id_byte(group, m), told, 4);
+        if (k < 0)
+            return k;
+        for (int i = 0; i < k; i++) {
+            int seen = 0;
+            for (int j = 0; j < n && !seen; j++)
+                seen = ids[j] == told[i];
+            if (seen)
+                continue;
+            if (n == max)
+                return -EBADMSG;
+            ids[n++] = told[i];
+        }
     }
-    return id;
+    return n;
 }
 
 struct shmq_group_page *shmq_consumers_group_attach(const struct shmq_consumer_state *s, int id,
@@ -378,78 +394,121 @@ struct shmq_group_page *shmq_consumers_group_attach(const struct shmq_consumer_s
 void shmq_consumers_forget_group(struct shmq_consumer_state *s, uint32_t group)
 {
     struct shmq_group_view *v = &s->groups[group];
-    shmq_sysv_page_detach(v->page);
-    v->page = NULL;
-    v->shm_id = -1;
-    v->unclear = 0;
+    for (int k = 0; k < v->count; k++)
+        shmq_sysv_page_detach(v->page[k]);
+    memset(v, 0, sizeof(*v));
+}
+
+/* Brings group view g up to date with the pages its members tell. */
+static void refresh_group(struct shmq_consumer_state *s, uint32_t g)
+{
+    struct shmq_group_view *v = &s->groups[g];
+    int ids[SHMQ_GROUP_PAGES];
+    int n = shmq_consumers_group_live(s, g) == 1 ? shmq_consumers_group_ids(s, g, ids,
+                                                                             SHMQ_GROUP_PAGES)
+                                                 : 0;
+    if (n < 0) {
+        /* More pages told than we keep: someone is planting locks. Waited
+         * for as a reader a lap behind, never overwritten past. */
+        shmq_consumers_forget_group(s, g);
+        v->unclear = 1;
+        return;
+    }
+    struct shmq_group_view next = {0};
+    for (int i = 0; i < n; i++) {
+        struct shmq_group_page *page = NULL;
+        for (int k = 0; k < v->count && page == NULL; k++) {
+            if (v->shm_id[k] == ids[i]) {
+                page = v->page[k];
+                v->page[k] = NULL; /* moved */
+            }
+        }
+        /* A page that is no sound group page of this ring holds nobody: no
+         * member of ours could use it. */
+        if (page == NULL)
+            page = shmq_consumers_group_attach(s, ids[i], 1, NULL);
+        if (page != NULL) {
+            next.shm_id[next.count] = ids[i];
+            next.page[next.count++] = page;
+        }
+    }
+    shmq_consumers_forget_group(s, g);
+    *v = next;
 }
 
 void shmq_consumers_discover_groups(struct shmq_consumer_state *s)
 {
     if (s->locks == NULL)
         return;
-    if (shmq_region_lock_held_in(s->locks, shmq_group_member_byte(0, 0),
-                                 SHMQ_GROUPS_MAX * SHMQ_GROUP_MEMBERS_MAX) != 1) {
-        for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++)
-            if (s->groups[g].page != NULL || s->groups[g].unclear)
-                shmq_consumers_forget_group(s, g);
-        return;
-    }
+    int any = shmq_region_lock_held_in(s->locks, shmq_group_member_byte(0, 0),
+                                       SHMQ_GROUPS_MAX * SHMQ_GROUP_MEMBERS_MAX) == 1;
     for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++) {
-        struct shmq_group_view *v = &s->groups[g];
-        int id = shmq_consumers_group_live(s, g) == 1 ? shmq_consumers_group_id(s, g) : -ENOENT;
-        if (id >= 0 && id == v->shm_id) {
-            v->unclear = 0;
-            continue;
-        }
-        shmq_consumers_forget_group(s, g);
-        if (id == -ENOENT)
-            continue;
-        v->page = id >= 0 ? shmq_consumers_group_attach(s, id, 1, NULL) : NULL;
-        /* A live group whose page we cannot read is waited for as a reader a
-         * lap behind: never overwritten, as for an unclear entry. */
-        v->unclear = v->page == NULL;
-        v->shm_id = v->page != NULL ? id : -1;
+        if (any)
+            refresh_group(s, g);
+        else if (s->groups[g].count != 0 || s->groups[g].unclear)
+            shmq_consumers_forget_group(s, g);
     }
 }
 
 int shmq_consumers_group_snapshot(const struct shmq_consumer_state *s, uint32_t group,
-                                  struct shmq_group_info *info, uint64_t head,
+                                  struct shmq_group_info *info, size_t max, uint64_t head,
                                   const struct shmq_geometry *g)
 {
-    memset(info, 0, sizeof(*info));
     unsigned char live[SHMQ_GROUP_MEMBERS_MAX] = {0};
     find_live_members(s, group, 0, SHMQ_GROUP_MEMBERS_MAX, live);
-    for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++)
-        info->members += live[m];
-    if (info->members == 0)
-        return -ENOENT;
-    int id = shmq_consumers_group_id(s, group);
-    struct shmq_group_page *page = id >= 0 ? shmq_consumers_group_attach(s, id, 1, NULL) : NULL;
-    if (page == NULL) {
+    int ids[SHMQ_GROUP_PAGES];
+    int n = shmq_consumers_group_ids(s, group, ids, SHMQ_GROUP_PAGES);
+    if (n < 0) {
+        if (max == 0)
+            return 1;
+        memset(info, 0, sizeof(*info));
         info->unclear = 1;
         info->lag = g->capacity;
-        return 0;
+        info->uid = (uid_t)-1;
+        for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++)
+            info->members += live[m];
+        return 1;
     }
-    /* Relaxed: a snapshot for display; nothing is decided on it. */
-    for (size_t i = 0; i < SHMQ_GROUP_NAME_MAX / 8; i++) {
-        uint64_t word = shmq_load_relaxed(&page->name[i]);
-        memcpy(info->name + i * 8, &word, 8);
-    }
-    info->name[SHMQ_GROUP_NAME_MAX] = '\0';
-    info->position = shmq_load_relaxed(&page->cursor);
-    info->lost = shmq_load_relaxed(&page->lost);
-    uint64_t lag = head - info->position;
-    info->lag = (int64_t)lag < 0 ? 0 : lag;
-    for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++) {
-        struct shmq_group_member *slot = &page->members[m];
-        if (shmq_load_relaxed(&slot->token) != 0) {
-            uint64_t n = shmq_load_relaxed(&slot->claim_to) - shmq_load_relaxed(&slot->claim_from);
-            info->claimed += n <= g->capacity ? n : 0;
+    int found = 0;
+    for (int i = 0; i < n && (size_t)found < max; i++) {
+        uid_t creator;
+        struct shmq_group_page *page = shmq_consumers_group_attach(s, ids[i], 1, &creator);
+        if (page == NULL)
+            continue;
+        struct shmq_group_info *out = &info[found++];
+        memset(out, 0, sizeof(*out));
+        out->uid = creator;
+        /* The members that tell this page. */
+        for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++) {
+            int told[4];
+            int k = live[m] ? told_ids(s, shmq_group_id_byte(group, m), told, 4) : 0;
+            for (int j = 0; j < k; j++)
+                if (told[j] == ids[i]) {
+                    out->members++;
+                    break;
+                }
         }
+        /* Relaxed: a snapshot for display; nothing is decided on it. */
+        for (size_t w = 0; w < SHMQ_GROUP_NAME_MAX / 8; w++) {
+            uint64_t word = shmq_load_relaxed(&page->name[w]);
+            memcpy(out->name + w * 8, &word, 8);
+        }
+        out->name[SHMQ_GROUP_NAME_MAX] = '\0';
+        out->position = shmq_load_relaxed(&page->cursor);
+        out->lost = shmq_load_relaxed(&page->lost);
+        uint64_t lag = head - out->position;
+        out->lag = (int64_t)lag < 0 ? 0 : lag;
+        for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++) {
+            struct shmq_group_member *slot = &page->members[m];
+            if (shmq_load_relaxed(&slot->token) != 0) {
+                uint64_t claimed = shmq_load_relaxed(&slot->claim_to) -
+                                   shmq_load_relaxed(&slot->claim_from);
+                out->claimed += claimed <= g->capacity ? claimed : 0;
+            }
+        }
+        shmq_sysv_page_detach(page);
     }
-    shmq_sysv_page_detach(page);
-    return 0;
+    return found;
 }
 
 int shmq_consumers_producer_open(struct shmq_consumer_state *s, const char *name,
@@ -472,8 +531,6 @@ int shmq_consumers_producer_open(struct shmq_consumer_state *s, const char *name
     }
     for (uint32_t i = 0; i < s->entry_count; i++)
         s->views[i].shm_id = s->views[i].sender = -1;
-    for (uint32_t i = 0; i < SHMQ_GROUPS_MAX; i++)
-        s->groups[i].shm_id = -1;
     return 0;
 fail:
     shmq_consumers_close(s);
@@ -580,7 +637,7 @@ void shmq_consumers_close(struct shmq_consumer_state *s)
         free(s->views);
     }
     for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++)
-        shmq_sysv_page_detach(s->groups[g].page);
+        shmq_consumers_forget_group(s, g);
     shmq_sysv_page_detach(s->wake);
     shmq_region_close(s->locks);
     memset(s, 0, sizeof(*s));

@@ -81,7 +81,8 @@ static int page_named(struct shmq_group_page *page, const char *name)
     return 1;
 }
 
-static int take_join_lock(struct shmq_consumer_state *s)
+static int take_join_lock(struct shmq_consumer_state *s, int (*check)(void *context),
+                          void *context)
 {
     int64_t give_up = shmq_now_ns() + JOIN_WAIT_NS;
     for (;;) {
@@ -92,35 +93,47 @@ static int take_join_lock(struct shmq_consumer_state *s)
             return -ETIMEDOUT;
         struct timespec pause = {0, 1000 * 1000};
         nanosleep(&pause, NULL);
+        /* As an open's wait for its queue: the caller's check ends it. */
+        if (check != NULL && check(context) != 0)
+            return -EINTR;
     }
 }
 
+/* Candidate page ids a joiner looks through in one group number: members
+ * tell one; more are planted, and cost the joiner syscalls only. */
+#define JOIN_IDS_MAX 64
+
 /* The page of live group `name`, joinable by us: 0 with *index, *id and
- * *page set, or -ENOENT. */
+ * *page set, -ENOENT, or -EUSERS when some group number holds more
+ * candidate pages than a joiner looks through (someone is planting locks:
+ * better no join than a second group of the same name). */
 static int find_group(struct shmq_consumer_state *s, const char *name, uint32_t *index, int *id,
                       struct shmq_group_page **page)
 {
+    int flooded = 0;
     for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++) {
         if (shmq_consumers_group_live(s, g) != 1)
             continue;
-        int told = shmq_consumers_group_id(s, g);
-        if (told < 0)
-            continue;
-        uid_t creator;
-        struct shmq_group_page *found = shmq_consumers_group_attach(s, told, 0, &creator);
-        if (found == NULL)
-            continue;
-        /* Made by us or by the ring's owner: a page another user made could
-         * steer what we read. */
-        if ((creator == geteuid() || creator == s->ring_owner) && page_named(found, name)) {
-            *index = g;
-            *id = told;
-            *page = found;
-            return 0;
+        int ids[JOIN_IDS_MAX];
+        int n = shmq_consumers_group_ids(s, g, ids, JOIN_IDS_MAX);
+        flooded |= n < 0;
+        for (int i = 0; i < n; i++) {
+            uid_t creator;
+            struct shmq_group_page *found = shmq_consumers_group_attach(s, ids[i], 0, &creator);
+            if (found == NULL)
+                continue;
+            /* Made by us or by the ring's owner: a page another user made
+             * (and told with planted locks) could steer what we read. */
+            if ((creator == geteuid() || creator == s->ring_owner) && page_named(found, name)) {
+                *index = g;
+                *id = ids[i];
+                *page = found;
+                return 0;
+            }
+            shmq_sysv_page_detach(found);
         }
-        shmq_sysv_page_detach(found);
     }
-    return -ENOENT;
+    return flooded ? -EUSERS : -ENOENT;
 }
 
 /* Makes group `name`'s page in a free group number, with its cursor at
@@ -211,7 +224,8 @@ static void adopt_leftover(struct shmq_group_membership *g, const struct shmq_ge
     g->claim_to = to;
 }
 
-int shmq_group_join(struct shmq_consumer *c, const char *name, enum shmq_start start)
+int shmq_group_join(struct shmq_consumer *c, const char *name, enum shmq_start start,
+                    int (*check)(void *context), void *context)
 {
     int rc = group_name_validate(name);
     if (rc < 0)
@@ -227,7 +241,7 @@ int shmq_group_join(struct shmq_consumer *c, const char *name, enum shmq_start s
     /* Non-zero and new for every membership: a rescue swaps exactly the
      * token it read. */
     g->token = (uint32_t)shmq_wake_nonce() | 1u;
-    rc = take_join_lock(s);
+    rc = take_join_lock(s, check, context);
     if (rc < 0) {
         free(g);
         return rc;
@@ -595,10 +609,12 @@ int shmq_group_ready(struct shmq_consumer *c, memory_order order)
 
 /* ------------------------------------------------------------- producer */
 
-uint64_t shmq_group_low(const struct shmq_consumer_state *s, uint32_t group, uint64_t head,
+uint64_t shmq_group_low(const struct shmq_consumer_state *s, uint32_t group,
+                        const struct shmq_group_page *const_page, uint64_t head,
                         uint64_t capacity, int probe, int *dead_claim)
 {
-    struct shmq_group_page *page = s->groups[group].page;
+    /* Mapped read-only: only loaded from. */
+    struct shmq_group_page *page = (struct shmq_group_page *)const_page;
     /* Acquire: pairs with the members' seq_cst compare-and-swap of the
      * cursor, each made after its claim's token store: a cursor past a
      * claim comes with the claim. */

@@ -72,13 +72,10 @@ int shmq_inspect_groups(const char *name, struct shmq_group_info *out, size_t ma
     uint64_t head = shmq_load_acquire(&c->control->head);
     const struct shmq_consumer_state *cs = &c->consumers;
     int n = 0;
-    for (uint32_t g = 0; cs->locks != NULL && g < SHMQ_GROUPS_MAX; g++) {
-        struct shmq_group_info group;
-        if (shmq_consumers_group_snapshot(cs, g, &group, head, &c->geometry) < 0)
+    for (uint32_t g = 0; cs->locks != NULL && g < SHMQ_GROUPS_MAX && (size_t)n < max; g++) {
+        if (shmq_consumers_group_live(cs, g) != 1)
             continue;
-        if ((size_t)n < max)
-            out[n] = group;
-        n++;
+        n += shmq_consumers_group_snapshot(cs, g, out + n, max - (size_t)n, head, &c->geometry);
     }
     shmq_consumer_close(c);
     return n;

@@ -303,6 +303,13 @@ int shmq_region_lock_held_in(const struct shmq_region *region, uint64_t offset, 
 int shmq_region_lock_find(const struct shmq_region *region, uint64_t offset, uint64_t length,
                           uint64_t *start)
 {
+    uint64_t ignored;
+    return shmq_region_lock_span(region, offset, length, start, &ignored);
+}
+
+int shmq_region_lock_span(const struct shmq_region *region, uint64_t offset, uint64_t length,
+                          uint64_t *start, uint64_t *lock_length)
+{
     struct flock range = lock_range(F_RDLCK, offset);
     range.l_len = (off_t)length;
     if (fcntl(region->fd, F_OFD_GETLK, &range) != 0)
@@ -310,6 +317,7 @@ int shmq_region_lock_find(const struct shmq_region *region, uint64_t offset, uin
     if (range.l_type == F_UNLCK)
         return 0;
     *start = (uint64_t)range.l_start;
+    *lock_length = (uint64_t)range.l_len;
     return 1;
 }
 

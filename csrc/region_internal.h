@@ -17,6 +17,9 @@ int shmq_region_lock_held_in(const struct shmq_region *region, uint64_t offset, 
  * one such lock, 0 none, or a negative errno. */
 int shmq_region_lock_find(const struct shmq_region *region, uint64_t offset, uint64_t length,
                           uint64_t *start);
+/* As shmq_region_lock_find, with the lock's length (0: to the end of the file). */
+int shmq_region_lock_span(const struct shmq_region *region, uint64_t offset, uint64_t length,
+                          uint64_t *start, uint64_t *lock_length);
 /* Turns the mapping into a private copy-on-write one at the same address,
  * so that stores through pointers into it (a loan a forked child inherited)
  * never reach the object again. Async-signal-safe. */

@@ -72,11 +72,15 @@ struct shmq_entry_view {
     uint64_t sender_nonce;
 };
 
-/* A group as the producer sees it: its page mapped read-only. */
+/* A group number as the producer sees it: the pages its live members tell,
+ * mapped read-only. Normally one; locks planted by others may tell more,
+ * and a reader is held back by the lowest of them. */
+#define SHMQ_GROUP_PAGES 4
 struct shmq_group_view {
-    int shm_id;  /* -1: none */
-    int unclear; /* its live members tell different pages (or none we may map) */
-    struct shmq_group_page *page;
+    int count;
+    int unclear; /* more pages told than SHMQ_GROUP_PAGES: waited for as a lap behind */
+    int shm_id[SHMQ_GROUP_PAGES];
+    struct shmq_group_page *page[SHMQ_GROUP_PAGES];
 };
 
 /* A consumer's membership of a group (group.c). */
@@ -247,18 +251,25 @@ void shmq_consumers_close(struct shmq_consumer_state *state);
 void shmq_consumers_discover_groups(struct shmq_consumer_state *state);
 int shmq_consumers_group_live(const struct shmq_consumer_state *state, uint32_t group);
 void shmq_consumers_forget_group(struct shmq_consumer_state *state, uint32_t group);
-/* The id of group g's page, from its live members' id locks: the id,
- * -ENOENT (no member has told one), or -EBADMSG (they disagree). */
-int shmq_consumers_group_id(const struct shmq_consumer_state *state, uint32_t group);
+/* The ids that group g's live members tell (each a candidate for its page:
+ * locks planted by others tell ids too, so the pages are validated where
+ * they are used): how many, at most max, or -EBADMSG when there are more. */
+int shmq_consumers_group_ids(const struct shmq_consumer_state *state, uint32_t group, int *ids,
+                             int max);
 /* Maps a group page if it is sound (size, owner, nobody else may write). */
 struct shmq_group_page *shmq_consumers_group_attach(const struct shmq_consumer_state *state,
                                                     int id, int read_only, uid_t *creator);
+/* Fills info[0..max) with the groups of group number g (one per sound page
+ * its members tell) and returns how many. */
 int shmq_consumers_group_snapshot(const struct shmq_consumer_state *state, uint32_t group,
-                                  struct shmq_group_info *info, uint64_t head,
+                                  struct shmq_group_info *info, size_t max, uint64_t head,
                                   const struct shmq_geometry *geometry);
 
 /* group.c */
-int shmq_group_join(struct shmq_consumer *consumer, const char *group, enum shmq_start start);
+/* check (may be NULL) runs while the join waits for another's join; non-zero
+ * ends it with -EINTR. */
+int shmq_group_join(struct shmq_consumer *consumer, const char *group, enum shmq_start start,
+                    int (*check)(void *context), void *context);
 void shmq_group_leave(struct shmq_consumer *consumer);
 int shmq_group_poll(struct shmq_consumer *consumer, const struct shmq_destination *destination,
                     size_t *length);
@@ -278,8 +289,9 @@ void shmq_group_commit(struct shmq_consumer *consumer);
 /* Producer: the lowest sequence group view `v` may still read, clamped to
  * [head - capacity, head]; sets *dead_claim when a claim holding that low
  * belongs to a member whose lock is gone (probe only). */
-uint64_t shmq_group_low(const struct shmq_consumer_state *state, uint32_t group, uint64_t head,
-                        uint64_t capacity, int probe, int *dead_claim);
+uint64_t shmq_group_low(const struct shmq_consumer_state *state, uint32_t group,
+                        const struct shmq_group_page *page, uint64_t head, uint64_t capacity,
+                        int probe, int *dead_claim);
 
 /* sysv.c */
 int shmq_sysv_page_create(key_t key, mode_t mode, size_t size);

@@ -472,11 +472,15 @@ struct shmq_group_info {
     uint64_t lag;      /* published and not yet claimed */
     uint64_t lost;     /* the group's lost count */
     uint64_t claimed;  /* claimed and not yet returned */
-    int unclear;       /* its members tell different pages, or none we may read */
+    int unclear;       /* its members tell more pages than anyone keeps (planted
+                          locks): a lossless producer waits for it as for a reader
+                          a lap behind */
+    uid_t uid;         /* the user who made the group (its page's creator) */
 };
 
 /* Fills out[0..max) with the live groups of queue `name` and returns how
- * many there are, or what shmq_inspect returns on error. */
+ * many there are (at most max), or what shmq_inspect returns on error. Two
+ * users' groups of one name are two groups. */
 int shmq_inspect_groups(const char *name, struct shmq_group_info *out, size_t max);
 
 /* Spin iterations before a blocking poll goes to sleep (default 0: sleep at

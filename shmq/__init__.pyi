@@ -92,7 +92,8 @@ class _GroupInfo(TypedDict):
     """A live consumer group in inspect()'s "groups": its members, the next
     sequence none of them has claimed, what is published and not yet
     claimed, what the group lost, what its members claimed and have not
-    returned, and whether its members tell different pages."""
+    returned, whether locks planted for it make its page untellable, and the
+    user who made it (two users' groups of one name are two groups)."""
     name: str
     members: int
     position: int
@@ -100,6 +101,7 @@ class _GroupInfo(TypedDict):
     lost: int
     claimed: int
     unclear: bool
+    uid: Optional[int]
 
 class _QueueInfo(TypedDict):
     """What inspect() returns."""

@@ -1272,6 +1272,26 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
             }
             return NULL;
         }
+        if (rc == -ETIMEDOUT && group != NULL) {
+            PyObject *text = PyUnicode_FromFormat(
+                "could not join group %R of queue %R: another process held the join lock for "
+                "5 s", group, name);
+            if (text != NULL) {
+                PyObject *exc = PyObject_CallFunction(PyExc_TimeoutError, "iO", ETIMEDOUT, text);
+                Py_DECREF(text);
+                if (exc != NULL) {
+                    PyErr_SetObject(PyExc_TimeoutError, exc);
+                    Py_DECREF(exc);
+                }
+            }
+            return NULL;
+        }
+        if (rc == -EOPNOTSUPP && group != NULL) {
+            PyErr_Format(PyExc_OSError, "queue %R has no usable consumer state "
+                         "(shmq-NAME.consumers is missing or not its owner's): groups need it",
+                         name);
+            return NULL;
+        }
         if (rc == -EUSERS && group != NULL) {
             PyErr_Format(st->TooManyConsumers, "no room to join group %R of queue %R: a queue "
                          "holds %d groups of %d members, and a lossless queue's members each "
@@ -2506,28 +2526,33 @@ static PyObject *shmq_exists_py(PyObject *module, PyObject *name)
     return PyBool_FromLong(rc);
 }
 
+/* Most groups inspect() lists: 16 group numbers, each of which planted
+ * locks may make tell several pages. */
+#define GROUP_LIST_MAX 64
+
 /* The live groups of queue cname, as a list of dicts. */
 static PyObject *group_info_list(module_state *st, PyObject *name, const char *cname)
 {
-    struct shmq_group_info groups[SHMQ_GROUPS_MAX];
+    struct shmq_group_info groups[GROUP_LIST_MAX];
     int n;
     Py_BEGIN_ALLOW_THREADS
-    n = shmq_inspect_groups(cname, groups, SHMQ_GROUPS_MAX);
+    n = shmq_inspect_groups(cname, groups, GROUP_LIST_MAX);
     Py_END_ALLOW_THREADS
     if (n < 0)
         return raise_code(st, n, name);
-    if (n > (int)SHMQ_GROUPS_MAX)
-        n = (int)SHMQ_GROUPS_MAX;
+    if (n > GROUP_LIST_MAX)
+        n = GROUP_LIST_MAX;
     PyObject *list = PyList_New(n);
     for (int i = 0; list != NULL && i < n; i++) {
         struct shmq_group_info *g = &groups[i];
         /* A name is whatever the page holds: decoded leniently. */
         PyObject *group_name = PyUnicode_DecodeUTF8(g->name, (Py_ssize_t)strlen(g->name), "replace");
         PyObject *d = group_name == NULL ? NULL : Py_BuildValue(
-            "{sNsIsKsKsKsKsO}", "name", group_name, "members", g->members,
+            "{sNsIsKsKsKsKsOsN}", "name", group_name, "members", g->members,
             "position", (unsigned long long)g->position, "lag", (unsigned long long)g->lag,
             "lost", (unsigned long long)g->lost, "claimed", (unsigned long long)g->claimed,
-            "unclear", g->unclear ? Py_True : Py_False);
+            "unclear", g->unclear ? Py_True : Py_False,
+            "uid", g->uid == (uid_t)-1 ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(g->uid));
         if (d == NULL)
             Py_CLEAR(list);
         else

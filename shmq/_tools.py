@@ -196,7 +196,8 @@ def describe(name):
         "producer_alive": bool(q["producer_alive"]), "ended": bool(q["ended"]),
         "consumers": len(entries), "registered": sum(e["registered"] for e in entries),
         "consumer_entries": q["max_consumers"], "entries": entries,
-        "groups": [dict(g, name=printable(g["name"])) for g in q.get("groups", [])],
+        "groups": [dict(g, name=printable(g["name"]), user=_user(g["uid"]))
+                   for g in q.get("groups", [])],
     }
     info["holding_back"] = _holding_back(info)
     return info
@@ -375,12 +376,14 @@ def _print_stat(info, out):
         _emit(f"{key:<10} {value}", out)
     if info.get("groups"):
         name_w = max(5, *(len(g["name"]) for g in info["groups"]))
-        _emit(f"  {'GROUP':<{name_w}} {'MEMBERS':>7} {'POSITION':>14} {'LAG':>12} {'LOST':>12} "
-              f"{'CLAIMED':>8}", out)
-        for g in info["groups"]:
-            _emit(f"  {g['name']:<{name_w}} {g['members']:>7} {g['position']:>14} {g['lag']:>12} "
-                  f"{g['lost']:>12} {g['claimed']:>8}"
-                  + ("  unclear: its members tell different pages" if g["unclear"] else ""), out)
+        users = [_name(g["user"]) for g in info["groups"]]
+        user_w = max(4, *map(len, users))
+        _emit(f"  {'GROUP':<{name_w}} {'USER':<{user_w}} {'MEMBERS':>7} {'POSITION':>14} "
+              f"{'LAG':>12} {'LOST':>12} {'CLAIMED':>8}", out)
+        for g, user in zip(info["groups"], users):
+            _emit(f"  {g['name']:<{name_w}} {user:<{user_w}} {g['members']:>7} {g['position']:>14} "
+                  f"{g['lag']:>12} {g['lost']:>12} {g['claimed']:>8}"
+                  + ("  unclear: locks were planted for it" if g["unclear"] else ""), out)
     if info["entries"]:
         users = [_name(e["user"]) for e in info["entries"]]
         user_w = max(4, *map(len, users))
