@@ -55,6 +55,7 @@ import pickle
 import queue
 import statistics
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -817,8 +818,9 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-COLORS = {"shmq-group": "#D55E00", "shmq-plain": "#E69F00", "shmq-group poll": "#D55E00",
-          "shmq-group poll_many(100)": "#CC79A7", "faster-fifo get": "#009E73",
+COLORS = {"shmq-group": "#D55E00", "shmq-plain": "#E69F00", "shmq-group-batch": "#882255",
+          "shmq-plain-batch": "#CC79A7", "shmq-group poll": "#D55E00",
+          "shmq-group poll_many(100)": "#882255", "faster-fifo get": "#009E73",
           "faster-fifo get_many(100)": "#999933", "mp.Queue get": "#56B4E9"}
 
 
@@ -849,25 +851,25 @@ def plot(result, path):
             configs += [c for c in by if c not in configs]
         if section == "readme":
             configs = [c for c in (f"{p}p{c}c" for p, c, _ in README_SHAPES) if c in configs]
-        width = 0.8 / max(len(whos), 1)
-        for k, who in enumerate(whos):
-            xs, ys, lo, hi = [], [], [], []
-            for j, cfg in enumerate(configs):
-                e = summary[section][who].get(cfg)
-                if e and e["rate"]:
-                    xs.append(j + (k - (len(whos) - 1) / 2) * width)
-                    ys.append(e["rate"]["median"])
-                    lo.append(e["rate"]["median"] - e["rate"]["min"])
-                    hi.append(e["rate"]["max"] - e["rate"]["median"])
-            ax.bar(xs, ys, width, yerr=[lo, hi], label=who, color=_color(who), capsize=2,
-                   edgecolor="black" if who.startswith("shmq") else "none", linewidth=0.6)
+        # Each group of bars holds only the contenders measured there, centred.
+        labelled = set()
+        for j, cfg in enumerate(configs):
+            here = [w for w in whos if (summary[section][w].get(cfg) or {}).get("rate")]
+            width = 0.8 / max(len(here), 1)
+            for k, who in enumerate(here):
+                r = summary[section][who][cfg]["rate"]
+                ax.bar(j + (k - (len(here) - 1) / 2) * width, r["median"], width,
+                       yerr=[[r["median"] - r["min"]], [r["max"] - r["median"]]], capsize=2,
+                       label=None if who in labelled else who, color=_color(who),
+                       edgecolor="black" if who.startswith("shmq") else "none", linewidth=0.6)
+                labelled.add(who)
         ax.set_yscale("log")
         ax.set_xticks(range(len(configs)))
         ax.set_xticklabels(configs, rotation=20 if section == "readme" else 0)
         ax.set_ylabel("messages delivered per second")
         ax.set_title(titles[section])
         ax.grid(axis="y", which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, framealpha=0.9)
     m = result["machine"]
     fig.suptitle(f"Consumer groups, {m['cpus_usable']} CPUs ({m['cpu']}), {result['settings']['rounds']} "
                  "round(s): median, bars min-max", fontsize=10)
@@ -876,6 +878,19 @@ def plot(result, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _commit():
+    """The checkout's commit, and whether csrc/ or shmq/ differ from it."""
+    try:
+        git = ["git", "-C", str(ROOT)]
+        head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "csrc", "shmq"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + (" (csrc/ or shmq/ modified)" if dirty else "")) or None
 
 
 class Progress(suite.Progress):
@@ -898,9 +913,18 @@ def main(argv=None):
     parser.add_argument("--verify", action="store_true",
                         help="every message carries its sequence number; check each arrived once")
     parser.add_argument("--no-pin", action="store_true", help="leave the dispatch and pool processes unpinned")
+    parser.add_argument("--render", metavar="JSON", help="only re-render the table and the plot of a saved run")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "group_results.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "groups.png"))
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        result["summary"], result["ratios"] = summarize(result["samples"])
+        result["goals"] = goals(result["ratios"])
+        path = plot(result, Path(args.plot)) if args.plot else None
+        print(markdown(result))
+        print("wrote " + str(path) if path else "no plot")
+        return 0
     rounds = args.rounds or (1 if args.quick else 3)
     readme_rounds = args.readme_rounds or args.rounds or (1 if args.quick else 2)
     seconds = args.seconds or (0.1 if args.quick else 0.5)
@@ -961,7 +985,7 @@ def main(argv=None):
     machine = suite._machine()
     machine["loadavg_start"], machine["loadavg_end"] = loadavg_start, suite._loadavg()
     summary, ratios = summarize(samples)
-    result = {"machine": machine,
+    result = {"machine": machine, "commit": _commit(),
               "versions": {"python": sys.version.split()[0], **{c.name: c.version() for c in contenders.values()}},
               "settings": {"rounds": rounds, "readme_rounds": readme_rounds, "seconds": seconds,
                            "capacity": args.capacity, "pool_workers": args.pool_workers, "readme_scale": scale,
