@@ -808,7 +808,8 @@ def markdown(result):
     if any(g["met"] is not None for g in result["goals"]):
         lines += ["", "| goal | measured (median of rounds) | met |", "|---|---:|---|"]
         for g in result["goals"]:
-            lines.append(f"| {g['goal']} | {_fmt_range(g['measured'], _ratio)} | {'-' if g['met'] is None else 'yes' if g['met'] else 'no'} |")
+            met = "-" if g["met"] is None else "yes" if g["met"] else "no"
+            lines.append(f"| {g['goal']} | {_fmt_range(g['measured'], _ratio)} | {met} |")
     errors = [f"{s['section']} {s['who']} {s['config']} round {s['round']}: {s['error']}"
               for s in result["samples"] if "error" in s]
     if errors:
