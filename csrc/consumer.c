@@ -507,7 +507,7 @@ int shmq_consumer_poll_many(struct shmq_consumer *c, void *buf, size_t buf_size,
         max_messages = INT32_MAX;
     unsigned char *out = buf;
     size_t used = 0, n = 0;
-    shmq_consumer_batch_begin(c, max_messages);
+    shmq_consumer_batch_begin_within(c, max_messages, buf_size);
     while (n < max_messages) {
         /* No arithmetic on a NULL buffer (size 0: only empty messages fit). */
         int rc = shmq_consumer_poll(c, out ? out + used : NULL, buf_size - used, &lengths[n]);
@@ -641,6 +641,8 @@ static int wait_until(struct shmq_consumer *c, int64_t deadline_ns, unsigned fla
     int stop_at_end = !(flags & SHMQ_WAIT_PAST_END);
     for (;;) {
         /* Relaxed: a hint; the caller's poll re-reads the stamp with acquire. */
+        if (c->group != NULL && c->consumers.forked)
+            return -ECHILD; /* a member's claims are its parent's */
         if (something_to_report(c, memory_order_relaxed))
             return 0;
         if (c->group != NULL) {
@@ -826,9 +828,16 @@ const char *shmq_consumer_group(const struct shmq_consumer *c)
 
 void shmq_consumer_batch_begin(struct shmq_consumer *c, size_t max_messages)
 {
+    shmq_consumer_batch_begin_within(c, max_messages, 0);
+}
+
+void shmq_consumer_batch_begin_within(struct shmq_consumer *c, size_t max_messages,
+                                      size_t max_bytes)
+{
     if (c->group != NULL) {
         c->group->in_batch = 1;
         c->group->batch = max_messages;
+        c->group->batch_bytes = max_bytes;
     }
 }
 

@@ -124,7 +124,9 @@ static int find_group(struct shmq_consumer_state *s, const char *name, uint32_t 
                 continue;
             /* Made by us or by the ring's owner: a page another user made
              * (and told with planted locks) could steer what we read. */
-            if ((creator == geteuid() || creator == s->ring_owner) && page_named(found, name)) {
+            /* Relaxed: a hint; an ended group is over (see shmq_group_leave). */
+        if ((creator == geteuid() || creator == s->ring_owner) && page_named(found, name) &&
+            shmq_load_relaxed(&found->ended) == 0) {
                 *index = g;
                 *id = ids[i];
                 *page = found;
@@ -303,7 +305,30 @@ void shmq_group_leave(struct shmq_consumer *c)
     if (g == NULL)
         return;
     /* A claim not yet returned stays in our slot: once our lock is gone,
-     * another member delivers it (see RESCUE). */
+     * another member delivers it (see RESCUE). The last member to leave
+     * with nothing claimed ends the group, so that a lossless producer stops
+     * waiting for it at once rather than at its next look at the locks;
+     * under the join lock (one try: otherwise the producer finds out from
+     * the locks), so that nobody joins meanwhile. */
+    struct shmq_consumer_state *s = &c->consumers;
+    if (!g->claimed && !s->forked && s->locks != NULL &&
+        shmq_region_lock_byte(s->locks, SHMQ_GROUP_BASE) == 0) {
+        uint64_t first = shmq_group_member_byte(g->index, 0);
+        uint64_t mine = shmq_group_member_byte(g->index, g->member);
+        int others = (mine > first && shmq_region_lock_held_in(s->locks, first, mine - first) != 0) ||
+                     (g->member + 1 < SHMQ_GROUP_MEMBERS_MAX &&
+                      shmq_region_lock_held_in(s->locks, mine + 1,
+                                               SHMQ_GROUP_MEMBERS_MAX - g->member - 1) != 0);
+        int claims = 0;
+        for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX && !claims; m++)
+            /* Relaxed: a dead member's claim keeps the group going. */
+            claims = m != g->member && shmq_load_relaxed(&g->page->members[m].token) != 0;
+        if (!others && !claims)
+            /* Release: pairs with the producer's acquire load in
+             * shmq_group_low; our reads are done. */
+            shmq_store_release(&g->page->ended, 1);
+        shmq_region_unlock_byte(s->locks, SHMQ_GROUP_BASE);
+    }
     shmq_sysv_page_detach(g->page);
     free(g);
     c->group = NULL;
@@ -374,6 +399,24 @@ static uint64_t overrun_target(struct shmq_consumer *c, uint64_t at, uint64_t st
     return target;
 }
 
+/* How many of the n messages from `at` fit in `bytes` (at least one): a
+ * batch claims no more than its caller's buffer takes. The lengths are
+ * hints (the copies validate them): a message rewritten meanwhile may make
+ * the batch end early, and the rest stays ours for the next call. */
+static uint64_t fitting(struct shmq_consumer *c, uint64_t at, uint64_t n, size_t bytes)
+{
+    uint64_t used = 0, k = 0;
+    while (k < n) {
+        /* Relaxed: a hint, as above. */
+        uint64_t length = shmq_load_relaxed(&shmq_slot_at(c->slots, &c->geometry, at + k)->length);
+        if (length > c->geometry.slot_size || used + length > bytes)
+            break;
+        used += length;
+        k++;
+    }
+    return k > 0 ? k : 1;
+}
+
 /* Claims up to `want` messages from the cursor (see CLAIMING): 0,
  * SHMQ_EMPTY, or -EUCLEAN when the cursor or the stamps are garbage. */
 static int claim(struct shmq_consumer *c, uint64_t want)
@@ -410,6 +453,8 @@ static int claim(struct shmq_consumer *c, uint64_t want)
             uint64_t available = shmq_load_acquire(&c->control->head) - at;
             if (available > 1 && available <= c->geometry.capacity)
                 n = available < want ? available : want;
+            if (g->batch_bytes != 0)
+                n = fitting(c, at, n, g->batch_bytes);
         }
         /* Release: pairs with the producer's acquire load of claim_from. */
         shmq_store_release(&me->claim_from, at);
@@ -615,6 +660,10 @@ uint64_t shmq_group_low(const struct shmq_consumer_state *s, uint32_t group,
 {
     /* Mapped read-only: only loaded from. */
     struct shmq_group_page *page = (struct shmq_group_page *)const_page;
+    /* Acquire: pairs with the last member's release store of ended. Only
+     * its own group loses by a false one. */
+    if (shmq_load_acquire(&page->ended) != 0)
+        return head;
     /* Acquire: pairs with the members' seq_cst compare-and-swap of the
      * cursor, each made after its claim's token store: a cursor past a
      * claim comes with the claim. */

@@ -97,6 +97,7 @@ struct shmq_group_membership {
     uint64_t claim_to;
     uint64_t next;
     size_t batch;           /* shmq_consumer_batch_begin: claim up to this many */
+    size_t batch_bytes;     /* ... that fit in this many bytes (0: no limit) */
     int in_batch;
     int64_t next_rescue_ns; /* when to look for dead members' claims again */
     uint32_t claims_since_rescue;

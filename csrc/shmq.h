@@ -456,9 +456,13 @@ int shmq_consumer_release(struct shmq_consumer *consumer);
 
 /* Group members: the next claim takes up to max_messages at once, and what
  * the polls until shmq_consumer_batch_end deliver stays claimed until then
- * (a member that dies inside the batch has it redelivered whole). Plain
- * consumers: no effect. shmq_consumer_poll_many does this itself. */
+ * (a member that dies inside the batch has it redelivered whole). What the
+ * batch claimed and did not deliver stays this member's, for its next poll.
+ * Plain consumers: no effect. shmq_consumer_poll_many does this itself.
+ * _within claims no more messages than fit in max_bytes (at least one). */
 void shmq_consumer_batch_begin(struct shmq_consumer *consumer, size_t max_messages);
+void shmq_consumer_batch_begin_within(struct shmq_consumer *consumer, size_t max_messages,
+                                      size_t max_bytes);
 void shmq_consumer_batch_end(struct shmq_consumer *consumer);
 
 /* The consumer's group name, or NULL for a plain consumer. */

@@ -249,7 +249,10 @@ struct shmq_group_page {
     /* line 3: member slots ever taken (slots at or past it hold no claim),
      * raised by joiners so that a producer reads only those */
     _Atomic uint32_t member_slots;
-    unsigned char pad3[SHMQ_LINE - 4];
+    /* set by the last member as it leaves: the group is over, and a
+     * producer stops waiting for it at once */
+    _Atomic uint32_t ended;
+    unsigned char pad3[SHMQ_LINE - 8];
     struct shmq_group_member members[SHMQ_GROUP_MEMBERS_MAX];
 };
 
@@ -261,6 +264,7 @@ _Static_assert(offsetof(struct shmq_group_page, name) == 16, "layout");
 _Static_assert(offsetof(struct shmq_group_page, cursor) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, lost) == 2 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, member_slots) == 3 * SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_group_page, ended) == 3 * SHMQ_LINE + 4, "layout");
 _Static_assert(offsetof(struct shmq_group_page, members) == 4 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_identity, slot_size) == 16, "layout");
 _Static_assert(offsetof(struct shmq_identity, capacity) == 24, "layout");

@@ -49,6 +49,8 @@ def worker(tasks, results, ready):
             if not inbox.wait(1):  # False at once if it had ended and the group has claimed every task
                 if ended:
                     break
+                if inbox.ended:  # it ended during the wait: look once more
+                    continue
                 if not inbox.producer_alive:  # a dispatcher that dies ends nothing
                     sys.exit("worker: the dispatcher died")
     # Leaving the block closed `outbox`: the collector sees this worker's stream end.

@@ -1730,7 +1730,7 @@ static PyObject *Consumer_poll_many_into(ConsumerObject *self, PyObject *const *
          * call; a group member claims them all at once (shmq.h, GROUPS). */
         struct into_buffer ib = {view.buf, (size_t)view.len, 0};
         struct shmq_consumer *batch = self->consumer;
-        shmq_consumer_batch_begin(batch, (size_t)max_messages);
+        shmq_consumer_batch_begin_within(batch, (size_t)max_messages, (size_t)view.len);
         int rc = poll_until(self, timeout_ns, attempt_into, &ib, SHMQ_WAIT_PAST_END);
         if (self->consumer != batch)
             batch = NULL; /* closed while it waited */
@@ -1889,6 +1889,13 @@ static PyObject *Consumer_repr(ConsumerObject *self)
 {
     if (self->consumer == NULL)
         return PyUnicode_FromFormat("<shmq.Consumer name=%R closed>", self->name);
+    if (self->group != NULL)
+        return PyUnicode_FromFormat(
+            "<shmq.Consumer name=%R group=%R slot_size=%u capacity=%u position=%llu lost=%llu>",
+            self->name, self->group, shmq_consumer_slot_size(self->consumer),
+            shmq_consumer_capacity(self->consumer),
+            (unsigned long long)shmq_consumer_position(self->consumer),
+            (unsigned long long)shmq_consumer_lost(self->consumer));
     return PyUnicode_FromFormat("<shmq.Consumer name=%R slot_size=%u capacity=%u position=%llu lost=%llu>",
                                 self->name, shmq_consumer_slot_size(self->consumer),
                                 shmq_consumer_capacity(self->consumer),

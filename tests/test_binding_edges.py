@@ -428,7 +428,7 @@ def test_inspect_lists_registered_consumers_but_not_observers(queue_name):
             "lossless": True, "first_sequence": 0, "head": 5, "producer_alive": True,
             "ended": False, "owner_uid": os.getuid(), "mode": 0o600,
             "ring_bytes": os.stat(ring_path(queue_name)).st_size,
-            "state_bytes": info["state_bytes"],
+            "state_bytes": info["state_bytes"], "groups": [],
         }
         assert info["state_bytes"] > 0
         assert sorted((c["position"], c["lag"]) for c in consumers) == [(0, 5), (2, 3)]
