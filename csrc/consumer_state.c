@@ -289,28 +289,43 @@ void shmq_consumers_forget(struct shmq_consumer_state *s, uint32_t index)
 
 /* ------------------------------------------------------------- groups */
 
+/* The ids that 1-byte locks in [lo, hi) tell (relative to `from`), adding
+ * to ids[*n] up to max; -EBADMSG when there are more locks than that. The
+ * kernel reports *a* conflicting lock, not the lowest, so the ranges on both
+ * sides of each lock it reports are searched: `budget` bounds the questions. */
+static int scan_ids(const struct shmq_consumer_state *s, uint64_t from, uint64_t lo, uint64_t hi,
+                    int *ids, int *n, int max, int *budget)
+{
+    if (lo >= hi)
+        return 0;
+    if (--*budget < 0)
+        return -EBADMSG;
+    uint64_t start, length;
+    int rc = shmq_region_lock_span(s->locks, lo, hi - lo, &start, &length);
+    if (rc != 1)
+        return rc < 0 ? rc : 0;
+    uint64_t end = length == 0 || start + length > hi ? hi : start + length;
+    if (start < lo)
+        start = lo; /* a lock reaching in from below: nothing under it */
+    else if (length == 1) {
+        if (*n == max)
+            return -EBADMSG;
+        ids[(*n)++] = (int)(start - from);
+    }
+    rc = scan_ids(s, from, lo, start, ids, n, max, budget);
+    return rc < 0 ? rc : scan_ids(s, from, end, hi, ids, n, max, budget);
+}
+
 /* Every id that 1-byte locks in [from, from + SHMQ_ENTRY_ID_SPAN) tell, at
  * most max: how many, or -EBADMSG when there are more. A member tells its
  * group page's id with one such lock; anyone who can lock bytes of the file
- * can add more, so each is only a candidate, validated where it is used. */
+ * can add more (and wider ones, which tell nothing), so each is only a
+ * candidate, validated where it is used. */
 static int told_ids(const struct shmq_consumer_state *s, uint64_t from, int *ids, int max)
 {
-    uint64_t at = from, end = from + SHMQ_ENTRY_ID_SPAN;
-    int n = 0;
-    while (at < end) {
-        uint64_t start, length;
-        if (shmq_region_lock_span(s->locks, at, end - at, &start, &length) != 1)
-            break;
-        if (start >= from && length == 1) {
-            if (n == max)
-                return -EBADMSG;
-            ids[n++] = (int)(start - from);
-        }
-        /* Past this lock (a wider one, planted, tells nothing). */
-        uint64_t after = length == 0 ? end : start + length;
-        at = after > at ? after : at + 1;
-    }
-    return n;
+    int n = 0, budget = 4 * max + 8;
+    int rc = scan_ids(s, from, from, from + SHMQ_ENTRY_ID_SPAN, ids, &n, max, &budget);
+    return rc < 0 ? rc : n;
 }
 
 int shmq_consumers_group_live(const struct shmq_consumer_state *s, uint32_t group)
@@ -345,11 +360,13 @@ int shmq_consumers_group_ids(const struct shmq_consumer_state *s, uint32_t group
     unsigned char live[SHMQ_GROUP_MEMBERS_MAX] = {0};
     find_live_members(s, group, 0, SHMQ_GROUP_MEMBERS_MAX, live);
     int n = 0;
+    int told[SHMQ_GROUP_IDS_MAX];
+    if (max > (int)SHMQ_GROUP_IDS_MAX)
+        max = (int)SHMQ_GROUP_IDS_MAX;
     for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++) {
         if (!live[m])
             continue;
-        int told[4];
-        int k = told_ids(s, shmq_group_id_byte(group, m), told, 4);
+        int k = told_ids(s, shmq_group_id_byte(group, m), told, max);
         if (k < 0)
             return k;
         for (int i = 0; i < k; i++) {
@@ -480,8 +497,8 @@ int shmq_consumers_group_snapshot(const struct shmq_consumer_state *s, uint32_t 
         out->uid = creator;
         /* The members that tell this page. */
         for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX; m++) {
-            int told[4];
-            int k = live[m] ? told_ids(s, shmq_group_id_byte(group, m), told, 4) : 0;
+            int told[SHMQ_GROUP_PAGES];
+            int k = live[m] ? told_ids(s, shmq_group_id_byte(group, m), told, SHMQ_GROUP_PAGES) : 0;
             for (int j = 0; j < k; j++)
                 if (told[j] == ids[i]) {
                     out->members++;

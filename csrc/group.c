@@ -101,7 +101,7 @@ static int take_join_lock(struct shmq_consumer_state *s, int (*check)(void *cont
 
 /* Candidate page ids a joiner looks through in one group number: members
  * tell one; more are planted, and cost the joiner syscalls only. */
-#define JOIN_IDS_MAX 64
+#define JOIN_IDS_MAX SHMQ_GROUP_IDS_MAX
 
 /* The page of live group `name`, joinable by us: 0 with *index, *id and
  * *page set, -ENOENT, or -EUSERS when some group number holds more
@@ -110,7 +110,13 @@ static int take_join_lock(struct shmq_consumer_state *s, int (*check)(void *cont
 static int find_group(struct shmq_consumer_state *s, const char *name, uint32_t *index, int *id,
                       struct shmq_group_page **page)
 {
-    int flooded = 0;
+    /* Two sound pages of one name can both be told (an old one kept mapped
+     * and told by someone else's planted locks): the newest is the group,
+     * since nobody makes a new page while an older one can be found. */
+    int flooded = 0, best_id = -1;
+    uint32_t best_index = 0;
+    uint64_t best_created = 0;
+    struct shmq_group_page *best = NULL;
     for (uint32_t g = 0; g < SHMQ_GROUPS_MAX; g++) {
         if (shmq_consumers_group_live(s, g) != 1)
             continue;
@@ -123,17 +129,28 @@ static int find_group(struct shmq_consumer_state *s, const char *name, uint32_t 
             if (found == NULL)
                 continue;
             /* Made by us or by the ring's owner: a page another user made
-             * (and told with planted locks) could steer what we read. */
-            /* Relaxed: a hint; an ended group is over (see shmq_group_leave). */
-        if ((creator == geteuid() || creator == s->ring_owner) && page_named(found, name) &&
-            shmq_load_relaxed(&found->ended) == 0) {
-                *index = g;
-                *id = ids[i];
-                *page = found;
-                return 0;
+             * (and told with planted locks) could steer what we read. An
+             * ended group is over (shmq_group_leave). Relaxed: written by
+             * the creator before its id lock; the last member's mark is a
+             * hint, which only its own group could fake. */
+            uint64_t created = shmq_load_relaxed(&found->created);
+            if ((creator == geteuid() || creator == s->ring_owner) && page_named(found, name) &&
+                shmq_load_relaxed(&found->ended) == 0 && (best == NULL || created > best_created)) {
+                shmq_sysv_page_detach(best);
+                best = found;
+                best_id = ids[i];
+                best_index = g;
+                best_created = created;
+                continue;
             }
             shmq_sysv_page_detach(found);
         }
+    }
+    if (best != NULL) {
+        *index = best_index;
+        *id = best_id;
+        *page = best;
+        return 0;
     }
     return flooded ? -EUSERS : -ENOENT;
 }
@@ -168,6 +185,9 @@ static int create_group(struct shmq_consumer_state *s, const char *name, uint64_
     for (size_t i = 0; i < SHMQ_GROUP_NAME_MAX / 8; i++)
         shmq_store_relaxed(&p->name[i], words[i]);
     shmq_store_relaxed(&p->cursor, start);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    shmq_store_relaxed(&p->created, (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec);
     shmq_store_relaxed(&p->ring_instance, s->instance);
     shmq_store_relaxed(&p->magic, SHMQ_GROUP_MAGIC);
     *index = g;

@@ -76,6 +76,8 @@ struct shmq_entry_view {
  * mapped read-only. Normally one; locks planted by others may tell more,
  * and a reader is held back by the lowest of them. */
 #define SHMQ_GROUP_PAGES 4
+/* Most candidate ids anyone collects for one group number (a joiner). */
+#define SHMQ_GROUP_IDS_MAX 64
 struct shmq_group_view {
     int count;
     int unclear; /* more pages told than SHMQ_GROUP_PAGES: waited for as a lap behind */

@@ -239,7 +239,8 @@ struct shmq_group_page {
     _Atomic uint64_t magic;
     _Atomic uint64_t ring_instance;
     _Atomic uint64_t name[5]; /* SHMQ_GROUP_NAME_MAX bytes, NUL-padded */
-    unsigned char pad0[SHMQ_LINE - 56];
+    _Atomic uint64_t created; /* CLOCK_REALTIME ns: of two sound pages of one name, the newer is the group */
+    unsigned char pad0[SHMQ_LINE - 64];
     /* line 1: the next sequence no member has claimed */
     _Atomic uint64_t cursor;
     unsigned char pad1[SHMQ_LINE - 8];
@@ -261,6 +262,7 @@ _Static_assert(offsetof(struct shmq_group_member, claim_from) == 8, "layout");
 _Static_assert(offsetof(struct shmq_group_member, received) == 24, "layout");
 _Static_assert(sizeof(struct shmq_group_member) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, name) == 16, "layout");
+_Static_assert(offsetof(struct shmq_group_page, created) == 56, "layout");
 _Static_assert(offsetof(struct shmq_group_page, cursor) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, lost) == 2 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, member_slots) == 3 * SHMQ_LINE, "layout");

@@ -1295,8 +1295,9 @@ static PyObject *Consumer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         if (rc == -EUSERS && group != NULL) {
             PyErr_Format(st->TooManyConsumers, "no room to join group %R of queue %R: a queue "
                          "holds %d groups of %d members, and a lossless queue's members each "
-                         "take a consumer entry too", group, name, (int)SHMQ_GROUPS_MAX,
-                         (int)SHMQ_GROUP_MEMBERS_MAX);
+                         "take a consumer entry too (or another process planted locks in the "
+                         "queue's lock file: shmq stat shows 'unclear' groups)", group, name,
+                         (int)SHMQ_GROUPS_MAX, (int)SHMQ_GROUP_MEMBERS_MAX);
             return NULL;
         }
         return raise_code(st, rc, name);
