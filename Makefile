@@ -103,8 +103,11 @@ build/tsan/test_tsan: tests/c/tsan_threads.c $(CORE_SRC) $(CORE_HDR) $(TEST_HDR)
 build/tsan/test_descriptor_waits: tests/c/test_descriptor_waits.c $(CORE_SRC) $(CORE_HDR) $(TEST_HDR) | build/tsan
 	$(CC) $(WARN) -Wno-tsan -O1 -g -fsanitize=thread -Icsrc $< $(CORE_SRC) $(LDLIBS) -o $@
 
-tsan: build/tsan/test_tsan build/tsan/test_descriptor_waits
-	@sh tests/c/run_tests.sh build/tsan/test_tsan build/tsan/test_descriptor_waits
+build/tsan/test_groups: tests/c/tsan_groups.c $(CORE_SRC) $(CORE_HDR) $(TEST_HDR) | build/tsan
+	$(CC) $(WARN) -Wno-tsan -O1 -g -fsanitize=thread -Icsrc $< $(CORE_SRC) $(LDLIBS) -o $@
+
+tsan: build/tsan/test_tsan build/tsan/test_descriptor_waits build/tsan/test_groups
+	@sh tests/c/run_tests.sh build/tsan/test_tsan build/tsan/test_descriptor_waits build/tsan/test_groups
 
 # shmq.pc is written at install time, since it names the install directories
 # (a LIBDIR or INCLUDEDIR under PREFIX as ${prefix}/..., as .pc files usually do).
