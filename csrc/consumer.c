@@ -651,8 +651,16 @@ static int wait_until(struct shmq_consumer *c, int64_t deadline_ns, unsigned fla
             if (something_to_report(c, memory_order_relaxed))
                 return 0;
         }
-        if (stop_at_end && ended_and_read(c))
-            return SHMQ_ENDED;
+        if (stop_at_end && ended_and_read(c)) {
+            if (c->group == NULL)
+                return SHMQ_ENDED;
+            /* The end, unless a dead member's claim is left: look now. */
+            c->group->next_rescue_ns = 0;
+            shmq_group_rescue(c);
+            if (!something_to_report(c, memory_order_relaxed))
+                return SHMQ_ENDED;
+            return 0;
+        }
         int interrupted = shmq_waiter_take_interrupt(&c->waiter);
         if (interrupted < 0)
             return interrupted;

@@ -566,6 +566,10 @@ static int hold_claim(struct shmq_consumer *c)
     }
     int rc = claim(c, g->in_batch && g->batch > 1 ? g->batch : 1);
     if (rc == SHMQ_EMPTY) {
+        /* Past the end of the stream, a dead member's claim is all there
+         * can be: look now, not at the next rescue slot. */
+        if (shmq_consumer_ended(c))
+            g->next_rescue_ns = 0;
         shmq_group_rescue(c);
         if (g->claimed)
             return 0;
@@ -666,6 +670,10 @@ int shmq_group_ready(struct shmq_consumer *c, memory_order order)
     struct shmq_group_membership *g = c->group;
     if (g->claimed && g->next != g->claim_to)
         return 1;
+    /* A batch whose claim is used up takes nothing more (hold_claim): a
+     * wait inside it waits for its end, never spins. */
+    if (g->claimed && g->in_batch)
+        return 0;
     /* The order is the caller's, as in consumer.c's something_to_report. */
     uint64_t at = shmq_load_ordered(&g->page->cursor, order);
     struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, at);

@@ -83,7 +83,9 @@
  *   once the parent's is closed, and a child never keeps a dead parent's
  *   queue locked; closing it in the child neither ends the stream nor
  *   unlinks. A consumer handle keeps reading in a child, from the parent's
- *   position, but its consumer entry stays the parent's.
+ *   position, but its consumer entry stays the parent's; a group member's
+ *   handle reads nothing there (its polls and waits return -ECHILD: its
+ *   claims are the parent's).
  */
 #ifndef SHMQ_H
 #define SHMQ_H
@@ -330,7 +332,10 @@ struct shmq_consumer_options {
  * without the wake page sleeps in 1 ms slices, since nobody can be asked to
  * wake it. options NULL: start latest, no spin, no owner check, no wait.
  * On a lossless queue the consumer registers (unless no_entry): from its
- * start on, the producer does not overwrite what it has not read; every
+ * start on, the producer does not overwrite what it has not read (a start
+ * earlier than the head, SHMQ_START_EARLIEST or _AT, may find messages
+ * the producer rewrote while the consumer registered, which count as lost:
+ * docs/protocol.md, section 16; a group's first member likewise); every
  * entry taken gives -EUSERS, a consumer state it may not use -EACCES. It
  * unregisters at close, or when it dies (the kernel drops the lock on its
  * entry; a waiting producer notices about 10 ms after the death).
