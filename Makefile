@@ -141,6 +141,10 @@ clean:
 build/cbench: benchmarks/cbench.c build/libshmq.a $(CORE_HDR)
 	$(CC) $(WARN) -O2 -g -Icsrc $< build/libshmq.a $(LDLIBS) -o $@
 
+# What claiming costs a consumer group, from C (docs/benchmarks.md).
+build/group_claims: benchmarks/group_claims.c build/libshmq.a $(CORE_HDR)
+	$(CC) $(WARN) -O2 -g -Icsrc $< build/libshmq.a $(LDLIBS) -o $@
+
 bench:
 	python3 benchmarks/run.py
 
