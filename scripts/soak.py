@@ -111,6 +111,7 @@ class Process:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
         self.pid = self.proc.pid
+        STARTED.add(self.pid)
         self.last = None   # last "stat" or "final" report
         self.final = None
         self.output = []
@@ -180,11 +181,16 @@ def entries_held(name):
         return -1
 
 
+STARTED = set()  # every pid the soak started: whose System V segments count
+
+
 def sysv_segments():
-    """System V shared-memory segments on the machine (the wake page and the
-    consumers' entry pages are such segments)."""
+    """System V shared-memory segments that the soak's own processes made
+    (the wake page and the consumers' entry pages are such segments): other
+    programs on the machine make and remove segments of their own meanwhile."""
     with open("/proc/sysvipc/shm") as f:
-        return sum(1 for _ in f) - 1
+        lines = f.read().splitlines()[1:]
+    return sum(1 for line in lines if int(line.split()[4]) in STARTED)  # the creator's pid
 
 
 def main():
@@ -283,8 +289,8 @@ def main():
     if after:
         failures.append(f"/dev/shm still holds {after} after the run")
     segments_after = sysv_segments()
-    # The wake page and one page per live consumer, at most; others' segments
-    # on the machine may come and go, so only growth beyond that counts.
+    # The wake page and one page per live consumer, at most (counting only
+    # the segments the soak's processes made).
     if samples and segments_during - segments_before > running_most + 1:
         failures.append(f"{segments_during - segments_before} System V segments during the run, "
                         f"for at most {running_most} consumers")
