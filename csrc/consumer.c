@@ -422,6 +422,11 @@ static int resync_after_overrun(struct shmq_consumer *c, uint64_t origin)
     return explained;
 }
 
+/* Whether the stream has ended for this consumer: the producer marked the
+ * end, and (a group member) no member holds a claim it has not returned,
+ * which could yet be delivered (again). */
+static int group_stream_ended(const struct shmq_consumer *c);
+
 static int stream_ended(const struct shmq_consumer *c)
 {
     /* Acquire: pairs with the release store of SHMQ_STREAM_ENDED in
@@ -545,7 +550,7 @@ int shmq_consumer_ready(struct shmq_consumer *c)
     /* Seq_cst: callers use it as the re-check after raising a wake flag
      * (descriptor.c, wait_any.c), the consumer half of the handshake with
      * the fence in finish_publish. */
-    return something_to_report(c, memory_order_seq_cst) || stream_ended(c);
+    return something_to_report(c, memory_order_seq_cst) || group_stream_ended(c);
 }
 
 static int64_t now_ns(void)
@@ -612,7 +617,7 @@ static int sleep_until_published(struct shmq_consumer *c, int64_t deadline_ns, u
         shmq_fetch_or_seq_cst(&wake->wake_flag, SHMQ_WAKE_FUTEX);
     /* Seq_cst: ordered after the flag store, as the handshake needs. */
     if (something_to_report(c, memory_order_seq_cst) ||
-        (!(flags & SHMQ_WAIT_PAST_END) && stream_ended(c)))
+        (!(flags & SHMQ_WAIT_PAST_END) && group_stream_ended(c)))
         return 0;
     struct timespec until = timespec_of(slice_end);
     int rc = shmq_waiter_sleep(&c->waiter, &c->control->futex_word, word, &until);
@@ -630,7 +635,7 @@ static int ended_and_read(struct shmq_consumer *c)
     /* Acquire (in stream_ended) then seq_cst: the re-check of the slot is
      * ordered after the mark, so it sees the last message published before
      * the mark. */
-    return stream_ended(c) && !something_to_report(c, memory_order_seq_cst);
+    return group_stream_ended(c) && !something_to_report(c, memory_order_seq_cst);
 }
 
 /* Waits until a poll has something to report; returns 0, SHMQ_ENDED (unless
@@ -671,7 +676,7 @@ static int wait_until(struct shmq_consumer *c, int64_t deadline_ns, unsigned fla
             if (something_to_report(c, memory_order_relaxed))
                 return 0;
             if (i % SPIN_CHECK_EVERY == 0) {
-                if (stop_at_end && stream_ended(c))
+                if (stop_at_end && group_stream_ended(c))
                     break;
                 /* Relaxed: a hint; the loop's top takes the interrupt. */
                 if (shmq_load_relaxed(&c->waiter.interrupt_word) != c->waiter.answered)
@@ -869,9 +874,19 @@ uint64_t shmq_consumer_backlog(const struct shmq_consumer *c)
 }
 int shmq_consumer_entry(const struct shmq_consumer *c) { return c->entry_index; }
 
-int shmq_consumer_ended(const struct shmq_consumer *c)
+int shmq_stream_ended(const struct shmq_consumer *c)
 {
     return stream_ended(c);
+}
+
+static int group_stream_ended(const struct shmq_consumer *c)
+{
+    return stream_ended(c) && (c->group == NULL || !shmq_group_claims_outstanding(c));
+}
+
+int shmq_consumer_ended(const struct shmq_consumer *c)
+{
+    return group_stream_ended(c);
 }
 
 int shmq_consumer_producer_alive(const struct shmq_consumer *c)

@@ -490,6 +490,12 @@ int shmq_consumers_group_snapshot(const struct shmq_consumer_state *s, uint32_t 
     for (int i = 0; i < n && (size_t)found < max; i++) {
         uid_t creator;
         struct shmq_group_page *page = shmq_consumers_group_attach(s, ids[i], 1, &creator);
+        /* Listed once, in the number it was made in (planted locks may
+         * tell it from others too). Relaxed: a snapshot. */
+        if (page != NULL && shmq_load_relaxed(&page->number) != group) {
+            shmq_sysv_page_detach(page);
+            page = NULL;
+        }
         if (page == NULL)
             continue;
         struct shmq_group_info *out = &info[found++];

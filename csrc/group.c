@@ -134,7 +134,11 @@ static int find_group(struct shmq_consumer_state *s, const char *name, uint32_t 
              * the creator before its id lock; the last member's mark is a
              * hint, which only its own group could fake. */
             uint64_t created = shmq_load_relaxed(&found->created);
+            /* Only in the number it was made in: a page told from another
+             * (by planted locks) would put us in slots its members do not
+             * see. */
             if ((creator == geteuid() || creator == s->ring_owner) && page_named(found, name) &&
+                shmq_load_relaxed(&found->number) == g &&
                 shmq_load_relaxed(&found->ended) == 0 && (best == NULL || created > best_created)) {
                 shmq_sysv_page_detach(best);
                 best = found;
@@ -185,6 +189,7 @@ static int create_group(struct shmq_consumer_state *s, const char *name, uint64_
     for (size_t i = 0; i < SHMQ_GROUP_NAME_MAX / 8; i++)
         shmq_store_relaxed(&p->name[i], words[i]);
     shmq_store_relaxed(&p->cursor, start);
+    shmq_store_relaxed(&p->number, g);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     shmq_store_relaxed(&p->created, (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec);
@@ -327,7 +332,7 @@ void shmq_group_leave(struct shmq_consumer *c)
     /* A claim not yet returned stays in our slot: once our lock is gone,
      * another member delivers it (see RESCUE). The last member to leave
      * with nothing claimed ends the group, so that a lossless producer stops
-     * waiting for it at once rather than at its next look at the locks;
+     * waiting for it without asking the kernel about the locks;
      * under the join lock (one try: otherwise the producer finds out from
      * the locks), so that nobody joins meanwhile. */
     struct shmq_consumer_state *s = &c->consumers;
@@ -343,15 +348,34 @@ void shmq_group_leave(struct shmq_consumer *c)
         for (uint32_t m = 0; m < SHMQ_GROUP_MEMBERS_MAX && !claims; m++)
             /* Relaxed: a dead member's claim keeps the group going. */
             claims = m != g->member && shmq_load_relaxed(&g->page->members[m].token) != 0;
-        if (!others && !claims)
+        if (!others && !claims) {
             /* Release: pairs with the producer's acquire load in
              * shmq_group_low; our reads are done. */
             shmq_store_release(&g->page->ended, 1);
+            if (c->geometry.lossless)
+                /* Acquire: pairs with the release store of head; any
+                 * position at head frees a waiting producer. */
+                shmq_backpressure_wake_producer(c, shmq_load_acquire(&c->control->head));
+        }
         shmq_region_unlock_byte(s->locks, SHMQ_GROUP_BASE);
     }
     shmq_sysv_page_detach(g->page);
     free(g);
     c->group = NULL;
+}
+
+int shmq_group_claims_outstanding(const struct shmq_consumer *c)
+{
+    const struct shmq_group_membership *g = c->group;
+    /* Relaxed: a hint; a claim seen here is delivered (or counted) by its
+     * holder, or by a rescuer, and the end is looked at again after. */
+    uint32_t slots = shmq_load_relaxed(&g->page->member_slots);
+    if (slots > SHMQ_GROUP_MEMBERS_MAX)
+        slots = SHMQ_GROUP_MEMBERS_MAX;
+    for (uint32_t m = 0; m < slots; m++)
+        if (m != g->member && shmq_load_relaxed(&g->page->members[m].token) != 0)
+            return 1;
+    return 0;
 }
 
 uint64_t shmq_group_next(const struct shmq_consumer *c)
@@ -568,7 +592,7 @@ static int hold_claim(struct shmq_consumer *c)
     if (rc == SHMQ_EMPTY) {
         /* Past the end of the stream, a dead member's claim is all there
          * can be: look now, not at the next rescue slot. */
-        if (shmq_consumer_ended(c))
+        if (shmq_stream_ended(c))
             g->next_rescue_ns = 0;
         shmq_group_rescue(c);
         if (g->claimed)

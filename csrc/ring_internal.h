@@ -284,6 +284,11 @@ void shmq_group_rescue(struct shmq_consumer *consumer);
 /* Whether a poll may find something: the member's claim, or the cursor's
  * slot published (another member may take it first). */
 int shmq_group_ready(struct shmq_consumer *consumer, memory_order order);
+/* Whether another member holds a claim it has not returned (the end of the
+ * stream waits for it: it may yet be delivered again). */
+int shmq_group_claims_outstanding(const struct shmq_consumer *consumer);
+/* consumer.c: whether the producer marked the end (whatever the group). */
+int shmq_stream_ended(const struct shmq_consumer *consumer);
 /* The next sequence this member would deliver (its claim, or the cursor). */
 uint64_t shmq_group_next(const struct shmq_consumer *consumer);
 uint64_t shmq_group_lost(const struct shmq_consumer *consumer);

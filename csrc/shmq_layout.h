@@ -240,7 +240,8 @@ struct shmq_group_page {
     _Atomic uint64_t ring_instance;
     _Atomic uint64_t name[5]; /* SHMQ_GROUP_NAME_MAX bytes, NUL-padded */
     _Atomic uint64_t created; /* CLOCK_REALTIME ns: of two sound pages of one name, the newer is the group */
-    unsigned char pad0[SHMQ_LINE - 64];
+    _Atomic uint32_t number;  /* the group number it was made in: joined only there */
+    unsigned char pad0[SHMQ_LINE - 68];
     /* line 1: the next sequence no member has claimed */
     _Atomic uint64_t cursor;
     unsigned char pad1[SHMQ_LINE - 8];
@@ -263,6 +264,7 @@ _Static_assert(offsetof(struct shmq_group_member, received) == 24, "layout");
 _Static_assert(sizeof(struct shmq_group_member) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, name) == 16, "layout");
 _Static_assert(offsetof(struct shmq_group_page, created) == 56, "layout");
+_Static_assert(offsetof(struct shmq_group_page, number) == 64, "layout");
 _Static_assert(offsetof(struct shmq_group_page, cursor) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, lost) == 2 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_group_page, member_slots) == 3 * SHMQ_LINE, "layout");

@@ -2055,7 +2055,9 @@ static PyGetSetDef Consumer_getset[] = {
     {"ended", (getter)Consumer_get_ended, NULL,
      "Whether the producer closed the stream; a producer that reopens the queue clears it. "
      "A consumer that attached after the end sees True until then: a poll with a timeout "
-     "waits for the next producer run, while iteration stops at once.", NULL},
+     "waits for the next producer run, while iteration stops at once. For a group member, "
+     "also every claim of another member returned (one still held may come back to be "
+     "delivered again).", NULL},
     {"unlinked", (getter)Consumer_get_unlinked, NULL,
      "Whether the queue was unlinked since this consumer attached (its name may now be "
      "another queue's).", NULL},
