@@ -141,6 +141,9 @@
 
 #include "ring_internal.h"
 
+#define FUZZ_TARGET "fuzz_attach"
+#include "fuzz_input.h"
+
 #define PRELUDE_SIZE 32u
 #define PATCH_SIZE 11u
 #define OP_SIZE 2u
@@ -192,50 +195,6 @@ enum { WAKE_ID_RAW, WAKE_ID_DECOY_0, WAKE_ID_DECOY_1, WAKE_ID_DECOY_2, WAKE_ID_D
  * a good tag. */
 enum { DECOY_TWO_PAGES, DECOY_UNTAGGED, DECOY_OTHER_INSTANCE, DECOY_HALF_PAGE, DECOYS };
 
-/* The input, read as a stream that yields zeros past its end. */
-struct reader {
-    const uint8_t *data;
-    size_t size;
-    size_t at;
-};
-
-static void read_bytes(struct reader *r, void *out, size_t n)
-{
-    memset(out, 0, n);
-    if (r->at < r->size) {
-        size_t have = r->size - r->at < n ? r->size - r->at : n;
-        memcpy(out, r->data + r->at, have);
-    }
-    r->at += n;
-}
-
-static uint8_t read_u8(struct reader *r) { uint8_t v; read_bytes(r, &v, 1); return v; }
-static uint16_t read_u16(struct reader *r) { uint16_t v; read_bytes(r, &v, 2); return v; }
-static uint64_t read_u64(struct reader *r) { uint64_t v; read_bytes(r, &v, 8); return v; }
-
-#define FAIL(...)                                                      \
-    do {                                                               \
-        fprintf(stderr, "fuzz_attach: " __VA_ARGS__);                  \
-        fputc('\n', stderr);                                           \
-        abort();                                                       \
-    } while (0)
-
-#define EXPECT(cond, ...)             \
-    do {                              \
-        if (!(cond))                  \
-            FAIL(__VA_ARGS__);        \
-    } while (0)
-
-static char queue_name[96];
-static char ring_path[128];
-static char locks_path[160];
-static char producer_path[160];
-static pid_t self;
-
-static void unlink_queue(void)
-{
-    shmq_unlink(queue_name, SHMQ_UNLINK_FORCE);
-}
 
 /* What the harness itself planted under the queue's names: a directory is
  * the one thing shmq_unlink cannot remove. */

@@ -95,6 +95,9 @@
 
 #include "ring_internal.h"
 
+#define FUZZ_TARGET "fuzz_groups"
+#include "fuzz_input.h"
+
 #define PRELUDE_SIZE 16u
 #define MAX_OPS 48u
 #define MAX_MEMBERS 3u
@@ -112,49 +115,6 @@ enum {
 
 /* ------------------------------------------------------------ the input */
 
-struct reader {
-    const uint8_t *data;
-    size_t size;
-    size_t at;
-};
-
-static void read_bytes(struct reader *r, void *out, size_t n)
-{
-    memset(out, 0, n);
-    if (r->at < r->size) {
-        size_t have = r->size - r->at < n ? r->size - r->at : n;
-        memcpy(out, r->data + r->at, have);
-    }
-    r->at += n;
-}
-
-static uint8_t read_u8(struct reader *r) { uint8_t v; read_bytes(r, &v, 1); return v; }
-static uint16_t read_u16(struct reader *r) { uint16_t v; read_bytes(r, &v, 2); return v; }
-static uint64_t read_u64(struct reader *r) { uint64_t v; read_bytes(r, &v, 8); return v; }
-
-#define FAIL(...)                                                      \
-    do {                                                               \
-        fprintf(stderr, "fuzz_groups: " __VA_ARGS__);                  \
-        fputc('\n', stderr);                                           \
-        abort();                                                       \
-    } while (0)
-
-#define EXPECT(cond, ...)             \
-    do {                              \
-        if (!(cond))                  \
-            FAIL(__VA_ARGS__);        \
-    } while (0)
-
-static char queue_name[96];
-static char ring_path[128];
-static char locks_path[160];
-static char producer_path[160];
-static pid_t self;
-
-static void unlink_queue(void)
-{
-    shmq_unlink(queue_name, SHMQ_UNLINK_FORCE);
-}
 
 /* The message stamped under `sequence`: its sequence, then a pattern. */
 static size_t pattern_length(uint64_t sequence, uint32_t salt, uint32_t slot_size)
