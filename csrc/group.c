@@ -404,6 +404,10 @@ void shmq_group_commit(struct shmq_consumer *c)
     struct shmq_group_membership *g = c->group;
     if (g == NULL || !g->claimed)
         return;
+    if (g->unreturned_lost != 0) {
+        count_lost(g, g->unreturned_lost);
+        g->unreturned_lost = 0;
+    }
     struct shmq_group_member *me = &g->page->members[g->member];
     /* Relaxed: display only (this slot's count, and our entry's position
      * as shmq stat lists it). */
@@ -607,7 +611,9 @@ static int hold_claim(struct shmq_consumer *c)
 static void skip_lost(struct shmq_consumer *c)
 {
     struct shmq_group_membership *g = c->group;
-    count_lost(g, 1);
+    /* Counted when the claim is given back: a member that dies first
+     * leaves the claim to a rescuer, which counts it then, once. */
+    g->unreturned_lost++;
     g->next++;
     if (!g->in_batch)
         shmq_group_commit(c);
@@ -683,7 +689,7 @@ int shmq_group_release(struct shmq_consumer *c)
     if (intact)
         g->received++;
     else
-        count_lost(g, 1);
+        g->unreturned_lost++; /* counted with the claim's return, as in skip_lost */
     if (!g->in_batch)
         shmq_group_commit(c);
     return intact ? 0 : SHMQ_OVERWRITTEN;

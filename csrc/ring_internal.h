@@ -98,6 +98,7 @@ struct shmq_group_membership {
     uint64_t claim_from;
     uint64_t claim_to;
     uint64_t next;
+    uint64_t unreturned_lost; /* claimed messages found gone, counted at commit */
     size_t batch;           /* shmq_consumer_batch_begin: claim up to this many */
     size_t batch_bytes;     /* ... that fit in this many bytes (0: no limit) */
     int in_batch;
