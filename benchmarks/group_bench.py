@@ -136,6 +136,24 @@ def _drain_group(c, use, verify):
             return got, total
 
 
+def _drain_all(inboxes, take, count):
+    """A collector: takes batches (take(consumer) -> list) from every inbox as
+    wait_any finds them ready, until each stream has ended and been read;
+    returns (received, the sum of count(batch), when the last was taken)."""
+    got = total = 0
+    live = list(inboxes)
+    while live:
+        for c in shmq.wait_any(live, 10):
+            ended = c.ended  # before the poll: ended, then nothing left, means done
+            batch = take(c)
+            if batch:
+                got += len(batch)
+                total += count(batch)
+            elif ended:
+                live.remove(c)
+    return got, total, time.perf_counter()
+
+
 # ------------------------------------------------------------------- shmq
 
 class ShmqGroup:
@@ -204,20 +222,8 @@ class ShmqGroup:
     def pool_collector(self, names, workers, go, verify):
         inboxes = [shmq.Consumer(name) for name in names[1:]]
         go()
-        got = total = 0
-        live = list(inboxes)
-        wait_any = shmq.wait_any
-        while live:
-            for c in wait_any(live, 10):
-                ended = c.ended  # before the poll: ended, then nothing left, means done
-                batch = c.poll_many(4096)
-                if batch:
-                    got += len(batch)
-                    if verify:
-                        total += _seqsum(batch)
-                elif ended:
-                    live.remove(c)
-        t_end = time.perf_counter()
+        got, total, t_end = _drain_all(inboxes, lambda c: c.poll_many(4096),
+                                       _seqsum if verify else (lambda batch: 0))
         for c in inboxes:
             c.close()
         return {"received": got, "seqsum": total, "t_end": t_end}
@@ -242,24 +248,15 @@ class ShmqGroup:
         inboxes = [shmq.Consumer(name, group=GROUP) for name in names]
         go()
         loads = pickle.loads
-        got = total = 0
-        live = list(inboxes)
-        wait_any = shmq.wait_any
-        while live:
-            for c in wait_any(live, 10):
-                ended = c.ended
-                if many:
-                    batch = c.poll_many(many)
-                else:
-                    m = c.poll()
-                    batch = [] if m is None else [m]
-                if batch:
-                    for m in batch:
-                        total += loads(m)[0]
-                    got += len(batch)
-                elif ended:
-                    live.remove(c)
-        t_end = time.perf_counter()
+
+        def take(c):
+            if many:
+                return c.poll_many(many)
+            m = c.poll()
+            return [] if m is None else [m]
+
+        got, total, t_end = _drain_all(inboxes, take,
+                                       lambda batch: sum(loads(m)[0] for m in batch))
         for c in inboxes:
             c.close()
         return {"received": got, "seqsum": total, "t_end": t_end}

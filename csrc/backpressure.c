@@ -227,20 +227,21 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
     }
 }
 
-/* Clears the producer's waiting flag and, if this call is the one that
- * cleared it, wakes the producer: one wake per wait, however many consumers
- * see the flag at once. */
 void shmq_backpressure_wake_producer(struct shmq_consumer *c, uint64_t position)
 {
     struct shmq_wake_page *wake = c->consumers.wake;
-    /* Seq_cst: the member half of the waiting handshake (see top), after
-     * its seq_cst token store (group.c). Relaxed wake_at: published by the
-     * producer's seq_cst store of the flag. */
+    /* Seq_cst: the consumer half of the waiting handshake (see top), after
+     * the caller's seq_cst store (a position, or a member's token). Without
+     * the wake page a waiting producer finds it at its next slice. Relaxed
+     * wake_at: published by the producer's seq_cst store of the flag. */
     if (wake != NULL && shmq_load_seq_cst(&wake->producer_waiting) &&
         (int64_t)(position - shmq_load_relaxed(&wake->producer_wake_at)) >= 0)
         wake_producer(c);
 }
 
+/* Clears the producer's waiting flag and, if this call is the one that
+ * cleared it, wakes the producer: one wake per wait, however many consumers
+ * see the flag at once. */
 static void wake_producer(struct shmq_consumer *c)
 {
     struct shmq_wake_page *wake = c->consumers.wake;
@@ -316,17 +317,10 @@ void shmq_backpressure_register(struct shmq_consumer *c, enum shmq_start start)
 
 void shmq_backpressure_release(struct shmq_consumer *c)
 {
-    struct shmq_wake_page *wake = c->consumers.wake;
     /* Seq_cst: pairs with the producer's acquire load of positions, and is
      * the consumer half of the waiting handshake (see top). */
     shmq_store_seq_cst(&c->entry->position, c->position);
-    /* Without the wake page (see consumer_state.c) a waiting producer finds
-     * our position at its next slice. Seq_cst: the other half of the same
-     * handshake. */
-    if (wake != NULL && shmq_load_seq_cst(&wake->producer_waiting) &&
-        /* Relaxed: published by the producer's seq_cst store of the flag. */
-        (int64_t)(c->position - shmq_load_relaxed(&wake->producer_wake_at)) >= 0)
-        wake_producer(c);
+    shmq_backpressure_wake_producer(c, c->position);
 }
 
 void shmq_backpressure_unregister(struct shmq_consumer *c)

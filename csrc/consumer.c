@@ -285,9 +285,7 @@ int shmq_consumer_open_with(struct shmq_consumer **out, const char *name,
                         options->start != SHMQ_START_EARLIEST && options->start != SHMQ_START_AT))
         return -EINVAL;
     if (options->group != NULL &&
-        (options->no_entry || options->group[0] == '\0' ||
-         strnlen(options->group, SHMQ_GROUP_NAME_MAX + 1) > SHMQ_GROUP_NAME_MAX ||
-         shmq_name_validate(options->group) < 0))
+        (options->no_entry || shmq_group_name_validate(options->group) < 0))
         return -EINVAL;
     int rc = shmq_queue_name_validate(name);
     if (rc < 0)

@@ -165,23 +165,24 @@ int shmq_consumers_entry_live(const struct shmq_consumer_state *s, uint32_t inde
     return shmq_region_lock_held(s->locks, index);
 }
 
-/* Marks in live[] the entries in [from, to) whose lock is held, asking the
- * kernel about whole ranges and splitting only those that hold a lock: about
- * two questions per live entry, not one per entry. */
-static void find_live(const struct shmq_consumer_state *s, uint32_t from, uint32_t to,
-                      unsigned char *live, int depth)
+/* Marks in live[] the bytes base + [from, to) that someone holds a lock on
+ * (entries, or a group's members), asking the kernel about whole ranges and
+ * splitting only those that hold a lock: about two questions per live one,
+ * not one per byte. */
+static void find_live(const struct shmq_consumer_state *s, uint64_t base, uint32_t from,
+                      uint32_t to, unsigned char *live, int depth)
 {
     if (from >= to)
         return;
-    if (shmq_region_lock_held_in(s->locks, from, to - from) != 1)
+    if (shmq_region_lock_held_in(s->locks, base + from, to - from) != 1)
         return;
     if (to - from == 1 || depth > 40) {
         live[from] = 1;
         return;
     }
     uint32_t middle = from + (to - from) / 2;
-    find_live(s, from, middle, live, depth + 1);
-    find_live(s, middle, to, live, depth + 1);
+    find_live(s, base, from, middle, live, depth + 1);
+    find_live(s, base, middle, to, live, depth + 1);
 }
 
 /* ------------------------------------------------------------- entries */
@@ -265,7 +266,7 @@ void shmq_consumers_discover(struct shmq_consumer_state *s)
     if (s->locks == NULL)
         return;
     unsigned char live[SHMQ_CONSUMER_ENTRIES_MAX] = {0};
-    find_live(s, 0, s->entry_count, live, 0);
+    find_live(s, 0, 0, s->entry_count, live, 0);
     for (uint32_t i = 0; i < s->entry_count; i++)
         refresh_view(s, i, live[i]);
     shmq_consumers_discover_groups(s);
@@ -336,20 +337,11 @@ int shmq_consumers_group_live(const struct shmq_consumer_state *s, uint32_t grou
                                     SHMQ_GROUP_MEMBERS_MAX);
 }
 
-/* Marks in live[] the member bytes of `group` in [from, to) that are locked. */
-static void find_live_members(const struct shmq_consumer_state *s, uint32_t group, uint32_t from,
-                              uint32_t to, unsigned char *live)
+/* Marks in live[] the member bytes of `group` that are locked. */
+static void find_live_members(const struct shmq_consumer_state *s, uint32_t group,
+                              unsigned char *live)
 {
-    if (from >= to || shmq_region_lock_held_in(s->locks, shmq_group_member_byte(group, from),
-                                               to - from) != 1)
-        return;
-    if (to - from == 1) {
-        live[from] = 1;
-        return;
-    }
-    uint32_t middle = from + (to - from) / 2;
-    find_live_members(s, group, from, middle, live);
-    find_live_members(s, group, middle, to, live);
+    find_live(s, shmq_group_member_byte(group, 0), 0, SHMQ_GROUP_MEMBERS_MAX, live, 0);
 }
 
 int shmq_consumers_group_ids(const struct shmq_consumer_state *s, uint32_t group, int *ids,
@@ -358,7 +350,7 @@ int shmq_consumers_group_ids(const struct shmq_consumer_state *s, uint32_t group
     if (s->locks == NULL || group >= SHMQ_GROUPS_MAX)
         return -EINVAL;
     unsigned char live[SHMQ_GROUP_MEMBERS_MAX] = {0};
-    find_live_members(s, group, 0, SHMQ_GROUP_MEMBERS_MAX, live);
+    find_live_members(s, group, live);
     int n = 0;
     int told[SHMQ_GROUP_IDS_MAX];
     if (max > (int)SHMQ_GROUP_IDS_MAX)
@@ -472,7 +464,7 @@ int shmq_consumers_group_snapshot(const struct shmq_consumer_state *s, uint32_t 
                                   const struct shmq_geometry *g)
 {
     unsigned char live[SHMQ_GROUP_MEMBERS_MAX] = {0};
-    find_live_members(s, group, 0, SHMQ_GROUP_MEMBERS_MAX, live);
+    find_live_members(s, group, live);
     int ids[SHMQ_GROUP_PAGES];
     int n = shmq_consumers_group_ids(s, group, ids, SHMQ_GROUP_PAGES);
     if (n < 0) {

@@ -52,7 +52,7 @@
 #define MAX_LAPS 4096
 #define MAX_RESYNCS 64
 
-static int group_name_validate(const char *name)
+int shmq_group_name_validate(const char *name)
 {
     if (name == NULL)
         return -EINVAL;
@@ -254,7 +254,7 @@ static void adopt_leftover(struct shmq_group_membership *g, const struct shmq_ge
 int shmq_group_join(struct shmq_consumer *c, const char *name, enum shmq_start start,
                     int (*check)(void *context), void *context)
 {
-    int rc = group_name_validate(name);
+    int rc = shmq_group_name_validate(name);
     if (rc < 0)
         return rc;
     struct shmq_consumer_state *s = &c->consumers;

@@ -270,6 +270,8 @@ int shmq_consumers_group_snapshot(const struct shmq_consumer_state *state, uint3
                                   const struct shmq_geometry *geometry);
 
 /* group.c */
+/* A group name: a queue name of at most SHMQ_GROUP_NAME_MAX characters. */
+int shmq_group_name_validate(const char *name);
 /* check (may be NULL) runs while the join waits for another's join; non-zero
  * ends it with -EINTR. */
 int shmq_group_join(struct shmq_consumer *consumer, const char *group, enum shmq_start start,

@@ -279,16 +279,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     const char *seed_dir = getenv("SHMQ_FUZZ_WRITE_SEEDS");
     if (seed_dir != NULL)
         write_seeds(seed_dir);
-    const char *tag = getenv("SHMQ_FUZZ_TAG");
-    if (tag == NULL || tag[0] == '\0' || strlen(tag) > 32 ||
-        strspn(tag, "0123456789abcdefghijklmnopqrstuvwxyz") != strlen(tag))
-        tag = "x";
-    self = getpid();
-    /* fuzz-TAG-*: run.sh sweeps that after a crash. */
-    snprintf(queue_name, sizeof(queue_name), "fuzz-%s-g%d", tag, (int)self);
-    snprintf(ring_path, sizeof(ring_path), "/dev/shm/" SHMQ_NAME_PREFIX "%s", queue_name);
-    snprintf(locks_path, sizeof(locks_path), "%s" SHMQ_CONSUMERS_SUFFIX, ring_path);
-    snprintf(producer_path, sizeof(producer_path), "%s" SHMQ_PRODUCER_SUFFIX, ring_path);
+    name_queue("g");
     at_exit();
     atexit(at_exit);
     return 0;

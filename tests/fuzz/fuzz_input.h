@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "shmq.h"
 
@@ -55,6 +56,21 @@ static pid_t self;
 static inline void unlink_queue(void)
 {
     shmq_unlink(queue_name, SHMQ_UNLINK_FORCE);
+}
+
+/* Names this process's queue fuzz-TAG-<infix><pid> (run.sh sweeps fuzz-TAG-*
+ * after a crash), TAG from SHMQ_FUZZ_TAG, and its files' paths. */
+static inline void name_queue(const char *infix)
+{
+    const char *tag = getenv("SHMQ_FUZZ_TAG");
+    if (tag == NULL || tag[0] == '\0' || strlen(tag) > 32 ||
+        strspn(tag, "0123456789abcdefghijklmnopqrstuvwxyz") != strlen(tag))
+        tag = "x";
+    self = getpid();
+    snprintf(queue_name, sizeof(queue_name), "fuzz-%s-%s%d", tag, infix, (int)self);
+    snprintf(ring_path, sizeof(ring_path), "/dev/shm/" SHMQ_NAME_PREFIX "%s", queue_name);
+    snprintf(locks_path, sizeof(locks_path), "%s" SHMQ_CONSUMERS_SUFFIX, ring_path);
+    snprintf(producer_path, sizeof(producer_path), "%s" SHMQ_PRODUCER_SUFFIX, ring_path);
 }
 
 #endif
