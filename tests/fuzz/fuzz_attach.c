@@ -217,39 +217,12 @@ static size_t pattern_length(uint64_t sequence, uint32_t salt, uint32_t slot_siz
     return (size_t)((sequence * 7u + salt) % ((uint64_t)slot_size + 1));
 }
 
-static uint8_t pattern_byte(uint64_t sequence, uint32_t salt, size_t i)
-{
-    return (uint8_t)(sequence * 31u + salt + i * 7u);
-}
-
 static void fill_pattern(uint8_t *buf, size_t length, uint64_t sequence, uint32_t salt)
 {
     for (size_t i = 0; i < length; i++)
         buf[i] = pattern_byte(sequence, salt, i);
 }
 
-static int lowest_fd(void)
-{
-    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0)
-        close(fd);
-    return fd;
-}
-
-/* System V segments this process made that still exist (mapped, or not yet
- * marked for removal): none may outlive an input. */
-static int own_segments(void)
-{
-    struct shm_info info;
-    int highest = shmctl(0, SHM_INFO, (struct shmid_ds *)(void *)&info);
-    int n = 0;
-    for (int index = 0; index <= highest; index++) {
-        struct shmid_ds ds;
-        if (shmctl(index, SHM_STAT, &ds) >= 0 && ds.shm_cpid == self)
-            n++;
-    }
-    return n;
-}
 
 /* Whether this process maps anything of `path` (the lock file: nobody may). */
 static int mapped_here(const char *path)
@@ -1679,7 +1652,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* Measured per input: libFuzzer's symbolizer may open pipes between inputs. */
     int fd_before = lowest_fd();
-    int segments_before = own_segments();
+    int segments_before = own_segments(0);
     struct reader r = {.data = data, .size = size};
     struct prelude p;
     read_prelude(&r, &p);
@@ -1788,7 +1761,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
            "a file of %s is left in /dev/shm", queue_name);
     int fd = lowest_fd();
     EXPECT(fd == fd_before, "descriptor leak: lowest free descriptor %d, was %d", fd, fd_before);
-    int segments = own_segments();
+    int segments = own_segments(0);
     EXPECT(segments == segments_before,
            "System V leak: %d segments made by this process live on, %d before the input",
            segments, segments_before);

@@ -122,24 +122,11 @@ static size_t pattern_length(uint64_t sequence, uint32_t salt, uint32_t slot_siz
     return 8 + (size_t)((sequence * 7u + salt) % ((uint64_t)slot_size - 7));
 }
 
-static uint8_t pattern_byte(uint64_t sequence, uint32_t salt, size_t i)
-{
-    return (uint8_t)(sequence * 31u + salt + i * 7u);
-}
-
 static void fill_pattern(uint8_t *buf, size_t length, uint64_t sequence, uint32_t salt)
 {
     memcpy(buf, &sequence, 8);
     for (size_t i = 8; i < length; i++)
         buf[i] = pattern_byte(sequence, salt, i);
-}
-
-static int lowest_fd(void)
-{
-    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0)
-        close(fd);
-    return fd;
 }
 
 /* System V segments this process made that are not marked for removal:
@@ -148,16 +135,7 @@ static int lowest_fd(void)
  * beside this one does when its garbage wake ids name ours.) */
 static int own_segments_left(void)
 {
-    struct shm_info info;
-    int highest = shmctl(0, SHM_INFO, (struct shmid_ds *)(void *)&info);
-    int n = 0;
-    for (int index = 0; index <= highest; index++) {
-        struct shmid_ds ds;
-        if (shmctl(index, SHM_STAT, &ds) >= 0 && ds.shm_cpid == self &&
-            !(ds.shm_perm.mode & SHM_DEST))
-            n++;
-    }
-    return n;
+    return own_segments(1);
 }
 
 /* System V segments this process maps: a handle that forgets to detach one

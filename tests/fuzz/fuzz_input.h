@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/shm.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -71,6 +73,37 @@ static inline void name_queue(const char *infix)
     snprintf(ring_path, sizeof(ring_path), "/dev/shm/" SHMQ_NAME_PREFIX "%s", queue_name);
     snprintf(locks_path, sizeof(locks_path), "%s" SHMQ_CONSUMERS_SUFFIX, ring_path);
     snprintf(producer_path, sizeof(producer_path), "%s" SHMQ_PRODUCER_SUFFIX, ring_path);
+}
+
+/* The byte at i of the payload stamped `sequence` (the targets' pattern). */
+static inline uint8_t pattern_byte(uint64_t sequence, uint32_t salt, size_t i)
+{
+    return (uint8_t)(sequence * 31u + salt + i * 7u);
+}
+
+/* The lowest free descriptor: what a leak would raise. */
+static inline int lowest_fd(void)
+{
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0)
+        close(fd);
+    return fd;
+}
+
+/* System V segments this process made that still exist; only_unremoved:
+ * only those not yet marked for removal (which would outlive everyone). */
+static inline int own_segments(int only_unremoved)
+{
+    struct shm_info info;
+    int highest = shmctl(0, SHM_INFO, (struct shmid_ds *)(void *)&info);
+    int n = 0;
+    for (int index = 0; index <= highest; index++) {
+        struct shmid_ds ds;
+        if (shmctl(index, SHM_STAT, &ds) >= 0 && ds.shm_cpid == self &&
+            !(only_unremoved && (ds.shm_perm.mode & SHM_DEST)))
+            n++;
+    }
+    return n;
 }
 
 #endif
