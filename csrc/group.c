@@ -520,7 +520,8 @@ static int claim(struct shmq_consumer *c, uint64_t want)
                 g->next_rescue_ns = 0;
             return 0;
         }
-        /* Release: what we held is nothing; a producer may go on. */
+        /* Release: we hold nothing; pairs with a producer's acquire load of
+         * the token in shmq_group_low. */
         shmq_store_release(&me->token, 0);
     }
     return -EUCLEAN;
@@ -568,7 +569,8 @@ void shmq_group_rescue(struct shmq_consumer *c)
             g->claim_to = to;
             return;
         }
-        /* Release: we hold nothing after all. */
+        /* Release: we hold nothing after all; pairs with a producer's
+         * acquire load of the token in shmq_group_low. */
         shmq_store_release(&me->token, 0);
     }
 }
@@ -704,7 +706,9 @@ int shmq_group_ready(struct shmq_consumer *c, memory_order order)
      * wait inside it waits for its end, never spins. */
     if (g->claimed && g->in_batch)
         return 0;
-    /* The order is the caller's, as in consumer.c's something_to_report. */
+    /* The order is the caller's, as in consumer.c's something_to_report:
+     * seq_cst where it is the re-check of a sleep handshake (pairing with
+     * the fence in finish_publish), relaxed for hints. */
     uint64_t at = shmq_load_ordered(&g->page->cursor, order);
     struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, at);
     return (int64_t)(shmq_load_ordered(&slot->stamp, order) - at) >= 0;
