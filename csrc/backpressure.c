@@ -3,13 +3,15 @@
  *
  * PROTOCOL. A registered consumer publishes its position (the next sequence
  * it will read) in its entry of the consumer-state object, and marks the
- * entry SHMQ_ENTRY_REGISTERED. Publishing sequence s rewrites the slot of
- * s - capacity, so the producer may publish s only when every live
- * registered consumer's position is above s - capacity. It keeps that bound
- * in a private `limit` (lowest position + capacity, and never more than a
- * lap past the head it had when it looked), and looks at the entries again
- * only when publishing reaches the limit: with consumers that keep up, once
- * per lap at most, not once per message.
+ * entry SHMQ_ENTRY_REGISTERED. Publishing a record overwrites the records
+ * below its survivor (producer.c, RECORDS: at least s - capacity for
+ * sequence s), so the producer may publish it only when every live
+ * registered consumer's position is at or above that survivor. It keeps
+ * that bound in a private `limit` (lowest position + capacity, and never
+ * more than a lap past the head it had when it looked), compares the
+ * record's `need` (survivor + capacity - 1) with it, and looks at the
+ * entries again only when publishing reaches the limit: with consumers that
+ * keep up, once per lap at most, not once per message.
  *
  * REGISTERING (consumer) vs LOOKING (producer), a Dekker handshake:
  *   consumer: position = provisional; state = registered (seq_cst);
@@ -84,7 +86,7 @@ int64_t shmq_now_ns(void)
 /* Recomputes p->limit from the entries of the live consumers; with
  * discover, first lists them anew (DISCOVERY above); with probe_liveness,
  * asks the kernel about every entry that keeps the next sequence from
- * fitting. Returns whether p->next fits now. */
+ * fitting. Returns whether the planned record fits now. */
 int shmq_backpressure_has_room(struct shmq_producer *p, int discover, int probe_liveness)
 {
     struct shmq_consumer_state *cs = &p->consumers;
@@ -162,7 +164,7 @@ int shmq_backpressure_has_room(struct shmq_producer *p, int discover, int probe_
         }
     }
     p->limit = lowest + capacity;
-    return (int64_t)(p->next - p->limit) < 0;
+    return (int64_t)(p->need - p->limit) < 0;
 }
 
 /* Looks for room, asking the kernel about dead consumers (probing) at most
@@ -175,10 +177,21 @@ static int has_room_probing(struct shmq_producer *p, int64_t now)
     return shmq_backpressure_has_room(p, probe, probe);
 }
 
+/* The position a consumer must reach to wake a waiting producer: a quarter
+ * ring past what the planned record needs (so that a producer that fills
+ * the ring is woken once per quarter ring, not once per message), but never
+ * past head, which consumers that caught up stop at. */
+static uint64_t wake_at(const struct shmq_producer *p)
+{
+    uint64_t capacity = p->geometry.capacity;
+    uint64_t quarter = capacity / 4 ? capacity / 4 : 1;
+    uint64_t at = p->need - capacity + quarter;
+    return (int64_t)(at - p->next) > 0 ? p->next : at;
+}
+
 int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
 {
     struct shmq_wake_page *wake = p->consumers.wake;
-    uint64_t capacity = p->geometry.capacity;
     for (;;) {
         int interrupted = shmq_waiter_take_interrupt(&p->waiter);
         if (interrupted < 0)
@@ -199,10 +212,9 @@ int shmq_backpressure_wait(struct shmq_producer *p, int64_t deadline_ns)
             if (shmq_backpressure_has_room(p, 0, 0))
                 return 0;
         }
-        uint64_t quarter = capacity / 4 ? capacity / 4 : 1;
         /* Relaxed: published by the seq_cst store of producer_waiting below,
          * which a consumer loads (seq_cst) before it loads this. */
-        shmq_store_relaxed(&wake->producer_wake_at, p->next - capacity + quarter);
+        shmq_store_relaxed(&wake->producer_wake_at, wake_at(p));
         /* Seq_cst: read before raising the flag, so a wake that answers the
          * flag changes the word from the value we sleep on. */
         uint32_t word = shmq_load_seq_cst(&wake->producer_futex);
@@ -273,7 +285,6 @@ static void wake_producer(struct shmq_consumer *c)
 int shmq_backpressure_arm(struct shmq_producer *p)
 {
     struct shmq_wake_page *wake = p->consumers.wake;
-    uint64_t capacity = p->geometry.capacity;
     /* Consumers that died hold us back until the kernel is asked, which a
      * blocking wait does every slice: so does arming. */
     if (has_room_probing(p, shmq_now_ns()))
@@ -281,10 +292,9 @@ int shmq_backpressure_arm(struct shmq_producer *p)
     shmq_wake_socket_drain(p->wake_fd);
     if (wake == NULL)
         return SHMQ_FULL;
-    uint64_t quarter = capacity / 4 ? capacity / 4 : 1;
     /* Relaxed: published by the seq_cst store of producer_waiting below, as
      * in shmq_backpressure_wait. */
-    shmq_store_relaxed(&wake->producer_wake_at, p->next - capacity + quarter);
+    shmq_store_relaxed(&wake->producer_wake_at, wake_at(p));
     /* Seq_cst: the producer half of the waiting handshake (see top). */
     shmq_store_seq_cst(&wake->producer_waiting, SHMQ_WAKE_FUTEX | SHMQ_WAKE_DESCRIPTOR);
     return shmq_backpressure_has_room(p, 0, 0) ? 0 : SHMQ_FULL;

@@ -2,20 +2,26 @@
  * The consumer side of the broadcast ring.
  *
  * PROTOCOL (the writer side, and the stamp values, are described in
- * producer.c). To read sequence s from its slot, a consumer:
- *   1. loads the stamp with acquire; stamp == s means the message is there,
- *      stamp "before" s means not yet, stamp "after" s means overrun;
- *   2. loads the length and copies the payload, a word at a time, relaxed;
+ * producer.c). To read sequence s, a consumer:
+ *   1. loads the stamp of index record s with acquire; stamp == s means the
+ *      message is there, stamp "before" s means not yet, stamp "after" s
+ *      means overrun;
+ *   2. loads the record's length and first slot, checks that they describe
+ *      a payload inside the data area and no longer than max_message (a
+ *      record that does not, while its stamp stays s, is corrupt), and
+ *      copies the payload, a word at a time, relaxed;
  *   3. issues an acquire fence and loads the stamp again;
  *   4. delivers the copy only if the stamp is still s. Otherwise the producer
- *      started rewriting the slot during the copy: the copy may be torn, and
- *      is thrown away and counted as lost with the rest of the overrun.
+ *      started rewriting some slot of the record during the copy (it marks
+ *      the record first): the copy may be torn, and is thrown away and
+ *      counted as lost with the rest of the overrun.
  *   "Before" and "after" are wrap-safe: (int64_t)(stamp - s) < 0 or > 0, so
  *   the 64-bit sequence may wrap.
  *
- * OVERRUN: the consumer moves half a ring behind the producer (head, or the
- * stamp that lapped it if that is ahead of head by at most a lap), never
- * backwards, and adds the distance it skipped to its lost count. Every sequence from its start is therefore
+ * OVERRUN: the consumer moves halfway from the oldest intact record (tail)
+ * to the producer (head, or the stamp that lapped it if that is ahead of
+ * head by at most a lap), never backwards, and adds the distance it skipped
+ * to its lost count. Every sequence from its start is therefore
  * either delivered once or counted once: delivered + lost == published.
  * Stamps or a head that keep the reader lapping within one call are
  * garbage, not a fast producer: after MAX_RESYNCS the poll reports the ring
@@ -80,24 +86,37 @@ static uint64_t load_head(const struct shmq_consumer *c)
     return shmq_load_acquire(&c->control->head);
 }
 
+uint64_t shmq_oldest_intact(const struct shmq_consumer *c, uint64_t head)
+{
+    uint64_t capacity = c->geometry.capacity;
+    /* Relaxed: a hint (producer.c stores it before overwriting); whatever
+     * it says is validated by the stamps when read. */
+    uint64_t tail = shmq_load_relaxed(&c->control->tail);
+    uint64_t published = head - c->geometry.first_sequence;
+    /* Never before the first message, never past head, never more than a
+     * lap behind it; and in a full ring of one-slot records, one past the
+     * record the next publish rewrites, so that it costs us nothing. */
+    uint64_t low = published >= capacity ? head - capacity + 1 : c->geometry.first_sequence;
+    if ((int64_t)(tail - low) < 0 || (int64_t)(tail - head) > 0)
+        tail = low;
+    return tail;
+}
+
 void shmq_consumer_bind(struct shmq_consumer *c, unsigned char *base,
                         const struct shmq_geometry *geometry, enum shmq_start start,
                         struct shmq_wake_page *wake)
 {
     c->geometry = *geometry;
     c->control = (struct shmq_control *)base;
-    c->slots = base + c->geometry.slots_offset;
+    c->index = base + c->geometry.index_offset;
+    c->data = base + c->geometry.data_offset;
     c->consumers.wake = wake;
     /* Before the handle is anyone's: no descriptor yet (descriptor.c). */
     c->wake_fd = c->wake_sender = -1;
     if (c->entry == NULL)
         c->entry = &c->private_entry;
     uint64_t head = load_head(c);
-    /* The slot of head - capacity is the one the producer rewrites next;
-     * starting one later keeps that publish from costing us anything. */
-    uint64_t published = head - c->geometry.first_sequence;
-    uint64_t earliest = published >= c->geometry.capacity ? head - c->geometry.capacity + 1
-                                                          : c->geometry.first_sequence;
+    uint64_t earliest = shmq_oldest_intact(c, head);
     if (start == SHMQ_START_EARLIEST) {
         c->position = earliest;
     } else if (start != SHMQ_START_AT || (int64_t)(c->position - head) > 0) {
@@ -316,58 +335,79 @@ int shmq_consumer_open(struct shmq_consumer **out, const char *name, enum shmq_s
     return shmq_consumer_open_with(out, name, &options);
 }
 
-static void load_payload(const struct shmq_slot *slot, unsigned char *buf, size_t length)
+static void load_payload(const _Atomic uint64_t *payload, unsigned char *buf, size_t length)
 {
     size_t words = length / 8;
     for (size_t i = 0; i < words; i++) {
         /* Relaxed: validated afterwards by the acquire fence and stamp
-         * re-check in shmq_copy_at; a torn word is never delivered. */
-        uint64_t word = shmq_load_relaxed(&((struct shmq_slot *)slot)->payload[i]);
+         * re-check of shmq_record_unchanged; a torn word is never delivered. */
+        uint64_t word = shmq_load_relaxed(&payload[i]);
         memcpy(buf + i * 8, &word, 8);
     }
     size_t tail = length % 8;
     if (tail) {
-        /* The payload area is a whole number of words, so this stays inside
-         * the slot; only the message's bytes reach the caller's buffer.
+        /* Slots are whole words, so this stays inside the record's last
+         * slot; only the message's bytes reach the caller's buffer.
          * Relaxed: validated afterwards, as above. */
-        uint64_t word = shmq_load_relaxed(&((struct shmq_slot *)slot)->payload[words]);
+        uint64_t word = shmq_load_relaxed(&payload[words]);
         memcpy(buf + words * 8, &word, tail);
     }
 }
 
-int shmq_stamp_unchanged(struct shmq_slot *slot, uint64_t sequence)
+int shmq_record_unchanged(const struct shmq_consumer *c, uint64_t sequence)
 {
-    /* Acquire fence: pairs with the release fence after the "in progress"
-     * stamp in write_slot. If any load before this fence saw a word of a newer
-     * message, the stamp load after it sees that newer stamp. */
+    /* Acquire fence: pairs with the release fence of begin_record (producer.c).
+     * If any load before this fence saw a word a newer record wrote, the
+     * stamp load after it sees this record's mark (or a newer stamp). */
     shmq_fence_acquire();
     /* Relaxed: ordered by the fence just above. */
-    return shmq_load_relaxed(&slot->stamp) == sequence;
+    return shmq_load_relaxed(&shmq_record_at(c->index, &c->geometry, sequence)->stamp) == sequence;
+}
+
+enum shmq_copy_result shmq_record_find(const struct shmq_consumer *c, uint64_t s,
+                                       const _Atomic uint64_t **payload, uint32_t *length)
+{
+    const struct shmq_geometry *g = &c->geometry;
+    struct shmq_record *record = shmq_record_at(c->index, g, s);
+    /* Acquire: pairs with the release store of the final stamp in end_record;
+     * seeing stamp == s means seeing all of message s. */
+    uint64_t stamp = shmq_load_acquire(&record->stamp);
+    if (stamp != s)
+        return (int64_t)(stamp - s) < 0 ? SHMQ_COPY_EMPTY : SHMQ_COPY_OVERRUN;
+    /* Relaxed: covered by the acquire above, and re-validated by the caller. */
+    uint32_t len = shmq_load_relaxed(&record->length);
+    uint32_t slot = shmq_load_relaxed(&record->slot);
+    if (len > g->max_message || slot >= g->capacity ||
+        shmq_record_slots(len, g->slot_stride) > g->capacity - slot) {
+        /* A record being rewritten may pair a new length with an old slot:
+         * corrupt only if the stamp still says it is whole. */
+        return shmq_record_unchanged(c, s) ? SHMQ_COPY_CORRUPT : SHMQ_COPY_OVERRUN;
+    }
+    *payload = shmq_payload_at(c->data, g, slot);
+    *length = len;
+    return SHMQ_COPY_OK;
 }
 
 enum shmq_copy_result shmq_copy_at(struct shmq_consumer *c, uint64_t s,
                                    const struct shmq_destination *d, size_t *length)
 {
-    struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, s);
-    /* Acquire: pairs with the release store of the final stamp in write_slot;
-     * seeing stamp == s means seeing all of message s. */
-    uint64_t stamp = shmq_load_acquire(&slot->stamp);
-    if (stamp != s)
-        return (int64_t)(stamp - s) < 0 ? SHMQ_COPY_EMPTY : SHMQ_COPY_OVERRUN;
-    /* Relaxed: covered by the acquire above, and re-validated below. */
-    uint32_t len = shmq_load_relaxed(&slot->length);
-    if (len > c->geometry.slot_size || (d->alloc == NULL && len > d->size)) {
-        if (!shmq_stamp_unchanged(slot, s))
+    const _Atomic uint64_t *payload;
+    uint32_t len;
+    enum shmq_copy_result found = shmq_record_find(c, s, &payload, &len);
+    if (found != SHMQ_COPY_OK)
+        return found;
+    if (d->alloc == NULL && len > d->size) {
+        if (!shmq_record_unchanged(c, s))
             return SHMQ_COPY_OVERRUN;
         *length = len;
-        return len > c->geometry.slot_size ? SHMQ_COPY_CORRUPT : SHMQ_COPY_TOO_SMALL;
+        return SHMQ_COPY_TOO_SMALL;
     }
     unsigned char *buf = d->alloc ? d->alloc(d->context, len) : d->buf;
     /* A caller's buffer may be NULL with size 0, which fits an empty message. */
     if (buf == NULL && d->alloc != NULL)
         return SHMQ_COPY_NO_MEMORY;
-    load_payload(slot, buf, len);
-    if (!shmq_stamp_unchanged(slot, s))
+    load_payload(payload, buf, len);
+    if (!shmq_record_unchanged(c, s))
         return SHMQ_COPY_OVERRUN;
     *length = len;
     return SHMQ_COPY_OK;
@@ -392,24 +432,37 @@ static inline void publish_position(struct shmq_consumer *c)
  * years at a billion a second) during one lap of a reader, so head is
  * garbage, and following it would make the position ambiguous in wrap-safe
  * arithmetic. */
+uint64_t shmq_overrun_target(const struct shmq_consumer *c, uint64_t at, uint64_t stamp,
+                             int *explained)
+{
+    /* The producer is at least as far as head, and past `at` when the stamp
+     * that lapped us is at most a lap ahead of it (a newer stamp, or a mark,
+     * producer.c): head can lag (a producer that died before storing head,
+     * or whose head store we have not seen yet). A stamp further ahead is
+     * garbage, and is not followed: the resync budget then runs out and the
+     * poll reports SHMQ_CORRUPT. */
+    uint64_t front = load_head(c);
+    int64_t ahead = (int64_t)(stamp - at);
+    if ((int64_t)(front - at) <= 0 && ahead > 0 && ahead <= (int64_t)c->geometry.capacity)
+        front = at + 1;
+    *explained = (int64_t)(front - at) > 0;
+    /* Halfway from the oldest intact record to the producer: as far from
+     * the next overrun as from the newest message. */
+    uint64_t oldest = shmq_oldest_intact(c, front);
+    uint64_t target = oldest + (front - oldest) / 2;
+    /* A stale head could point at or before us; never move backwards. */
+    if ((int64_t)(target - at) <= 0)
+        target = at + 1;
+    return target;
+}
+
 static int resync_after_overrun(struct shmq_consumer *c, uint64_t origin)
 {
-    /* The producer is at least as far as head, and at least as far as the
-     * stamp that lapped us: head can lag it (a producer that died before
-     * storing head, or whose head store we have not seen yet), but never by
-     * more than a lap. A stamp further ahead is garbage, and is not followed:
-     * the resync budget then runs out and the poll reports SHMQ_CORRUPT. */
-    uint64_t head = load_head(c);
-    /* Relaxed: only a lower bound for the producer's position; nothing is
-     * read on the strength of it. */
-    uint64_t stamp = shmq_load_relaxed(&shmq_slot_at(c->slots, &c->geometry, c->position)->stamp);
-    int64_t ahead = (int64_t)(stamp - head);
-    uint64_t front = ahead > 0 && ahead <= (int64_t)c->geometry.capacity ? stamp : head;
-    uint64_t target = front - c->geometry.capacity / 2;
-    int explained = (int64_t)(front - c->position) > 0;
-    /* A stale head could point at or before us; never move backwards. */
-    if ((int64_t)(target - c->position) <= 0)
-        target = c->position + 1;
+    /* Relaxed: only evidence of how far the producer got; nothing is read
+     * on the strength of it. */
+    uint64_t stamp = shmq_load_relaxed(&shmq_record_at(c->index, &c->geometry, c->position)->stamp);
+    int explained;
+    uint64_t target = shmq_overrun_target(c, c->position, stamp, &explained);
     if (target - origin >= (UINT64_C(1) << 62))
         return -1;
     c->lost += target - c->position;
@@ -539,7 +592,7 @@ static int something_to_report(struct shmq_consumer *c, memory_order order)
      * handshake; each call site says why. */
     if (c->group != NULL)
         return shmq_group_ready(c, order);
-    struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, c->position);
+    struct shmq_record *slot = shmq_record_at(c->index, &c->geometry, c->position);
     return (int64_t)(shmq_load_ordered(&slot->stamp, order) - c->position) >= 0;
 }
 
@@ -747,16 +800,15 @@ int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *lengt
     uint64_t origin = c->position;
     int garbage = 0, laps = 0;
     while (garbage < MAX_RESYNCS) {
-        struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, c->position);
-        /* Acquire: pairs with the release store of the final stamp (write_slot,
-         * shmq_producer_commit): seeing it means seeing the whole payload. */
-        uint64_t stamp = shmq_load_acquire(&slot->stamp);
-        if (stamp != c->position) {
-            if ((int64_t)(stamp - c->position) < 0) {
-                if (c->wake_fd >= 0)
-                    shmq_consumer_quiet(c);
-                return SHMQ_EMPTY;
-            }
+        const _Atomic uint64_t *payload;
+        uint32_t len;
+        enum shmq_copy_result found = shmq_record_find(c, c->position, &payload, &len);
+        if (found == SHMQ_COPY_EMPTY) {
+            if (c->wake_fd >= 0)
+                shmq_consumer_quiet(c);
+            return SHMQ_EMPTY;
+        }
+        if (found == SHMQ_COPY_OVERRUN) {
             int explained = resync_after_overrun(c, origin);
             if (explained < 0)
                 return SHMQ_CORRUPT;
@@ -765,21 +817,12 @@ int shmq_consumer_peek(struct shmq_consumer *c, const void **data, size_t *lengt
                 return SHMQ_EMPTY;
             continue;
         }
-        /* Relaxed: covered by the acquire above, re-validated at release. */
-        uint32_t len = shmq_load_relaxed(&slot->length);
-        if (len > c->geometry.slot_size) {
-            if (!shmq_stamp_unchanged(slot, c->position)) {
-                int explained = resync_after_overrun(c, origin);
-                if (explained < 0)
-                    return SHMQ_CORRUPT;
-                garbage += !explained;
-                continue;
-            }
+        if (found == SHMQ_COPY_CORRUPT) {
             c->position++;
             c->lost++;
             return SHMQ_CORRUPT;
         }
-        *data = (const void *)slot->payload;
+        *data = (const void *)payload;
         *length = len;
         c->peeked = 1;
         return 0;
@@ -794,7 +837,7 @@ int shmq_consumer_release(struct shmq_consumer *c)
     if (c->group != NULL)
         return shmq_group_release(c);
     c->peeked = 0;
-    int intact = shmq_stamp_unchanged(shmq_slot_at(c->slots, &c->geometry, c->position), c->position);
+    int intact = shmq_record_unchanged(c, c->position);
     c->position++;
     if (!intact) {
         c->lost++;
@@ -860,6 +903,10 @@ void shmq_consumer_batch_end(struct shmq_consumer *c)
     }
 }
 uint32_t shmq_consumer_slot_size(const struct shmq_consumer *c) { return c->geometry.slot_size; }
+uint64_t shmq_consumer_max_message_size(const struct shmq_consumer *c)
+{
+    return c->geometry.max_message;
+}
 uint32_t shmq_consumer_capacity(const struct shmq_consumer *c) { return c->geometry.capacity; }
 uid_t shmq_consumer_owner_uid(const struct shmq_consumer *c) { return c->owner_uid; }
 int shmq_consumer_lossless(const struct shmq_consumer *c) { return c->geometry.lossless; }

@@ -29,7 +29,7 @@ const char *shmq_strerror(int code)
     case -ENODATA: return "segment is empty or was never fully initialised";
     case -EPROTONOSUPPORT: return "segment has an unsupported layout version";
     case -EBADMSG: return "segment header is corrupt or does not match the segment size";
-    case -EMEDIUMTYPE: return "queue exists with a different slot size or capacity";
+    case -EMEDIUMTYPE: return "queue exists with a different slot size, capacity, max message size or delivery";
     case -ECHILD: return "producer handle inherited across fork(); open a new producer in the child";
     case -ENOSPC: return "no space left in /dev/shm for the queue";
     case -EFBIG: return "ring larger than SHMQ_SEGMENT_MAX (1 TiB)";

@@ -431,22 +431,6 @@ void shmq_group_commit(struct shmq_consumer *c)
         shmq_backpressure_wake_producer(c, shmq_group_next(c));
 }
 
-/* Where an overrun cursor resumes: half a ring behind the producer (the
- * stamp that lapped it, or head), as a lapped plain consumer does. */
-static uint64_t overrun_target(struct shmq_consumer *c, uint64_t at, uint64_t stamp,
-                               int *explained)
-{
-    /* Acquire: pairs with the release store of head in finish_publish. */
-    uint64_t head = shmq_load_acquire(&c->control->head);
-    int64_t ahead = (int64_t)(stamp - head);
-    uint64_t front = ahead > 0 && ahead <= (int64_t)c->geometry.capacity ? stamp : head;
-    uint64_t target = front - c->geometry.capacity / 2;
-    *explained = (int64_t)(front - at) > 0;
-    if ((int64_t)(target - at) <= 0)
-        target = at + 1;
-    return target;
-}
-
 /* How many of the n messages from `at` fit in `bytes` (at least one): a
  * batch claims no more than its caller's buffer takes. The lengths are
  * hints (the copies validate them): a message rewritten meanwhile may make
@@ -456,8 +440,8 @@ static uint64_t fitting(struct shmq_consumer *c, uint64_t at, uint64_t n, size_t
     uint64_t used = 0, k = 0;
     while (k < n) {
         /* Relaxed: a hint, as above. */
-        uint64_t length = shmq_load_relaxed(&shmq_slot_at(c->slots, &c->geometry, at + k)->length);
-        if (length > c->geometry.slot_size || used + length > bytes)
+        uint64_t length = shmq_load_relaxed(&shmq_record_at(c->index, &c->geometry, at + k)->length);
+        if (length > c->geometry.max_message || used + length > bytes)
             break;
         used += length;
         k++;
@@ -478,12 +462,13 @@ static int claim(struct shmq_consumer *c, uint64_t want)
         uint64_t at = shmq_load_relaxed(&page->cursor);
         /* Acquire: pairs with the release store of the final stamp in
          * write_slot; the copy re-validates it. */
-        uint64_t stamp = shmq_load_acquire(&shmq_slot_at(c->slots, &c->geometry, at)->stamp);
+        uint64_t stamp = shmq_load_acquire(&shmq_record_at(c->index, &c->geometry, at)->stamp);
         if (stamp != at) {
             if ((int64_t)(stamp - at) < 0)
                 return SHMQ_EMPTY;
             int explained;
-            uint64_t target = overrun_target(c, at, stamp, &explained);
+            /* Where a lapped plain consumer resumes (consumer.c). */
+            uint64_t target = shmq_overrun_target(c, at, stamp, &explained);
             if (target - at >= (UINT64_C(1) << 62))
                 return -EUCLEAN; /* the cursor is garbage: see consumer.c */
             /* Seq_cst: one member moves the cursor on, and counts. */
@@ -663,19 +648,19 @@ int shmq_group_peek(struct shmq_consumer *c, const void **data, size_t *length)
         int rc = hold_claim(c);
         if (rc < 0)
             return rc == -EUCLEAN ? SHMQ_CORRUPT : rc;
-        struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, g->next);
-        /* Acquire: pairs with the release store of the final stamp. */
-        if (shmq_load_acquire(&slot->stamp) != g->next) {
+        const _Atomic uint64_t *payload;
+        uint32_t len;
+        /* Validated at release, as for a plain consumer (consumer.c). */
+        enum shmq_copy_result found = shmq_record_find(c, g->next, &payload, &len);
+        if (found != SHMQ_COPY_OK) {
+            /* A claimed message is published: one not there whole any more
+             * was overwritten. */
             skip_lost(c);
+            if (found == SHMQ_COPY_CORRUPT)
+                return SHMQ_CORRUPT;
             continue;
         }
-        /* Relaxed: covered by the acquire above, re-validated at release. */
-        uint32_t len = shmq_load_relaxed(&slot->length);
-        if (len > c->geometry.slot_size) {
-            skip_lost(c);
-            return SHMQ_CORRUPT;
-        }
-        *data = (const void *)slot->payload;
+        *data = (const void *)payload;
         *length = len;
         c->peeked = 1;
         return 0;
@@ -686,7 +671,7 @@ int shmq_group_release(struct shmq_consumer *c)
 {
     struct shmq_group_membership *g = c->group;
     c->peeked = 0;
-    int intact = shmq_stamp_unchanged(shmq_slot_at(c->slots, &c->geometry, g->next), g->next);
+    int intact = shmq_record_unchanged(c, g->next);
     g->next++;
     if (intact)
         g->received++;
@@ -710,7 +695,7 @@ int shmq_group_ready(struct shmq_consumer *c, memory_order order)
      * seq_cst where it is the re-check of a sleep handshake (pairing with
      * the fence in finish_publish), relaxed for hints. */
     uint64_t at = shmq_load_ordered(&g->page->cursor, order);
-    struct shmq_slot *slot = shmq_slot_at(c->slots, &c->geometry, at);
+    struct shmq_record *slot = shmq_record_at(c->index, &c->geometry, at);
     return (int64_t)(shmq_load_ordered(&slot->stamp, order) - at) >= 0;
 }
 

@@ -38,12 +38,19 @@ static uint64_t new_instance(void)
     return instance | 1; /* never 0, which reads as "unset" */
 }
 
+/* The data area starts on the page after the index. */
+static uint64_t data_offset_for(const struct shmq_geometry *g)
+{
+    uint64_t end = g->index_offset + (uint64_t)g->capacity * SHMQ_RECORD_BYTES;
+    return (end + g->page_size - 1) / g->page_size * g->page_size;
+}
+
 /* Fills *g from the caller's wishes; -EINVAL for impossible geometry. */
 int shmq_geometry_plan(struct shmq_geometry *g, const struct shmq_config *config)
 {
     uint32_t slot_size = config && config->slot_size ? config->slot_size : SHMQ_DEFAULT_SLOT_SIZE;
     uint32_t capacity = config && config->capacity ? config->capacity : SHMQ_DEFAULT_CAPACITY;
-    if (slot_size > SHMQ_SLOT_SIZE_MAX)
+    if (slot_size == 0 || slot_size > SHMQ_SLOT_SIZE_MAX)
         return -EINVAL;
     if (capacity < 2 || capacity > SHMQ_CAPACITY_MAX || (capacity & (capacity - 1)) != 0)
         return -EINVAL;
@@ -59,9 +66,13 @@ int shmq_geometry_plan(struct shmq_geometry *g, const struct shmq_config *config
         return -EINVAL;
     g->instance = new_instance();
     g->lossless = config && config->delivery == SHMQ_LOSSLESS;
-    g->slots_offset = g->page_size;
+    g->max_message = config && config->max_message_size ? config->max_message_size : slot_size;
+    if (g->max_message > (uint64_t)slot_size * capacity || g->max_message > SHMQ_MESSAGE_SIZE_MAX)
+        return -EINVAL;
+    g->index_offset = g->page_size;
+    g->data_offset = data_offset_for(g);
     /* Both factors are bounded above (2^30 * ~2^26), so this cannot overflow. */
-    g->total_size = g->slots_offset + (uint64_t)capacity * g->slot_stride;
+    g->total_size = g->data_offset + (uint64_t)capacity * g->slot_stride;
     if (g->total_size > SHMQ_SEGMENT_MAX || g->total_size > (uint64_t)SIZE_MAX)
         return -EFBIG;
     return 0;
@@ -70,7 +81,7 @@ int shmq_geometry_plan(struct shmq_geometry *g, const struct shmq_config *config
 void shmq_header_init(void *base, const struct shmq_geometry *g)
 {
     struct shmq_control *control = base;
-    unsigned char *slots = (unsigned char *)base + g->slots_offset;
+    unsigned char *index = (unsigned char *)base + g->index_offset;
     struct shmq_identity identity = {
         .magic = 0, /* stored last, by shmq_header_publish */
         .version = SHMQ_LAYOUT_VERSION,
@@ -80,29 +91,33 @@ void shmq_header_init(void *base, const struct shmq_geometry *g)
         .capacity = g->capacity,
         .page_size = g->page_size,
         .first_sequence = g->first_sequence,
-        .slots_offset = g->slots_offset,
+        .index_offset = g->index_offset,
         .total_size = g->total_size,
         .instance = g->instance,
         .consumer_entries = g->consumer_entries,
+        .data_offset = g->data_offset,
+        .max_message = g->max_message,
     };
     memcpy(control->identity_rest, (const unsigned char *)&identity + 8, sizeof(identity) - 8);
     /* Relaxed: nobody can read these before the magic's release store in
      * shmq_header_publish. */
     shmq_store_relaxed(&control->head, g->first_sequence);
+    shmq_store_relaxed(&control->tail, g->first_sequence);
     shmq_store_relaxed(&control->futex_word, (uint32_t)g->first_sequence);
     shmq_store_relaxed(&control->stream_state, 0);
     shmq_store_relaxed(&control->wake_shm, -1);
 
-    /* Each slot starts out stamped with the sequence it held "one lap before"
-     * the first message, so a reader waiting for sequence s in that slot sees
+    /* Each record starts out stamped with the sequence it held "one lap
+     * before" the first message, so a reader waiting for sequence s sees
      * stamp s - capacity, which compares as "not yet written". Zero would
      * compare as sequence 0, and be delivered as a message. */
     for (uint64_t i = 0; i < g->capacity; i++) {
         uint64_t sequence = g->first_sequence + i;
-        struct shmq_slot *slot = shmq_slot_at(slots, g, sequence);
+        struct shmq_record *record = shmq_record_at(index, g, sequence);
         /* Relaxed: published, like the fields above, by the magic's release. */
-        shmq_store_relaxed(&slot->stamp, sequence - g->capacity);
-        shmq_store_relaxed(&slot->length, 0);
+        shmq_store_relaxed(&record->stamp, sequence - g->capacity);
+        shmq_store_relaxed(&record->length, 0);
+        shmq_store_relaxed(&record->slot, 0);
     }
 }
 
@@ -140,7 +155,9 @@ int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry 
     g->capacity = id.capacity;
     g->page_size = id.page_size;
     g->first_sequence = id.first_sequence;
-    g->slots_offset = id.slots_offset;
+    g->index_offset = id.index_offset;
+    g->data_offset = id.data_offset;
+    g->max_message = id.max_message;
     g->total_size = id.total_size;
     g->instance = id.instance;
     g->consumer_entries = id.consumer_entries;
@@ -148,16 +165,20 @@ int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry 
 
     if (g->page_size != system_page_size())
         return -EBADMSG;
-    if (g->slot_size > SHMQ_SLOT_SIZE_MAX || g->slot_stride != shmq_slot_stride_for(g->slot_size))
+    if (g->slot_size == 0 || g->slot_size > SHMQ_SLOT_SIZE_MAX ||
+        g->slot_stride != shmq_slot_stride_for(g->slot_size))
         return -EBADMSG;
     if (g->capacity < 2 || g->capacity > SHMQ_CAPACITY_MAX || (g->capacity & (g->capacity - 1)))
         return -EBADMSG;
-    if (g->slots_offset != g->page_size)
+    if (g->index_offset != g->page_size || g->data_offset != data_offset_for(g))
+        return -EBADMSG;
+    if (g->max_message > (uint64_t)g->slot_size * g->capacity ||
+        g->max_message > SHMQ_MESSAGE_SIZE_MAX)
         return -EBADMSG;
     if (g->consumer_entries > SHMQ_CONSUMER_ENTRIES_MAX || g->instance == 0 ||
         (g->lossless && g->consumer_entries == 0))
         return -EBADMSG;
-    if (g->total_size != g->slots_offset + (uint64_t)g->capacity * g->slot_stride)
+    if (g->total_size != g->data_offset + (uint64_t)g->capacity * g->slot_stride)
         return -EBADMSG;
     if (g->total_size != mapped_size || g->total_size > SHMQ_SEGMENT_MAX)
         return -EBADMSG;

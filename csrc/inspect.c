@@ -27,6 +27,7 @@ int shmq_inspect(const char *name, struct shmq_queue_info *info, struct shmq_con
         goto done;
     memset(info, 0, sizeof(*info));
     info->slot_size = c->geometry.slot_size;
+    info->max_message_size = c->geometry.max_message;
     info->capacity = c->geometry.capacity;
     info->max_consumers = c->geometry.consumer_entries;
     info->lossless = c->geometry.lossless;

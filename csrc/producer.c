@@ -2,21 +2,37 @@
  * The producer side of the broadcast ring.
  *
  * PROTOCOL (one producer; the reader side is in consumer.c)
- *   Sequence s lives in slot s & (capacity-1). The slot's stamp says which
- *   sequence its payload belongs to. To publish s into a slot that held
- *   s - capacity, the producer:
- *     1. stores stamp = s - 1 ("being rewritten"), then a release fence;
- *     2. stores the length and payload, a word at a time, relaxed;
+ *   Message s is a RECORD: index record s & (capacity-1), whose stamp says
+ *   which sequence it describes, and a payload in consecutive slots of the
+ *   data area (its length and first slot are in the index record). Records
+ *   take the data area's slots in order, as many as each needs; one that
+ *   would run past the last slot starts at slot 0 instead (the slots skipped
+ *   are padding), so every payload is contiguous. To publish s, the producer:
+ *     0. plans it (plan_record): its first slot, and the records whose slots
+ *        it is about to rewrite: every record from tail on that starts less
+ *        than a lap before the new record's end;
+ *     1. INVALIDATES those: stores stamp = r + capacity - 1 into each such
+ *        record r, stores tail = the first record it leaves alone, and
+ *        stores stamp = s - 1 into record s ("being written"), then a
+ *        release fence;
+ *     2. stores the length, first slot and payload, a word at a time, relaxed;
  *     3. stores stamp = s with release;
  *     4. stores head = s + 1 with release;
  *     5. if a consumer raised the wake flag, clears it, bumps the futex word
  *        and wakes the sleepers (docs/consumer-state.md).
+ *   A reader validates a copy by loading its record's stamp again after an
+ *   acquire fence (consumer.c): had any slot of it been rewritten, step 1's
+ *   mark is what it loads. So the seqlock covers the whole record, however
+ *   many slots it spans, and a lapped reader learns it from the stamp alone.
+ *   Each record takes at least one slot, so at most `capacity` records are
+ *   intact at once and record s - capacity is always among those step 1
+ *   invalidates: its mark is s - 1, the same store.
  *
- *   Why s - 1 as the "in progress" mark: readers compare stamps with wrap-safe
- *   signed differences. A reader that wants s sees s - 1 < s: "not yet". A
- *   reader that wants s - capacity (a lapped one) sees s - 1 > s - capacity:
- *   "overrun". No other sequence maps to this slot in between, so the mark is
- *   unambiguous without spending a bit of the 64-bit sequence on it.
+ *   Why r + capacity - 1 as the mark: readers compare stamps with wrap-safe
+ *   signed differences. A reader that wants r sees a value above r:
+ *   "overrun". One that wants r + capacity, the next sequence of that index
+ *   record, sees a value below it: "not yet". So the mark is unambiguous
+ *   without spending a bit of the 64-bit sequence on it.
  *
  *   The payload is copied with relaxed atomic word stores, not memcpy: a
  *   lapped reader may read the slot while it is being rewritten, and in C11
@@ -77,6 +93,8 @@ static int geometry_matches(const struct shmq_geometry *g, const struct shmq_con
 {
     if (config == NULL)
         return 1;
+    if (config->max_message_size != 0 && config->max_message_size != g->max_message)
+        return 0;
     if (config->slot_size != 0 && config->slot_size != g->slot_size)
         return 0;
     if (config->capacity != 0 && config->capacity != g->capacity)
@@ -177,30 +195,97 @@ static int attach_queue(struct shmq_producer *p, const char *name, const struct 
     return rc;
 }
 
+/* Where a record that the index says starts at `slot` begins, counted as
+ * next_slot is: live records begin less than a lap before next_slot. */
+static inline uint64_t record_start(const struct shmq_producer *p, uint64_t record)
+{
+    uint64_t mask = p->geometry.capacity - 1;
+    /* Relaxed: our own store (or a dead predecessor's, ordered by the lock). */
+    uint32_t slot = shmq_load_relaxed(&shmq_record_at(p->index, &p->geometry, record)->slot);
+    uint64_t back = (p->next_slot - slot) & mask;
+    return p->next_slot - (back ? back : mask + 1);
+}
+
+/* A record as the index shows it, if whole and sound: its first slot and its
+ * slot count. */
+static int record_extent(const struct shmq_producer *p, uint64_t sequence, uint64_t *slot,
+                         uint64_t *slots)
+{
+    const struct shmq_geometry *g = &p->geometry;
+    struct shmq_record *record = shmq_record_at(p->index, g, sequence);
+    /* Relaxed: ordered after a dead predecessor's stores by the lock. */
+    if (shmq_load_relaxed(&record->stamp) != sequence)
+        return 0;
+    uint64_t length = shmq_load_relaxed(&record->length);
+    *slot = shmq_load_relaxed(&record->slot);
+    *slots = shmq_record_slots(length, g->slot_stride);
+    return length <= g->max_message && *slot < g->capacity && *slots <= g->capacity - *slot;
+}
+
+/* On taking over a ring (RECORDS at the top): where the next record goes,
+ * which records are intact, and how far a predecessor got. */
+static void find_records(struct shmq_producer *p)
+{
+    const struct shmq_geometry *g = &p->geometry;
+    uint64_t capacity = g->capacity, slot, slots;
+    /* The last record before head places the next one; without one (a new
+     * ring, whose records are stamped as if a lap before the first message,
+     * or one whose last publish was overwriting it) nothing before head is
+     * intact, and any place will do. */
+    int anchored = p->next != g->first_sequence && record_extent(p, p->next - 1, &slot, &slots);
+    p->next_slot = anchored ? slot + slots : 0;
+    /* A producer that died after stamping messages but before advancing
+     * head over them left whole messages behind, which readers may have
+     * delivered: walk over them, so that no sequence number is ever reused
+     * for another payload. Each starts where the last ended or at slot 0
+     * (padding); at most one lap: anything else is garbage, not messages. */
+    for (uint32_t walked = 0; walked < capacity; walked++) {
+        if (!record_extent(p, p->next, &slot, &slots) ||
+            (anchored && slot != (p->next_slot & (capacity - 1)) && slot != 0))
+            break;
+        anchored = 1;
+        p->next_slot = slot + slots;
+        p->next++;
+    }
+    /* Relaxed: ordered after the dead producer's stores by the lock, as for
+     * head. Clamped into the lap before head, which also catches garbage. */
+    uint64_t tail = shmq_load_relaxed(&p->control->tail);
+    /* No record before the first message ever existed. */
+    uint64_t from = p->next - g->first_sequence < capacity ? g->first_sequence : p->next - capacity;
+    if (!anchored || (int64_t)(tail - p->next) > 0)
+        tail = p->next;
+    if ((int64_t)(tail - from) < 0)
+        tail = from;
+    /* A predecessor that died inside step 1 may have stored tail before
+     * invalidating every record below it: invalidate them now, since their
+     * slots may be the next ones rewritten. */
+    for (uint64_t r = from; r != tail; r++) {
+        struct shmq_record *record = shmq_record_at(p->index, g, r);
+        /* Relaxed, both: ours now; ordered before any payload store by the
+         * release fence of the next publish. */
+        if (shmq_load_relaxed(&record->stamp) == r)
+            shmq_store_relaxed(&record->stamp, r + capacity - 1);
+    }
+    p->oldest = tail;
+    /* Relaxed: read by consumers as a hint only (consumer.c); the next
+     * publish's release fence orders it anyway. */
+    shmq_store_relaxed(&p->control->tail, p->oldest);
+}
+
 void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
                         const struct shmq_geometry *geometry, struct shmq_wake_page *wake)
 {
     p->geometry = *geometry;
     p->control = (struct shmq_control *)base;
-    p->slots = base + p->geometry.slots_offset;
+    p->index = base + p->geometry.index_offset;
+    p->data = base + p->geometry.data_offset;
     p->consumers.wake = wake;
     p->next_probe_ns = 0;
     p->wake_sender = p->wake_fd = -1;
     /* Relaxed: we hold the producer lock, and the last writer of head released
      * it by closing or dying, which the kernel orders before our lock. */
     p->next = shmq_load_relaxed(&p->control->head);
-    /* A producer that died after stamping messages but before advancing head
-     * over them left whole messages behind, which
-     * readers may have delivered: walk over them, so that no sequence number
-     * is ever reused for another payload. At most one lap: anything longer
-     * is garbage, not messages. */
-    for (uint32_t walked = 0; walked < p->geometry.capacity; walked++) {
-        /* Relaxed: ordered after the dead producer's stores by the lock, as
-         * for head just above. */
-        if (shmq_load_relaxed(&shmq_slot_at(p->slots, &p->geometry, p->next)->stamp) != p->next)
-            break;
-        p->next++;
-    }
+    find_records(p);
     /* Release: pairs with the consumers' acquire loads of head, as in
      * finish_publish. */
     shmq_store_release(&p->control->head, p->next);
@@ -256,42 +341,97 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
     return 0;
 }
 
-/* Copies length bytes into the slot's payload words. The last word is
- * assembled in a register so we never read past the caller's buffer. */
-static void store_payload(struct shmq_slot *slot, const unsigned char *data, size_t length)
+/* Copies length bytes into payload words. The last word is assembled in a
+ * register so we never read past the caller's buffer. */
+static void store_payload(_Atomic uint64_t *payload, const unsigned char *data, size_t length)
 {
     size_t words = length / 8;
     for (size_t i = 0; i < words; i++) {
         uint64_t word;
         memcpy(&word, data + i * 8, 8);
-        /* Relaxed: ordered after the "in progress" stamp by the release fence
-         * in write_slot, and before the final stamp by its release store. */
-        shmq_store_relaxed(&slot->payload[i], word);
+        /* Relaxed: ordered after the marks of step 1 by the release fence in
+         * begin_record, and before the final stamp by its release store. */
+        shmq_store_relaxed(&payload[i], word);
     }
     size_t tail = length % 8;
     if (tail) {
         uint64_t word = 0;
         memcpy(&word, data + words * 8, tail);
         /* Relaxed: as above. */
-        shmq_store_relaxed(&slot->payload[words], word);
+        shmq_store_relaxed(&payload[words], word);
     }
 }
 
-static void write_slot(struct shmq_producer *p, uint64_t sequence, const void *data, size_t length)
+/* Step 0: where a record of `length` bytes goes and what it overwrites
+ * (p->plan_*), and what it needs of a lossless queue's consumers (p->need:
+ * every record it overwrites read). Changes nothing shared. */
+static inline void plan_record(struct shmq_producer *p, size_t length)
 {
-    struct shmq_slot *slot = shmq_slot_at(p->slots, &p->geometry, sequence);
-    /* Relaxed store + release fence: the fence orders this "in progress" mark
-     * before every payload store below. It pairs with the acquire fence in the
-     * consumer's shmq_copy_at: a reader that saw any new payload word also sees
-     * this mark when it re-checks the stamp, and discards its copy. */
-    shmq_store_relaxed(&slot->stamp, sequence - 1);
+    uint64_t capacity = p->geometry.capacity;
+    uint64_t slots = shmq_record_slots(length, p->geometry.slot_stride);
+    uint64_t at = p->next_slot;
+    uint64_t offset = at & (capacity - 1);
+    if (offset + slots > capacity)
+        at += capacity - offset; /* padding: a record never wraps */
+    /* Slots a lap before [at, at + slots) are rewritten, and the padding's;
+     * a record starting before the end of those is overwritten. */
+    uint64_t end = at + slots - capacity;
+    uint64_t survivor = p->oldest;
+    while (survivor != p->next && (int64_t)(record_start(p, survivor) - end) < 0)
+        survivor++;
+    p->plan_slot = at;
+    p->plan_end = at + slots;
+    p->plan_survivor = survivor;
+    p->need = survivor + capacity - 1;
+}
+
+/* Step 1 for the planned record `sequence`; returns where its payload goes. */
+static _Atomic uint64_t *begin_record(struct shmq_producer *p, uint64_t sequence)
+{
+    const struct shmq_geometry *g = &p->geometry;
+    uint64_t capacity = g->capacity;
+    if (p->oldest != p->plan_survivor) {
+        /* Record sequence - capacity shares the index record of `sequence`:
+         * the "being written" mark below invalidates it. */
+        for (uint64_t r = p->oldest; r != p->plan_survivor; r++)
+            if (r != sequence - capacity)
+                /* Relaxed: ordered before every payload store by the
+                 * release fence below. */
+                shmq_store_relaxed(&shmq_record_at(p->index, g, r)->stamp, r + capacity - 1);
+        p->oldest = p->plan_survivor;
+        /* Relaxed: a hint for readers that resynchronise (consumer.c). */
+        shmq_store_relaxed(&p->control->tail, p->oldest);
+    }
+    /* Relaxed store + release fence: the fence orders every mark of step 1
+     * before every payload store of step 2. It pairs with the acquire fence
+     * in the consumer's shmq_record_unchanged: a reader that saw any new
+     * payload word also sees its record's mark when it re-checks the stamp,
+     * and discards its copy. */
+    shmq_store_relaxed(&shmq_record_at(p->index, g, sequence)->stamp, sequence - 1);
     shmq_fence_release();
+    return shmq_payload_at(p->data, g, (uint32_t)(p->plan_slot & (capacity - 1)));
+}
+
+/* Steps 2 (what is left of it) and 3. */
+static void end_record(struct shmq_producer *p, uint64_t sequence, size_t length)
+{
+    const struct shmq_geometry *g = &p->geometry;
+    struct shmq_record *record = shmq_record_at(p->index, g, sequence);
     /* Relaxed: published by the release store of the stamp just below. */
-    shmq_store_relaxed(&slot->length, (uint32_t)length);
-    store_payload(slot, data, length);
+    shmq_store_relaxed(&record->length, (uint32_t)length);
+    shmq_store_relaxed(&record->slot, (uint32_t)(p->plan_slot & (g->capacity - 1)));
     /* Release: pairs with the consumer's acquire load of the stamp in
-     * shmq_copy_at; a reader that sees stamp == sequence sees the whole payload. */
-    shmq_store_release(&slot->stamp, sequence);
+     * shmq_record_find; a reader that sees stamp == sequence sees the whole
+     * record. */
+    shmq_store_release(&record->stamp, sequence);
+    p->next_slot = p->plan_end;
+}
+
+static void write_record(struct shmq_producer *p, uint64_t sequence, const void *data,
+                         size_t length)
+{
+    store_payload(begin_record(p, sequence), data, length);
+    end_record(p, sequence, length);
 }
 
 /* Wakes one sleeper, which passes the wake on to the others (consumer.c,
@@ -349,18 +489,22 @@ static __attribute__((noinline)) int look_for_room(struct shmq_producer *p)
         p->limit = p->next + (UINT64_C(1) << 62);
         return 1;
     }
-    /* Listing the live consumers costs a few syscalls: do it twice a lap,
-     * which is as often as the registration handshake needs
-     * (backpressure.c), and only re-read the known entries otherwise. */
-    int discover = p->next - p->discovered_at >= p->geometry.capacity / 2;
+    /* Listing the live consumers costs a few syscalls: do it when the
+     * planned record needs half a lap past the last listing's head (twice a
+     * lap of one-slot records, once a record when each takes a quarter of
+     * the ring), which is as often as the registration handshake needs
+     * (backpressure.c: no record at or past that head is overwritten before
+     * the next listing), and only re-read the known entries otherwise. */
+    int discover = (int64_t)(p->need - p->discovered_at) >= (int64_t)(p->geometry.capacity / 2);
     return shmq_backpressure_has_room(p, discover, 0);
 }
 
-/* One compare on the hot path: a lossy producer keeps its limit half the
- * sequence space ahead (look_for_room moves it on), so it never fails. */
+/* One compare on the hot path (after plan_record): a lossy producer keeps
+ * its limit half the sequence space ahead (look_for_room moves it on), so it
+ * never fails. */
 static inline int has_room(struct shmq_producer *p)
 {
-    if ((int64_t)(p->next - p->limit) < 0)
+    if ((int64_t)(p->need - p->limit) < 0)
         return 1;
     return look_for_room(p);
 }
@@ -376,17 +520,18 @@ static int64_t deadline_after(int64_t timeout_ns)
 int shmq_producer_publish(struct shmq_producer *p, const void *data, size_t length,
                           uint64_t *sequence)
 {
-    if (length > p->geometry.slot_size)
+    if (length > p->geometry.max_message)
         return -EMSGSIZE;
     if (data == NULL && length != 0)
         return -EINVAL;
     /* One check for both reasons to refuse (fork, open loan): the hot path. */
     if (p->refusal)
         return p->refusal;
+    plan_record(p, length);
     if (!has_room(p))
         return SHMQ_FULL;
     uint64_t s = p->next;
-    write_slot(p, s, data, length);
+    write_record(p, s, data, length);
     p->next = s + 1;
     finish_publish(p);
     if (sequence)
@@ -394,15 +539,23 @@ int shmq_producer_publish(struct shmq_producer *p, const void *data, size_t leng
     return 0;
 }
 
-int shmq_producer_wait_room(struct shmq_producer *p, int64_t timeout_ns)
+int shmq_producer_wait_room_for(struct shmq_producer *p, size_t length, int64_t timeout_ns)
 {
     if (p->forked)
         return -ECHILD;
+    if (length > p->geometry.max_message)
+        return -EMSGSIZE;
+    plan_record(p, length);
     if (has_room(p))
         return 0;
     if (timeout_ns == 0)
         return p->wake_fd >= 0 && shmq_backpressure_arm(p) == 0 ? 0 : SHMQ_FULL;
     return shmq_backpressure_wait(p, deadline_after(timeout_ns));
+}
+
+int shmq_producer_wait_room(struct shmq_producer *p, int64_t timeout_ns)
+{
+    return shmq_producer_wait_room_for(p, 0, timeout_ns);
 }
 
 int shmq_producer_publish_wait(struct shmq_producer *p, const void *data, size_t length,
@@ -427,7 +580,7 @@ static int check_batch(const struct shmq_producer *p, const void *const *message
     if (messages == NULL || lengths == NULL)
         return -EINVAL;
     for (size_t i = 0; i < count; i++) {
-        if (lengths[i] > p->geometry.slot_size)
+        if (lengths[i] > p->geometry.max_message)
             return -EMSGSIZE;
         if (messages[i] == NULL && lengths[i] != 0)
             return -EINVAL;
@@ -443,11 +596,12 @@ static int publish_batch(struct shmq_producer *p, const void *const *messages,
     int rc = 0;
     size_t before = *done;
     for (; *done < count; (*done)++) {
+        plan_record(p, lengths[*done]);
         if (!has_room(p)) {
             rc = SHMQ_FULL;
             break;
         }
-        write_slot(p, p->next++, messages[*done], lengths[*done]);
+        write_record(p, p->next++, messages[*done], lengths[*done]);
         /* Release: as in finish_publish. Head follows every message, not
          * only the batch's end, so a reader lapped during a long batch
          * resynchronises to where the producer really is. */
@@ -506,7 +660,7 @@ int shmq_producer_publish_many_wait(struct shmq_producer *p, const void *const *
  */
 int shmq_producer_claim(struct shmq_producer *p, size_t size, void **data)
 {
-    if (size > p->geometry.slot_size)
+    if (size > p->geometry.max_message)
         return -EMSGSIZE;
     if (data == NULL)
         return -EINVAL;
@@ -514,16 +668,13 @@ int shmq_producer_claim(struct shmq_producer *p, size_t size, void **data)
         return -ECHILD;
     if (p->claimed)
         return -EINPROGRESS;
+    plan_record(p, size);
     if (!has_room(p))
         return SHMQ_FULL;
-    struct shmq_slot *slot = shmq_slot_at(p->slots, &p->geometry, p->next);
-    /* Relaxed store + release fence: as in write_slot. */
-    shmq_store_relaxed(&slot->stamp, p->next - 1);
-    shmq_fence_release();
+    *data = (void *)begin_record(p, p->next);
     p->claimed = 1;
     p->refusal = -EINPROGRESS;
     p->claim_size = (uint32_t)size;
-    *data = (void *)slot->payload;
     return 0;
 }
 
@@ -546,12 +697,9 @@ int shmq_producer_commit(struct shmq_producer *p)
         return -EINVAL;
     if (p->forked)
         return -ECHILD;
-    struct shmq_slot *slot = shmq_slot_at(p->slots, &p->geometry, p->next);
-    /* Relaxed: published by the release store of the stamp just below. */
-    shmq_store_relaxed(&slot->length, p->claim_size);
-    /* Release: as in write_slot; a reader that sees the stamp sees every
-     * store the caller made into the loan. */
-    shmq_store_release(&slot->stamp, p->next);
+    /* A reader that sees the stamp sees every store the caller made into
+     * the loan (end_record's release). */
+    end_record(p, p->next, p->claim_size);
     p->claimed = 0;
     p->refusal = 0;
     p->next++;
@@ -561,7 +709,9 @@ int shmq_producer_commit(struct shmq_producer *p)
 
 void shmq_producer_abort(struct shmq_producer *p)
 {
-    /* The slot keeps its "in progress" mark, which reads as "not yet". */
+    /* The record keeps its "being written" mark, which reads as "not yet";
+     * what step 1 invalidated stays invalidated, and the next publish plans
+     * from where this one would have gone. */
     p->claimed = 0;
     p->refusal = p->forked ? -ECHILD : 0;
 }
@@ -581,6 +731,10 @@ void shmq_producer_set_wait_check(struct shmq_producer *p, int (*check)(void *co
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *p) { return p->next; }
 uint32_t shmq_producer_slot_size(const struct shmq_producer *p) { return p->geometry.slot_size; }
 uint32_t shmq_producer_capacity(const struct shmq_producer *p) { return p->geometry.capacity; }
+uint64_t shmq_producer_max_message_size(const struct shmq_producer *p)
+{
+    return p->geometry.max_message;
+}
 uint64_t shmq_producer_wakeups(const struct shmq_producer *p) { return p->wakeups; }
 uint64_t shmq_producer_descriptor_wakeups(const struct shmq_producer *p)
 {

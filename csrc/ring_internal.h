@@ -19,7 +19,9 @@ struct shmq_geometry {
     uint32_t capacity;
     uint32_t page_size;
     uint64_t first_sequence;
-    uint64_t slots_offset;
+    uint64_t index_offset;
+    uint64_t data_offset;
+    uint64_t max_message;
     uint64_t total_size;
     uint64_t instance;
     uint32_t consumer_entries;
@@ -131,10 +133,21 @@ struct shmq_consumer_state {
 struct shmq_producer {
     struct shmq_region *region; /* NULL when bound to a caller's mapping */
     struct shmq_control *control;
-    unsigned char *slots;
+    unsigned char *index; /* the records */
+    unsigned char *data;  /* the slots */
     struct shmq_consumer_state consumers;
     struct shmq_geometry geometry;
     uint64_t next; /* private copy of head: only this producer writes head */
+    /* RECORDS (producer.c): the slot position where the next record goes (a
+     * count of slots used, padding included: only its value modulo capacity
+     * is ever stored), and tail's private copy. */
+    uint64_t next_slot;
+    uint64_t oldest;
+    /* The record being published: its first slot position (after padding),
+     * its end, and the first record it leaves intact. */
+    uint64_t plan_slot;
+    uint64_t plan_end;
+    uint64_t plan_survivor;
     uint64_t wakeups;
     uint64_t descriptor_wakeups; /* datagrams sent to descriptor waiters */
     int wake_sender;             /* socket the wake-ups go out of; -1: none yet */
@@ -145,6 +158,10 @@ struct shmq_producer {
     /* Lossless: sequences below `limit` have room (every registered consumer
      * has read what they overwrite); recomputed when publishing reaches it. */
     uint64_t limit;
+    /* What the record being published needs below the limit: the first
+     * record it leaves intact, plus capacity - 1 (for a one-slot record in
+     * a full ring, exactly its sequence). */
+    uint64_t need;
     uint64_t discovered_at; /* p->next when the live entries were last listed */
     int64_t next_probe_ns; /* when to ask the kernel about laggards again */
     struct shmq_region *lock; /* NAME.producer, locked while open (producer_lock.c) */
@@ -161,7 +178,8 @@ struct shmq_producer {
 struct shmq_consumer {
     struct shmq_region *region; /* NULL when bound to a caller's mapping */
     struct shmq_control *control; /* mapped read-only */
-    unsigned char *slots; /* mapped read-only */
+    unsigned char *index; /* the records, mapped read-only */
+    unsigned char *data;  /* the slots, mapped read-only */
     struct shmq_consumer_state consumers;
     struct shmq_consumer_entry *entry; /* ours, or &private_entry */
     struct shmq_consumer_entry private_entry;
@@ -215,9 +233,22 @@ struct shmq_destination {
 };
 enum shmq_copy_result shmq_copy_at(struct shmq_consumer *consumer, uint64_t sequence,
                                    const struct shmq_destination *destination, size_t *length);
-/* After reading a slot: whether its stamp still says `sequence` (the acquire
- * fence half of the seqlock; see consumer.c). */
-int shmq_stamp_unchanged(struct shmq_slot *slot, uint64_t sequence);
+/* Steps 1 and 2 of reading (consumer.c) up to the copy: where message
+ * `sequence` lies, if its stamp says it is there and its record is sound
+ * (OK, EMPTY, OVERRUN or CORRUPT). The caller validates what it read with
+ * shmq_record_unchanged. */
+enum shmq_copy_result shmq_record_find(const struct shmq_consumer *consumer, uint64_t sequence,
+                                       const _Atomic uint64_t **payload, uint32_t *length);
+/* After reading a record: whether its stamp still says `sequence` (the
+ * acquire fence half of the seqlock; see consumer.c). */
+int shmq_record_unchanged(const struct shmq_consumer *consumer, uint64_t sequence);
+/* The oldest record a reader may find intact, from tail, clamped into the
+ * lap before head (consumer.c). */
+uint64_t shmq_oldest_intact(const struct shmq_consumer *consumer, uint64_t head);
+/* Where a reader lapped at `at` (the stamp found there: `stamp`) resumes;
+ * *explained says whether the producer is really past `at`. */
+uint64_t shmq_overrun_target(const struct shmq_consumer *consumer, uint64_t at, uint64_t stamp,
+                             int *explained);
 
 /* header.c */
 int shmq_geometry_plan(struct shmq_geometry *geometry, const struct shmq_config *config);
@@ -397,10 +428,19 @@ int shmq_futex_wait_many(_Atomic uint32_t *const *words, const uint32_t *expecte
  * arrived and there is no check). */
 int shmq_waiter_between(struct shmq_waiter *waiter, int signalled);
 
-static inline struct shmq_slot *shmq_slot_at(unsigned char *slots, const struct shmq_geometry *g,
-                                             uint64_t sequence)
+/* The index record of `sequence`. */
+static inline struct shmq_record *shmq_record_at(unsigned char *index, const struct shmq_geometry *g,
+                                                 uint64_t sequence)
 {
-    return (struct shmq_slot *)(slots + (size_t)(sequence & (g->capacity - 1)) * g->slot_stride);
+    return (struct shmq_record *)(index + (size_t)(sequence & (g->capacity - 1)) * SHMQ_RECORD_BYTES);
+}
+
+/* The payload words of a record whose first slot is `slot` (< capacity). The
+ * payload is copied a word at a time with relaxed atomics: see producer.c. */
+static inline _Atomic uint64_t *shmq_payload_at(unsigned char *data, const struct shmq_geometry *g,
+                                                uint32_t slot)
+{
+    return (_Atomic uint64_t *)(data + (size_t)slot * g->slot_stride);
 }
 
 #endif

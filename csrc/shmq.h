@@ -110,6 +110,8 @@ extern "C" {
 
 /* Largest message and ring a queue may be created with. */
 #define SHMQ_SLOT_SIZE_MAX (64u * 1024u * 1024u)
+/* Largest max_message_size of any queue (a record's length is 32 bits). */
+#define SHMQ_MESSAGE_SIZE_MAX UINT64_C(0xffffffff)
 #define SHMQ_CAPACITY_MAX (1u << 30)
 /* Largest ring segment, slots and control page together: 1 TiB. Creation
  * also needs that much free space in /dev/shm (a tmpfs, by default half of
@@ -154,6 +156,12 @@ struct shmq_config {
     uint32_t max_consumers;
     /* Lossy or lossless; attaching with the other one gives -EMEDIUMTYPE. */
     enum shmq_delivery delivery;
+    /* Largest message in bytes, which may be far larger than a slot: a
+     * message takes as many consecutive slots as it needs (see SIZES).
+     * 0: slot_size when creating, "whatever it is" when attaching, where
+     * another value gives -EMEDIUMTYPE. At most slot_size * capacity and
+     * SHMQ_MESSAGE_SIZE_MAX, else -EINVAL. */
+    uint64_t max_message_size;
 };
 
 /* ---------------------------------------------------------------- producer */
@@ -208,10 +216,13 @@ int shmq_producer_publish(struct shmq_producer *producer, const void *data, size
 int shmq_producer_publish_wait(struct shmq_producer *producer, const void *data, size_t length,
                                uint64_t *sequence, int64_t timeout_ns);
 
-/* Waits, as shmq_producer_publish_wait does, until the next message fits;
- * publishes nothing. Returns 0 (at once on a lossy queue), SHMQ_FULL
- * (timeout 0), -ETIMEDOUT, -EINTR or -ECHILD. */
+/* Waits, as shmq_producer_publish_wait does, until a next message of
+ * `length` bytes fits (wait_room: of one slot); publishes nothing. Returns 0
+ * (at once on a lossy queue), SHMQ_FULL (timeout 0), -ETIMEDOUT, -EINTR,
+ * -ECHILD, or -EMSGSIZE (over max_message_size). */
 int shmq_producer_wait_room(struct shmq_producer *producer, int64_t timeout_ns);
+int shmq_producer_wait_room_for(struct shmq_producer *producer, size_t length,
+                                int64_t timeout_ns);
 
 /* Publishes `count` messages, messages[i] of lengths[i] bytes, with one
  * wake-up check for the batch. All lengths are checked first: on -EMSGSIZE
@@ -250,6 +261,8 @@ void shmq_producer_abort(struct shmq_producer *producer);
 uint64_t shmq_producer_next_sequence(const struct shmq_producer *producer);
 uint32_t shmq_producer_slot_size(const struct shmq_producer *producer);
 uint32_t shmq_producer_capacity(const struct shmq_producer *producer);
+/* The largest message the queue carries (SIZES). */
+uint64_t shmq_producer_max_message_size(const struct shmq_producer *producer);
 /* FUTEX_WAKE calls this handle has made: how often publishing had to wake
  * sleeping consumers. */
 uint64_t shmq_producer_wakeups(const struct shmq_producer *producer);
@@ -502,6 +515,8 @@ uint64_t shmq_consumer_position(const struct shmq_consumer *consumer);
 /* Messages lost to overrun since the open, cumulative. */
 uint64_t shmq_consumer_lost(const struct shmq_consumer *consumer);
 uint32_t shmq_consumer_slot_size(const struct shmq_consumer *consumer);
+/* The largest message the queue carries (SIZES). */
+uint64_t shmq_consumer_max_message_size(const struct shmq_consumer *consumer);
 uint32_t shmq_consumer_capacity(const struct shmq_consumer *consumer);
 /* The uid that owns the queue's ring segment. */
 uid_t shmq_consumer_owner_uid(const struct shmq_consumer *consumer);
@@ -645,6 +660,7 @@ struct shmq_queue_info {
     mode_t mode;            /* permission bits of the ring */
     uint64_t ring_bytes;    /* size of the ring in /dev/shm */
     uint64_t state_bytes;   /* memory of the consumer state: wake page and live entries */
+    uint64_t max_message_size; /* the largest message it carries */
 };
 
 /* Looks at queue `name` without taking anything and without writing: it

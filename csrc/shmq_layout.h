@@ -9,10 +9,16 @@
  * 1. The ring, /dev/shm/shmq-NAME: written by the producer alone. Consumers
  *    open it O_RDONLY and map it PROT_READ.
  *
- *   offset 0              page_size
- *   +---------------------+--------+--------+-----+------------+
- *   | control page        | slot 0 | slot 1 | ... | slot cap-1 |
- *   +---------------------+--------+--------+-----+------------+
+ *   offset 0       page_size          data_offset
+ *   +--------------+------------------+--------+--------+-----+------------+
+ *   | control page | index: capacity  | slot 0 | slot 1 | ... | slot cap-1 |
+ *   |              | records, 16 B    |        |        |     |            |
+ *   +--------------+------------------+--------+--------+-----+------------+
+ *
+ *   A message is a RECORD: its entry in the index (entry s & (capacity-1)
+ *   for sequence s) and its payload in one or more consecutive slots of the
+ *   data area, never wrapping past the last slot (docs/protocol.md, section
+ *   "Records"; the writer's protocol is in producer.c).
  *
  *   Control page, one 128-byte line per job so that fields written at
  *   different rates never share a cache line (128, not 64: adjacent-line
@@ -21,9 +27,12 @@
  *   line 0 (  0) identity and geometry, immutable once magic is published:
  *                magic u64 | version u32 | flags u32 | slot_size u32 |
  *                slot_stride u32 | capacity u32 | page_size u32 |
- *                first_sequence u64 | slots_offset u64 | total_size u64 |
- *                instance u64 | consumer_entries u32 | reserved u32
- *   line 1 (128) head u64: the next sequence to publish
+ *                first_sequence u64 | index_offset u64 | total_size u64 |
+ *                instance u64 | consumer_entries u32 | reserved u32 |
+ *                data_offset u64 | max_message u64
+ *   line 1 (128) head u64: the next sequence to publish |
+ *                tail u64: the oldest sequence whose record the producer has
+ *                not begun to overwrite; both written by the producer alone
  *   line 2 (256) futex_word u32: bumped by the producer to wake sleepers
  *   line 3 (384) stream_state u32: SHMQ_STREAM_ENDED once the producer closed
  *   line 4 (512) wake_shm i32: the System V segment holding the wake page,
@@ -33,12 +42,15 @@
  *                only payload that socket accepts
  *   rest         zero, reserved
  *
- *   Slot (slot_stride bytes, a multiple of 16):
+ *   Index record (16 bytes; record s & (capacity-1) describes sequence s):
  *
- *   +0  stamp u64    sequence of the message in the slot (see producer.c)
- *   +8  length u32   payload bytes, <= slot_size
- *   +12 reserved u32
- *   +16 payload      slot_size bytes rounded up to 16
+ *   +0  stamp u64    sequence of the message it describes (see producer.c)
+ *   +8  length u32   payload bytes, <= max_message
+ *   +12 slot u32     the first slot of its payload, < capacity; the payload
+ *                    runs over shmq_record_slots(length) slots, all before
+ *                    the end of the data area
+ *
+ *   Slot (slot_stride bytes: slot_size rounded up to 16): payload bytes only.
  *
  * 2. The producer lock, /dev/shm/shmq-NAME.producer: an EMPTY file of mode
  *    0600; a producer holds an OFD write lock on its byte 0 while it lives.
@@ -101,9 +113,9 @@
 
 #define SHMQ_MAGIC UINT64_C(0x676e6972716d6873)          /* "shmqring" in memory order */
 #define SHMQ_WAKE_MAGIC UINT64_C(0x656b6177716d6873)      /* "shmqwake" */
-#define SHMQ_LAYOUT_VERSION 5u
+#define SHMQ_LAYOUT_VERSION 6u
 #define SHMQ_LINE 128u
-#define SHMQ_SLOT_HEADER 16u
+#define SHMQ_RECORD_BYTES 16u
 #define SHMQ_SLOT_ALIGN 16u
 #define SHMQ_FLAG_LOSSLESS 1u /* registered consumers hold the producer back */
 #define SHMQ_KNOWN_FLAGS SHMQ_FLAG_LOSSLESS
@@ -154,11 +166,13 @@ struct shmq_identity {
     uint32_t capacity;
     uint32_t page_size;
     uint64_t first_sequence;
-    uint64_t slots_offset;
+    uint64_t index_offset;
     uint64_t total_size;
     uint64_t instance;
     uint32_t consumer_entries;
     uint32_t reserved;
+    uint64_t data_offset;
+    uint64_t max_message;
 };
 
 struct shmq_control {
@@ -169,7 +183,8 @@ struct shmq_control {
     unsigned char pad0[SHMQ_LINE - sizeof(struct shmq_identity)];
     /* line 1 */
     _Atomic uint64_t head;
-    unsigned char pad1[SHMQ_LINE - 8];
+    _Atomic uint64_t tail;
+    unsigned char pad1[SHMQ_LINE - 16];
     /* line 2 */
     _Atomic uint32_t futex_word;
     unsigned char pad2[SHMQ_LINE - 4];
@@ -185,11 +200,10 @@ struct shmq_control {
     unsigned char pad5[SHMQ_LINE - 16];
 };
 
-struct shmq_slot {
+struct shmq_record {
     _Atomic uint64_t stamp;
     _Atomic uint32_t length;
-    uint32_t reserved;
-    _Atomic uint64_t payload[]; /* copied a word at a time: see producer.c */
+    _Atomic uint32_t slot;
 };
 
 struct shmq_wake_page {
@@ -273,21 +287,25 @@ _Static_assert(offsetof(struct shmq_group_page, members) == 4 * SHMQ_LINE, "layo
 _Static_assert(offsetof(struct shmq_identity, slot_size) == 16, "layout");
 _Static_assert(offsetof(struct shmq_identity, capacity) == 24, "layout");
 _Static_assert(offsetof(struct shmq_identity, first_sequence) == 32, "layout");
-_Static_assert(offsetof(struct shmq_identity, slots_offset) == 40, "layout");
+_Static_assert(offsetof(struct shmq_identity, index_offset) == 40, "layout");
 _Static_assert(offsetof(struct shmq_identity, total_size) == 48, "layout");
 _Static_assert(offsetof(struct shmq_identity, instance) == 56, "layout");
 _Static_assert(offsetof(struct shmq_identity, consumer_entries) == 64, "layout");
-_Static_assert(sizeof(struct shmq_identity) == 72, "layout");
+_Static_assert(offsetof(struct shmq_identity, data_offset) == 72, "layout");
+_Static_assert(offsetof(struct shmq_identity, max_message) == 80, "layout");
+_Static_assert(sizeof(struct shmq_identity) == 88, "layout");
 _Static_assert(offsetof(struct shmq_control, magic) == 0, "layout");
 _Static_assert(offsetof(struct shmq_control, head) == 1 * SHMQ_LINE, "layout");
+_Static_assert(offsetof(struct shmq_control, tail) == 1 * SHMQ_LINE + 8, "layout");
 _Static_assert(offsetof(struct shmq_control, futex_word) == 2 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, stream_state) == 3 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, wake_shm) == 4 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, producer_nonce) == 5 * SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_control, producer_key) == 5 * SHMQ_LINE + 8, "layout");
 _Static_assert(sizeof(struct shmq_control) == 6 * SHMQ_LINE, "layout");
-_Static_assert(offsetof(struct shmq_slot, length) == 8, "layout");
-_Static_assert(offsetof(struct shmq_slot, payload) == SHMQ_SLOT_HEADER, "layout");
+_Static_assert(offsetof(struct shmq_record, length) == 8, "layout");
+_Static_assert(offsetof(struct shmq_record, slot) == 12, "layout");
+_Static_assert(sizeof(struct shmq_record) == SHMQ_RECORD_BYTES, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, relay_word) == 4, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_waiting) == SHMQ_LINE, "layout");
 _Static_assert(offsetof(struct shmq_wake_page, producer_futex) == SHMQ_LINE + 4, "layout");
@@ -311,10 +329,17 @@ static inline uint64_t shmq_group_page_bytes(uint64_t page_size)
     return (sizeof(struct shmq_group_page) + page_size - 1) / page_size * page_size;
 }
 
-/* Bytes one slot occupies for a given maximum payload. */
+/* Bytes one slot of the data area occupies. */
 static inline uint64_t shmq_slot_stride_for(uint64_t slot_size)
 {
-    return SHMQ_SLOT_HEADER + ((slot_size + SHMQ_SLOT_ALIGN - 1) & ~(uint64_t)(SHMQ_SLOT_ALIGN - 1));
+    return (slot_size + SHMQ_SLOT_ALIGN - 1) & ~(uint64_t)(SHMQ_SLOT_ALIGN - 1);
+}
+
+/* Slots a record of `length` payload bytes occupies: at least one, so that
+ * the index never describes more records than the data area holds. */
+static inline uint64_t shmq_record_slots(uint64_t length, uint64_t slot_stride)
+{
+    return length <= slot_stride ? 1 : (length + slot_stride - 1) / slot_stride;
 }
 
 #endif

@@ -107,6 +107,7 @@ class _QueueInfo(TypedDict):
     """What inspect() returns."""
     name: str
     slot_size: int
+    max_message_size: int
     capacity: int
     max_consumers: int
     lossless: bool
@@ -133,11 +134,14 @@ class Producer:
         unlink_on_close: bool = False,
         max_consumers: Optional[int] = None,
         lossless: Optional[bool] = None,
+        max_message_size: Optional[int] = None,
     ) -> Self: ...
     @property
     def name(self) -> str: ...
     @property
     def slot_size(self) -> int: ...
+    @property
+    def max_message_size(self) -> int: ...
     @property
     def capacity(self) -> int: ...
     @property
@@ -189,6 +193,8 @@ class Consumer:
     def group(self) -> Optional[str]: ...
     @property
     def slot_size(self) -> int: ...
+    @property
+    def max_message_size(self) -> int: ...
     @property
     def capacity(self) -> int: ...
     @property

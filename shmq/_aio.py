@@ -246,8 +246,9 @@ class Producer(_shmq.Producer):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         fd = self._room_fileno()
+        length = memoryview(data).nbytes
         while True:
-            if self._room_or_arm():
+            if self._room_or_arm(length):
                 try:
                     return self.publish(data, timeout=0)
                 except _shmq.Full:

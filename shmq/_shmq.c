@@ -148,6 +148,31 @@ static const char *queue_name(module_state *st, PyObject *name)
 }
 
 /* Reads an optional non-negative size argument that must fit in uint32. */
+static int optional_u64(PyObject *value, const char *what, uint64_t max, uint64_t *out)
+{
+    *out = 0;
+    if (value == NULL || value == Py_None)
+        return 0;
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be int or None, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be a positive integer, not %R", what, value);
+        return -1;
+    }
+    if (v == 0 || v > max) {
+        PyErr_Format(PyExc_ValueError, "%s must be from 1 to %llu, not %llu", what,
+                     (unsigned long long)max, v);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static int optional_u32(PyObject *value, const char *what, uint32_t *out)
 {
     *out = 0;
@@ -311,6 +336,11 @@ static PyObject *incompatible_error(module_state *st, PyObject *name, const char
     if (asked->capacity != 0 && asked->capacity != capacity)
         used += (size_t)snprintf(text + used, sizeof text - used, ", capacity %u (not %u)",
                                  capacity, asked->capacity);
+    if (asked->max_message_size != 0 && asked->max_message_size != info.max_message_size)
+        used += (size_t)snprintf(text + used, sizeof text - used,
+                                 ", max_message_size %llu (not %llu)",
+                                 (unsigned long long)info.max_message_size,
+                                 (unsigned long long)asked->max_message_size);
     if (asked->delivery != SHMQ_DELIVERY_ANY && (asked->delivery == SHMQ_LOSSLESS) != !!lossless)
         used += (size_t)snprintf(text + used, sizeof text - used, ", lossless=%s (not %s)",
                                  lossless ? "True" : "False", lossless ? "False" : "True");
@@ -346,15 +376,30 @@ static PyObject *no_space_error(PyObject *name, const struct shmq_config *config
     return NULL;
 }
 
+/* Explains -EINVAL at creation with a max_message_size: the bound. */
+static PyObject *too_large_max_error(const struct shmq_config *config)
+{
+    uint64_t slot_size = config->slot_size ? config->slot_size : SHMQ_DEFAULT_SLOT_SIZE;
+    uint64_t capacity = config->capacity ? config->capacity : SHMQ_DEFAULT_CAPACITY;
+    return PyErr_Format(PyExc_ValueError,
+                        "max_message_size must be at most slot_size * capacity = %llu * %llu = "
+                        "%llu bytes, not %llu",
+                        (unsigned long long)slot_size, (unsigned long long)capacity,
+                        (unsigned long long)(slot_size * capacity),
+                        (unsigned long long)config->max_message_size);
+}
+
 static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"name", "slot_size", "capacity", "mode", "unlink_on_close",
-                               "max_consumers", "lossless", NULL};
+                               "max_consumers", "lossless", "max_message_size", NULL};
     module_state *st = state_of_type(type);
     PyObject *name, *slot_size = NULL, *capacity = NULL, *max_consumers = NULL, *lossless = NULL;
+    PyObject *max_message_size = NULL;
     int mode = 0600, unlink_on_close = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$ipOO:Producer", keywords, &name, &slot_size,
-                                     &capacity, &mode, &unlink_on_close, &max_consumers, &lossless))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$ipOOO:Producer", keywords, &name,
+                                     &slot_size, &capacity, &mode, &unlink_on_close,
+                                     &max_consumers, &lossless, &max_message_size))
         return NULL;
     const char *cname = queue_name(st, name);
     if (cname == NULL)
@@ -363,6 +408,8 @@ static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     if (optional_u32(slot_size, "slot_size", &config.slot_size) < 0 ||
         optional_u32(capacity, "capacity", &config.capacity) < 0 ||
         optional_u32(max_consumers, "max_consumers", &config.max_consumers) < 0 ||
+        optional_u64(max_message_size, "max_message_size", SHMQ_MESSAGE_SIZE_MAX,
+                     &config.max_message_size) < 0 ||
         check_geometry(&config) < 0)
         return NULL;
     if (lossless != NULL && lossless != Py_None) {
@@ -395,6 +442,8 @@ static PyObject *Producer_new(PyTypeObject *type, PyObject *args, PyObject *kwar
             return incompatible_error(st, name, cname, &config);
         if (rc == -ENOSPC)
             return no_space_error(name, &config);
+        if (rc == -EINVAL && config.max_message_size != 0)
+            return too_large_max_error(&config);
         return raise_code(st, rc, name);
     }
     self->name = Py_NewRef(name);
@@ -553,8 +602,11 @@ static PyObject *publish_error(ProducerObject *self, int rc, size_t length, size
         return NULL;
     }
     if (rc == -EMSGSIZE && self->producer != NULL)
-        return PyErr_Format(st->MessageTooLarge, "message of %zu bytes exceeds slot_size %u of queue %R",
-                            length, shmq_producer_slot_size(self->producer), self->name);
+        return PyErr_Format(st->MessageTooLarge,
+                            "message of %zu bytes exceeds max_message_size %llu of queue %R",
+                            length,
+                            (unsigned long long)shmq_producer_max_message_size(self->producer),
+                            self->name);
     if (rc == -EINPROGRESS) {
         PyErr_SetString(PyExc_RuntimeError, self->stuck
                         ? "the buffer of an earlier loan is still exported (a memoryview or array "
@@ -825,6 +877,8 @@ static PyObject *consumer_list(ProducerObject *self)
     }
 PRODUCER_GETTER(slot_size, PyLong_FromUnsignedLong(shmq_producer_slot_size(self->producer)))
 PRODUCER_GETTER(capacity, PyLong_FromUnsignedLong(shmq_producer_capacity(self->producer)))
+PRODUCER_GETTER(max_message_size,
+                PyLong_FromUnsignedLongLong(shmq_producer_max_message_size(self->producer)))
 PRODUCER_GETTER(lossless, PyBool_FromLong(shmq_producer_lossless(self->producer)))
 PRODUCER_MOVING_GETTER(next_sequence,
                        PyLong_FromUnsignedLongLong(shmq_producer_next_sequence(self->producer)))
@@ -958,11 +1012,22 @@ static PyObject *Producer_room_fileno(ProducerObject *self, PyObject *Py_UNUSED(
 /* For shmq._aio: True if a publish would find room now; otherwise arms the
  * room descriptor (and asks the kernel about dead consumers, at most once
  * per 10 ms) and returns False. */
-static PyObject *Producer_room_or_arm(ProducerObject *self, PyObject *Py_UNUSED(ignored))
+static PyObject *Producer_room_or_arm(ProducerObject *self, PyObject *arg)
 {
     if (!producer_usable(self))
         return NULL;
-    int rc = shmq_producer_wait_room(self->producer, 0);
+    Py_ssize_t length = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (length == -1 && PyErr_Occurred())
+        return NULL;
+    if (length < 0)
+        return PyErr_Format(PyExc_ValueError, "length must be >= 0");
+    int rc = shmq_producer_wait_room_for(self->producer, (size_t)length, 0);
+    if (rc == -EMSGSIZE)
+        return PyErr_Format(state_of_type(Py_TYPE(self))->MessageTooLarge,
+                            "message of %zd bytes exceeds max_message_size %llu of queue %R",
+                            length,
+                            (unsigned long long)shmq_producer_max_message_size(self->producer),
+                            self->name);
     if (rc == 0)
         Py_RETURN_TRUE;
     if (rc == SHMQ_FULL)
@@ -982,12 +1047,13 @@ static PyMethodDef Producer_methods[] = {
      "For shmq._aio: the count if at least n are attached, else None."},
     {"_room_fileno", (PyCFunction)Producer_room_fileno, METH_NOARGS,
      "For shmq._aio: a descriptor that turns readable when consumers free room."},
-    {"_room_or_arm", (PyCFunction)Producer_room_or_arm, METH_NOARGS,
-     "For shmq._aio: True if there is room; otherwise arms _room_fileno() and returns False."},
+    {"_room_or_arm", (PyCFunction)Producer_room_or_arm, METH_O,
+     "For shmq._aio: True if there is room for a message of that length; otherwise arms "
+     "_room_fileno() and returns False."},
     {"publish", (PyCFunction)(void (*)(void))Producer_publish, METH_FASTCALL | METH_KEYWORDS,
      "publish($self, /, data, timeout=None)\n--\n\nPublish one message (any C-contiguous "
      "bytes-like object) and return its sequence number. Raises MessageTooLarge if it exceeds "
-     "slot_size. On a lossless queue, waits up to timeout seconds (None: forever; 0: not at all) "
+     "max_message_size. On a lossless queue, waits up to timeout seconds (None: forever; 0: not at all) "
      "for every registered consumer to have room, without the GIL, and raises Full (also a "
      "queue.Full; .published is 0) when the time runs out. Ctrl-C interrupts the wait. close() "
      "from another thread or from a signal handler ends the wait with ValueError (\"Producer "
@@ -1017,7 +1083,7 @@ static PyMethodDef Producer_methods[] = {
      "`with producer.loan(size) as buf:` gives a writable memoryview of exactly size bytes; "
      "leaving the block publishes it (its sequence is then last_sequence), leaving it by an "
      "exception abandons it (nothing is published; the next publish takes its sequence). "
-     "Raises MessageTooLarge over slot_size; on a lossless queue waits for room like publish "
+     "Raises MessageTooLarge over max_message_size; on a lossless queue waits for room like publish "
      "(Full when the timeout runs out). A buffer made from the memoryview (a numpy array, a "
      "slice) that outlives the block could still write into the slot: then leaving the block "
      "raises BufferError, nothing is published, and until that buffer is released the "
@@ -1029,7 +1095,10 @@ static PyMethodDef Producer_methods[] = {
 
 static PyGetSetDef Producer_getset[] = {
     {"name", (getter)Producer_get_name, NULL, "Queue name.", NULL},
-    {"slot_size", (getter)Producer_get_slot_size, NULL, "Largest message in bytes.", NULL},
+    {"slot_size", (getter)Producer_get_slot_size, NULL,
+     "Bytes per slot (and the largest message, unless max_message_size says more).", NULL},
+    {"max_message_size", (getter)Producer_get_max_message_size, NULL,
+     "Largest message in bytes, fixed for the queue's life.", NULL},
     {"capacity", (getter)Producer_get_capacity, NULL, "Number of slots in the ring.", NULL},
     {"next_sequence", (getter)Producer_get_next_sequence, NULL,
      "Sequence number the next message will get.", NULL},
@@ -1049,14 +1118,17 @@ static PyGetSetDef Producer_getset[] = {
 
 PyDoc_STRVAR(Producer_doc,
 "Producer(name, slot_size=None, capacity=None, *, mode=0o600, unlink_on_close=False,\n"
-"         max_consumers=None, lossless=None)\n"
+"         max_consumers=None, lossless=None, max_message_size=None)\n"
 "--\n\n"
 "The single producer of queue `name`.\n\n"
-"Creates the queue if it does not exist (slot_size bytes per message, default\n"
+"Creates the queue if it does not exist (slot_size bytes per slot, default\n"
 "1024; capacity slots, a power of two, default 8192; max_consumers listed\n"
-"consumers, default 64), or attaches to it and continues its sequence. A given\n"
-"slot_size, capacity or lossless that differs from an existing queue raises\n"
-"IncompatibleQueue, which says which one differs. Raises ProducerBusy while\n"
+"consumers, default 64), or attaches to it and continues its sequence.\n"
+"max_message_size (default: slot_size) is the largest message: a message takes\n"
+"as many consecutive slots as it needs, so it may be up to slot_size * capacity\n"
+"bytes (more raises ValueError); the ring stays slot_size * capacity bytes. A\n"
+"given slot_size, capacity, max_message_size or lossless that differs from an\n"
+"existing queue raises IncompatibleQueue, which says which one differs. Raises ProducerBusy while\n"
 "another live producer holds the queue, PermissionError for a queue owned by\n"
 "another user or open wider than `mode`, and OSError(ENOSPC) when /dev/shm has\n"
 "no room for the ring (the message says how much it needed and how much was\n"
@@ -1922,6 +1994,8 @@ static PyObject *bool_or_error(ConsumerObject *self, int rc)
     }
 CONSUMER_GETTER(slot_size, PyLong_FromUnsignedLong(shmq_consumer_slot_size(self->consumer)))
 CONSUMER_GETTER(capacity, PyLong_FromUnsignedLong(shmq_consumer_capacity(self->consumer)))
+CONSUMER_GETTER(max_message_size,
+                PyLong_FromUnsignedLongLong(shmq_consumer_max_message_size(self->consumer)))
 CONSUMER_GETTER(position, PyLong_FromUnsignedLongLong(shmq_consumer_position(self->consumer)))
 CONSUMER_GETTER(lost, PyLong_FromUnsignedLongLong(shmq_consumer_lost(self->consumer)))
 CONSUMER_GETTER(owner_uid, PyLong_FromUnsignedLong((unsigned long)shmq_consumer_owner_uid(self->consumer)))
@@ -2037,7 +2111,10 @@ static PyMethodDef Consumer_methods[] = {
 
 static PyGetSetDef Consumer_getset[] = {
     {"name", (getter)Consumer_get_name, NULL, "Queue name.", NULL},
-    {"slot_size", (getter)Consumer_get_slot_size, NULL, "Largest message in bytes.", NULL},
+    {"slot_size", (getter)Consumer_get_slot_size, NULL,
+     "Bytes per slot (and the largest message, unless max_message_size says more).", NULL},
+    {"max_message_size", (getter)Consumer_get_max_message_size, NULL,
+     "Largest message in bytes, fixed for the queue's life.", NULL},
     {"capacity", (getter)Consumer_get_capacity, NULL, "Number of slots in the ring.", NULL},
     {"position", (getter)Consumer_get_position, NULL,
      "Next sequence number this consumer will read.", NULL},
@@ -2600,8 +2677,9 @@ static PyObject *shmq_inspect_py(PyObject *module, PyObject *name)
         goto done;
     }
     result = Py_BuildValue(
-        "{sOsIsIsIsOsKsKsOsOsksksKsKsNsN}",
-        "name", name, "slot_size", info.slot_size, "capacity", info.capacity,
+        "{sOsIsKsIsIsOsKsKsOsOsksksKsKsNsN}",
+        "name", name, "slot_size", info.slot_size, "max_message_size",
+        (unsigned long long)info.max_message_size, "capacity", info.capacity,
         "max_consumers", info.max_consumers, "lossless", info.lossless ? Py_True : Py_False,
         "first_sequence", (unsigned long long)info.first_sequence,
         "head", (unsigned long long)info.head,

@@ -219,10 +219,12 @@ def test_segment_is_created_with_mode_0600_whatever_the_umask(name):
     assert os.stat(f"/dev/shm/shmq-{name}").st_mode & 0o777 == 0o600
 
 
-def test_segment_is_exactly_header_plus_slots(name):
-    shmq.Producer(name, slot_size=64, capacity=1024).close()
+def test_segment_is_exactly_header_index_and_slots(name):
+    shmq.Producer(name, slot_size=64, capacity=1024, max_message_size=64 * 1024).close()
     page = os.sysconf("SC_PAGE_SIZE")
-    assert os.stat(f"/dev/shm/shmq-{name}").st_size == page + 1024 * (16 + 64)
+    index = -(-1024 * 16 // page) * page  # 16-byte records, to a whole page
+    # max_message_size changes nothing: large messages take more slots.
+    assert os.stat(f"/dev/shm/shmq-{name}").st_size == page + index + 1024 * 64
 
 
 def test_exceptions_are_shmq_errors_and_natural_builtins():

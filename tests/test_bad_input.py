@@ -66,7 +66,7 @@ def test_bad_method_arguments(name):
         with pytest.raises(TypeError):
             p.publish_many([b"ok", "not bytes"])
         assert p.next_sequence == 0
-        with pytest.raises(shmq.MessageTooLarge, match="9 bytes exceeds slot_size 8"):
+        with pytest.raises(shmq.MessageTooLarge, match="9 bytes exceeds max_message_size 8"):
             p.publish(b"x" * 9)
         with pytest.raises(TypeError):
             c.poll("1")

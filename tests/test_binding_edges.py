@@ -58,11 +58,12 @@ def read_line(proc, timeout=30):
 
 
 def corrupt_length(name, sequence):
-    """Gives the slot of `sequence` an impossible length, as a vandal with
-    write access to the ring could (offsets from csrc/shmq_layout.h)."""
+    """Gives the index record of `sequence` an impossible length, as a
+    vandal with write access to the ring could (offsets from
+    csrc/shmq_layout.h: 16-byte records from index_offset, the page size)."""
     with open(ring_path(name), "r+b") as f, mmap.mmap(f.fileno(), 0) as ring:
-        _, stride, capacity, page = struct.unpack_from("=IIII", ring, 16)
-        struct.pack_into("=I", ring, page + (sequence % capacity) * stride + 8, 10**6)
+        _, _, capacity, page = struct.unpack_from("=IIII", ring, 16)
+        struct.pack_into("=I", ring, page + (sequence % capacity) * 16 + 8, 10**6)
 
 
 def full_lossless(name, capacity=4):
@@ -424,7 +425,8 @@ def test_inspect_lists_registered_consumers_but_not_observers(queue_name):
         info = shmq.inspect(queue_name)
         consumers = info.pop("consumers")
         assert info == {
-            "name": queue_name, "slot_size": 64, "capacity": 8, "max_consumers": 4,
+            "name": queue_name, "slot_size": 64, "max_message_size": 64, "capacity": 8,
+            "max_consumers": 4,
             "lossless": True, "first_sequence": 0, "head": 5, "producer_alive": True,
             "ended": False, "owner_uid": os.getuid(), "mode": 0o600,
             "ring_bytes": os.stat(ring_path(queue_name)).st_size,

@@ -52,6 +52,7 @@ class Ring:
         self._file = open(ring_path(name), "r+b")
         self.map = mmap.mmap(self._file.fileno(), 0)
         self.slot_size, self.stride, self.capacity, self.page = struct.unpack_from("=IIII", self.map, 16)
+        self.data = struct.unpack_from("=Q", self.map, 72)[0]  # data_offset
 
     def __enter__(self):
         return self
@@ -65,7 +66,8 @@ class Ring:
         return struct.unpack_from("=Q", self.map, HEAD_OFFSET)[0]
 
     def slot(self, sequence):
-        return self.page + (sequence % self.capacity) * self.stride
+        """The index record of sequence (16 bytes: stamp, length, first slot)."""
+        return self.page + (sequence % self.capacity) * 16
 
     def set_stamp(self, sequence, stamp):
         struct.pack_into("=Q", self.map, self.slot(sequence), stamp % 2**64)
@@ -74,12 +76,16 @@ class Ring:
         struct.pack_into("=I", self.map, self.slot(sequence) + 8, length)
 
     def write_message(self, sequence, payload):
-        """What write_slot does: in-progress stamp, length, payload, final stamp.
-        Head is left alone, as a producer killed inside a batch leaves it."""
-        at = self.slot(sequence)
+        """What a publish does for a one-slot record that goes where the
+        last one ended (slot sequence % capacity in a ring that has only held
+        one-slot records from sequence 0): in-progress stamp, length, first
+        slot, payload, final stamp. Head is left alone, as a producer killed
+        inside a batch leaves it."""
+        at, slot = self.slot(sequence), sequence % self.capacity
         self.set_stamp(sequence, sequence - 1)
-        struct.pack_into("=I", self.map, at + 8, len(payload))
-        self.map[at + 16:at + 16 + len(payload)] = payload
+        struct.pack_into("=II", self.map, at + 8, len(payload), slot)
+        start = self.data + slot * self.stride
+        self.map[start:start + len(payload)] = payload
         self.set_stamp(sequence, sequence)
 
 

@@ -24,14 +24,15 @@ import shmq
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "protocol.md"
 LAYOUT = ROOT / "csrc" / "shmq_layout.h"
-STRUCTS = ["shmq_identity", "shmq_control", "shmq_slot", "shmq_wake_page", "shmq_consumer_entry",
+STRUCTS = ["shmq_identity", "shmq_control", "shmq_record", "shmq_wake_page", "shmq_consumer_entry",
            "shmq_group_page", "shmq_group_member"]
 # Constants the compiler reads from shmq_layout.h and shmq.h.
 CONSTANTS = ["SHMQ_MAGIC", "SHMQ_WAKE_MAGIC", "SHMQ_LAYOUT_VERSION", "SHMQ_LINE",
-             "SHMQ_SLOT_HEADER", "SHMQ_SLOT_ALIGN", "SHMQ_STREAM_ENDED", "SHMQ_WAKE_FUTEX",
+             "SHMQ_RECORD_BYTES", "SHMQ_SLOT_ALIGN", "SHMQ_STREAM_ENDED", "SHMQ_WAKE_FUTEX",
              "SHMQ_WAKE_DESCRIPTOR", "SHMQ_FLAG_LOSSLESS",
              "SHMQ_KNOWN_FLAGS", "SHMQ_ENTRY_REGISTERED", "SHMQ_CONSUMER_ENTRIES_MAX",
              "SHMQ_ENTRY_ID_BASE", "SHMQ_ENTRY_ID_SPAN", "SHMQ_NAME_MAX", "SHMQ_SLOT_SIZE_MAX",
+             "SHMQ_MESSAGE_SIZE_MAX",
              "SHMQ_CAPACITY_MAX", "SHMQ_SEGMENT_MAX", "SHMQ_DEFAULT_SLOT_SIZE",
              "SHMQ_DEFAULT_CAPACITY", "SHMQ_DEFAULT_MAX_CONSUMERS", "SHMQ_ENTRY_GROUP_MEMBER",
              "SHMQ_GROUPS_MAX", "SHMQ_GROUP_MEMBERS_MAX", "SHMQ_GROUP_NAME_MAX", "SHMQ_GROUP_MAGIC",
@@ -293,14 +294,16 @@ def test_a_live_ring_its_wake_page_and_its_lock_files_have_the_documented_bytes(
     name = queue_name
     tables = doc_struct_tables()
     consts = doc_constants()
-    ident, control, slot = tables["shmq_identity"], tables["shmq_control"], tables["shmq_slot"]
+    ident, control, record = tables["shmq_identity"], tables["shmq_control"], tables["shmq_record"]
     wake = tables["shmq_wake_page"]
     page = os.sysconf("SC_PAGESIZE")
     ring_path = f"/dev/shm/shmq-{name}"
     locks_path, producer_path = ring_path + ".consumers", ring_path + ".producer"
 
     message = b"hello, protocol!" * 2 + b"tail"  # 36 bytes: a partial last word
-    producer = shmq.Producer(name, slot_size=40, capacity=8, mode=0o640)
+    large = bytes((i * 7) % 251 for i in range(100))  # three slots
+    padded = bytes((i * 13) % 241 for i in range(200))  # five slots: past the end, so at slot 0
+    producer = shmq.Producer(name, slot_size=40, capacity=8, mode=0o640, max_message_size=320)
     try:
         assert producer.publish(message) == 0
         ring = Path(ring_path).read_bytes()
@@ -309,25 +312,49 @@ def test_a_live_ring_its_wake_page_and_its_lock_files_have_the_documented_bytes(
         assert _u(ring, ident, "version") == consts["SHMQ_LAYOUT_VERSION"]
         assert _u(ring, ident, "flags") == 0
         assert _u(ring, ident, "slot_size") == 40
-        stride = consts["SHMQ_SLOT_HEADER"] + 48
+        stride = 48  # round_up(40, SHMQ_SLOT_ALIGN)
+        assert consts["SHMQ_SLOT_ALIGN"] == 16
         assert _u(ring, ident, "slot_stride") == stride
         assert _u(ring, ident, "capacity") == 8
         assert _u(ring, ident, "page_size") == page
         assert _u(ring, ident, "first_sequence") == 0
-        assert _u(ring, ident, "slots_offset") == page
-        assert _u(ring, ident, "total_size") == len(ring) == page + 8 * stride
+        assert _u(ring, ident, "index_offset") == page
+        data = _u(ring, ident, "data_offset")
+        assert data == 2 * page  # 8 records of 16 bytes, to a whole page
+        assert _u(ring, ident, "max_message") == 320
+        assert _u(ring, ident, "total_size") == len(ring) == data + 8 * stride
         instance = _u(ring, ident, "instance")
         assert instance & 1
         assert _u(ring, ident, "consumer_entries") == consts["SHMQ_DEFAULT_MAX_CONSUMERS"]
         assert _u(ring, control, "head") == 1
+        assert _u(ring, control, "tail") == 0
         assert _u(ring, control, "stream_state") == 0
-        slot0 = page
-        assert _u(ring, slot, "stamp", slot0) == 0
-        assert _u(ring, slot, "length", slot0) == len(message)
-        payload = slot["payload"][0]
-        assert ring[slot0 + payload:slot0 + payload + len(message)] == message
-        # Unwritten slots hold "one lap before": sequence 1 - capacity.
-        assert _u(ring, slot, "stamp", slot0 + stride) == (1 - 8) % 2**64
+        size = consts["SHMQ_RECORD_BYTES"]
+        rec = [page + i * size for i in range(8)]
+        assert _u(ring, record, "stamp", rec[0]) == 0
+        assert _u(ring, record, "length", rec[0]) == len(message)
+        assert _u(ring, record, "slot", rec[0]) == 0
+        assert ring[data:data + len(message)] == message
+        # Unwritten records hold "one lap before": sequence 1 - capacity.
+        assert _u(ring, record, "stamp", rec[1]) == (1 - 8) % 2**64
+        # A record of three slots goes where the last ended (slot 1), and one
+        # of five no longer fits before the end (slots 4..7): it goes to slot
+        # 0, and the records whose slots it takes are marked overwritten
+        # (r + capacity - 1), the tail moving past them.
+        assert producer.publish(large) == 1
+        ring = Path(ring_path).read_bytes()
+        assert (_u(ring, record, "stamp", rec[1]), _u(ring, record, "length", rec[1]),
+                _u(ring, record, "slot", rec[1])) == (1, len(large), 1)
+        assert ring[data + 1 * stride:data + 1 * stride + len(large)] == large
+        assert producer.publish(padded) == 2
+        ring = Path(ring_path).read_bytes()
+        assert (_u(ring, record, "stamp", rec[2]), _u(ring, record, "length", rec[2]),
+                _u(ring, record, "slot", rec[2])) == (2, len(padded), 0)
+        assert ring[data:data + len(padded)] == padded
+        assert _u(ring, record, "stamp", rec[0]) == 0 + 8 - 1
+        assert _u(ring, record, "stamp", rec[1]) == 1 + 8 - 1
+        assert _u(ring, control, "tail") == 2
+        assert _u(ring, control, "head") == 3
 
         # Both lock files are empty; the producer's is 0600, the consumers'
         # grants write wherever the ring grants read (0640 -> 0660).

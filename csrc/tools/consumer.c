@@ -107,7 +107,7 @@ static int reader_open(struct reader *r, enum shmq_start start, double deadline)
     }
     shmq_consumer_set_spin(r->c, r->spin);
     shmq_consumer_set_wait_check(r->c, stop_requested, NULL);
-    size_t need = shmq_consumer_slot_size(r->c);
+    size_t need = (size_t)shmq_consumer_max_message_size(r->c);
     if (need > r->buf_size) {
         unsigned char *buf = realloc(r->buf, need);
         if (buf == NULL) {

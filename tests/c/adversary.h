@@ -149,25 +149,29 @@ static inline int wait_asleep(struct shmq_producer *p, const pid_t *kids, int n)
 }
 
 /*
- * Writes message `sequence` into its slot the way write_slot does (producer.c):
- * the "in progress" stamp, the length and payload words, then, if `final`,
- * the final stamp. With final == 0 the slot is left as a producer killed in
- * the middle of the write would leave it. `slots` must be a read-write mapping.
+ * Writes producer p's next message the way a publish does (producer.c),
+ * but never stores head: step 1 (through a loan), the payload, then, if
+ * `final`, the length, first slot and final stamp. With final == 0 the
+ * record is left as a producer killed in the middle of the write would
+ * leave it (and p is done with: its loan stays open).
  */
-static inline void craft_slot(unsigned char *slots, const struct shmq_geometry *g,
-                              uint64_t sequence, const void *data, size_t length, int final)
+static inline void craft_record(struct shmq_producer *p, const void *data, size_t length,
+                                int final)
 {
-    struct shmq_slot *slot = shmq_slot_at(slots, g, sequence);
-    atomic_store(&slot->stamp, sequence - 1);
-    atomic_store(&slot->length, (uint32_t)length);
-    const unsigned char *bytes = data;
-    for (size_t i = 0; i * 8 < length; i++) {
-        uint64_t word = 0;
-        memcpy(&word, bytes + i * 8, length - i * 8 < 8 ? length - i * 8 : 8);
-        atomic_store(&slot->payload[i], word);
-    }
-    if (final)
-        atomic_store(&slot->stamp, sequence);
+    void *buf;
+    if (shmq_producer_claim(p, length, &buf) != 0)
+        abort();
+    memcpy(buf, data, length);
+    if (!final)
+        return;
+    struct shmq_record *record = shmq_record_at(p->index, &p->geometry, p->next);
+    atomic_store(&record->length, (uint32_t)length);
+    atomic_store(&record->slot, (uint32_t)(p->plan_slot & (p->geometry.capacity - 1)));
+    atomic_store(&record->stamp, p->next);
+    p->next_slot = p->plan_end;
+    p->next++;
+    p->claimed = 0;
+    p->refusal = 0;
 }
 
 #endif

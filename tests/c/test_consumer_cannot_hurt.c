@@ -82,7 +82,7 @@ static int attack_ring(const char *name)
     if (pwrite(fd, junk, sizeof(junk), 0) != -1 || errno != EBADF)
         failed |= 1 << 2;
     errno = 0;
-    if (pwrite(fd, junk, sizeof(junk), (off_t)c->geometry.slots_offset) != -1 || errno != EBADF)
+    if (pwrite(fd, junk, sizeof(junk), (off_t)c->geometry.index_offset) != -1 || errno != EBADF)
         failed |= 1 << 3;
     errno = 0;
     if (write(fd, junk, sizeof(junk)) != -1 || errno != EBADF)
@@ -103,7 +103,7 @@ static int attack_ring(const char *name)
         failed |= 1 << 8;
     if (!store_faults((unsigned char *)&c->control->head))
         failed |= 1 << 9;
-    if (!store_faults((unsigned char *)shmq_slot_at(c->slots, &c->geometry, 0)->payload))
+    if (!store_faults(c->data))
         failed |= 1 << 10;
     struct stat st;
     if (fstat(fd, &st) != 0 || (size_t)st.st_size != size)

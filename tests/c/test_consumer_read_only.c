@@ -13,7 +13,7 @@ static unsigned char *target(struct shmq_consumer *c, int where)
 {
     switch (where) {
     case 0: return (unsigned char *)&c->control->head; /* control page */
-    case 1: return (unsigned char *)shmq_slot_at(c->slots, &c->geometry, 0); /* a slot */
+    case 1: return (unsigned char *)shmq_record_at(c->index, &c->geometry, 0); /* a slot */
     case 2: return (unsigned char *)c->consumers.wake; /* the wake page */
     default: return (unsigned char *)c->entry; /* its own entry */
     }

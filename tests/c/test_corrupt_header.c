@@ -21,7 +21,7 @@ static void capacity_zero(struct shmq_identity *h, int fd) { (void)fd; h->capaci
 static void capacity_huge(struct shmq_identity *h, int fd) { (void)fd; h->capacity = 1u << 31; }
 static void slot_size_huge(struct shmq_identity *h, int fd) { (void)fd; h->slot_size = 0xFFFFFFF0u; }
 static void stride_too_small(struct shmq_identity *h, int fd) { (void)fd; h->slot_stride = 16; }
-static void slots_offset_wrong(struct shmq_identity *h, int fd) { (void)fd; h->slots_offset = 64; }
+static void slots_offset_wrong(struct shmq_identity *h, int fd) { (void)fd; h->index_offset = 64; }
 static void total_size_lies(struct shmq_identity *h, int fd) { (void)fd; h->total_size *= 2; }
 static void page_size_wrong(struct shmq_identity *h, int fd) { (void)fd; h->page_size = 512; }
 static void consumer_entries_wrong(struct shmq_identity *h, int fd) { (void)fd; h->consumer_entries = 9999; }
@@ -98,7 +98,7 @@ static void damaged_slot_is_skipped_and_counted(void)
     CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
     for (uint64_t v = 0; v < 3; v++)
         CHECK_RC(shmq_producer_publish(p, &v, 8, NULL), 0);
-    atomic_store(&shmq_slot_at(p->slots, &p->geometry, 1)->length, 1u << 30);
+    atomic_store(&shmq_record_at(p->index, &p->geometry, 1)->length, 1u << 30);
     uint64_t got;
     CHECK_RC(shmq_consumer_poll(c, &got, 8, NULL), 0);
     CHECK(got == 0);
@@ -107,7 +107,7 @@ static void damaged_slot_is_skipped_and_counted(void)
     CHECK_RC(shmq_consumer_poll(c, &got, 8, NULL), 0);
     CHECK(got == 2);
     /* A stamp from the future reads as an overrun, not as a message. */
-    atomic_store(&shmq_slot_at(p->slots, &p->geometry, 3)->stamp, 1000);
+    atomic_store(&shmq_record_at(p->index, &p->geometry, 3)->stamp, 1000);
     CHECK_RC(shmq_consumer_poll(c, &got, 8, NULL), SHMQ_EMPTY);
     CHECK(shmq_consumer_position(c) > 3);
     shmq_consumer_close(c);

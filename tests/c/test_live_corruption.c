@@ -1,7 +1,8 @@
 /*
  * Shared memory is untrusted input, even while it is in use. For a few
  * seconds a corrupter process maps the ring and the consumer-state segment
- * read-write and writes random values into slot stamps and lengths, the
+ * read-write and writes random values into record stamps, lengths and first
+ * slots, the tail hint, the
  * control page (head, futex_word, stream_state, and the identity line, each
  * word restored after a short while) and the consumer-state segment (wake
  * flag, entries, header), while a producer publishes (closing and reopening
@@ -99,8 +100,11 @@ static void poll_once(struct shmq_consumer *c, struct tally *t, uint64_t r)
     t->ended += rc == SHMQ_ENDED;
     t->timed_out += rc == -ETIMEDOUT;
     t->too_small += rc == -EMSGSIZE;
-    size_t slot = shmq_consumer_slot_size(c);
-    if ((rc == 0 && (len > size || len > slot)) || (rc == -EMSGSIZE && (len <= size || len > slot)))
+    /* The largest message this consumer's open validated (an open during a
+     * corrupted identity line may have taken a larger, still sound, one). */
+    size_t largest = shmq_consumer_max_message_size(c);
+    if ((rc == 0 && (len > size || len > largest)) ||
+        (rc == -EMSGSIZE && (len <= size || len > largest)))
         t->bad_length++;
 }
 
@@ -117,7 +121,7 @@ static void poll_many_once(struct shmq_consumer *c, struct tally *t, uint64_t r)
     size_t total = 0;
     for (int i = 0; i < n; i++) {
         total += lens[i];
-        if (lens[i] > shmq_consumer_slot_size(c))
+        if (lens[i] > shmq_consumer_max_message_size(c))
             t->bad_length++;
     }
     if (n > 8 || total > size)
@@ -185,7 +189,9 @@ static int run_consumer(const char *name, int which, int result_fd)
 static int run_producer(const char *name, int result_fd)
 {
     struct tally t = {0};
-    struct shmq_config config = {.slot_size = SLOT, .capacity = CAPACITY};
+    /* max_message_size too: an open while the identity line says another one
+     * (still sound) is refused, as one with another slot_size is. */
+    struct shmq_config config = {.slot_size = SLOT, .capacity = CAPACITY, .max_message_size = SLOT};
     uint64_t rng = 4242;
     unsigned char msgs[8][SLOT];
     const void *ptrs[8];
@@ -271,7 +277,7 @@ static int run_corrupter(const char *name)
     struct shmq_geometry g;
     CHECK_RC(shmq_header_read(base, shmq_region_size(ring), &g), 0);
     struct shmq_control *control = (struct shmq_control *)base;
-    unsigned char *slots = base + g.slots_offset;
+    unsigned char *slots = base + g.index_offset;
     uint64_t rng = 99991, writes = 0, end = now_ns() + CORRUPT_SECONDS * 1000000000ull;
     uint64_t reopen_at = 0;
     while (now_ns() < end) {
@@ -280,13 +286,19 @@ static int run_corrupter(const char *name)
             reopen_at = now_ns() + 50 * 1000000ull;
         }
         uint64_t r = xorshift(&rng), v = xorshift(&rng);
-        struct shmq_slot *slot = shmq_slot_at(slots, &g, r >> 32);
+        struct shmq_record *slot = shmq_record_at(slots, &g, r >> 32);
         unsigned which = (unsigned)(r % 20);
         if (which < 6) {
             atomic_store(&slot->stamp, nasty(atomic_load(&slot->stamp), v));
-        } else if (which < 9) {
+        } else if (which < 8) {
             uint32_t len = v % 3 == 0 ? (uint32_t)(v >> 8) : (uint32_t)((v >> 8) % (SLOT + 2));
             atomic_store(&slot->length, len);
+        } else if (which < 9) {
+            /* The record's first slot, or the tail hint. */
+            if (v & 1)
+                atomic_store(&slot->slot, v % 3 == 0 ? (uint32_t)(v >> 8) : (uint32_t)((v >> 8) % CAPACITY));
+            else
+                atomic_store(&control->tail, nasty(atomic_load(&control->tail), v));
         } else if (which < 11) {
             atomic_store(&control->head, nasty(atomic_load(&control->head), v));
         } else if (which < 12) {
@@ -301,7 +313,8 @@ static int run_corrupter(const char *name)
         } else if (which < 14) {
             /* One word of the identity line, put back after a while: only
              * opens read it, and they must refuse it or cope. */
-            _Atomic uint64_t *word = (_Atomic uint64_t *)(base + 8 * ((v >> 8) % 9));
+            _Atomic uint64_t *word =
+                (_Atomic uint64_t *)(base + 8 * ((v >> 8) % (sizeof(struct shmq_identity) / 8)));
             uint64_t saved = atomic_load(word);
             atomic_store(word, nasty(saved, v >> 16));
             sleep_ns((v >> 32) % 300000);

@@ -38,7 +38,7 @@ static void stale_head_during_a_batch_is_not_corruption(const char *name)
     /* publish_many of 1000 messages, as far as it got: all stamped, head
      * still 1024. */
     for (uint64_t s = 1024; s < 2024; s++)
-        craft_slot(p->slots, &p->geometry, s, msg, msg_make(msg, SLOT, s, 2), 1);
+        craft_record(p, msg, msg_make(msg, SLOT, s, 2), 1);
     size_t len;
     int rc = shmq_consumer_poll(c, buf, sizeof(buf), &len);
     printf("lapped during a 1000-message batch on 1024 slots: poll returned %d (%s), "

@@ -347,11 +347,11 @@ static void batch_killed_after_k_messages_keeps_their_numbers(void)
                 _exit(2);
             for (uint64_t i = 0; i < k; i++) {
                 size_t len = msg_make(msg, SLOT, next + i, 1000 + k);
-                craft_slot(dying->slots, &dying->geometry, next + i, msg, len, 1);
+                craft_record(dying, msg, len, 1);
             }
             if (k < CAPACITY) {
                 size_t len = msg_make(msg, SLOT, next + k, 1000 + k);
-                craft_slot(dying->slots, &dying->geometry, next + k, msg, len / 2, 0);
+                craft_record(dying, msg, len / 2, 0);
             }
             signal_fd(ready[1]);
             pause();

@@ -3,7 +3,7 @@
  * first, a new one takes over and continues the sequence. A producer killed
  * in the middle of a write leaves nothing a reader would deliver, and a
  * handle inherited across fork() refuses to publish and holds no lock. */
-#include "helpers.h"
+#include "adversary.h"
 
 #include "ring_internal.h"
 
@@ -57,9 +57,9 @@ static void producer_killed_mid_write_leaves_nothing_torn(void)
     struct shmq_consumer *c;
     CHECK_RC(shmq_consumer_open(&c, name, SHMQ_START_LATEST), 0);
     /* Died after step 1: message 1 stamped "in progress", payload half there. */
-    struct shmq_slot *slot = shmq_slot_at(p->slots, &p->geometry, 1);
-    atomic_store(&slot->stamp, 0);
-    atomic_store(&slot->payload[0], 0xDEADull);
+    uint64_t dead = 0xDEAD;
+    craft_record(p, &dead, 8, 0);
+    p->claimed = 0; /* so that close() does not wait for the loan */
     shmq_producer_close(p);
     uint64_t got;
     /* Closing ended the stream; the half-written message is not delivered. */
@@ -73,10 +73,8 @@ static void producer_killed_mid_write_leaves_nothing_torn(void)
     CHECK_RC(shmq_consumer_poll(c, &got, 8, NULL), 0);
     CHECK(got == 1);
     /* Died after step 3: message 2 complete, head not yet advanced. */
-    slot = shmq_slot_at(p->slots, &p->geometry, 2);
-    atomic_store(&slot->payload[0], 2);
-    atomic_store(&slot->length, 8);
-    atomic_store(&slot->stamp, 2);
+    v = 2;
+    craft_record(p, &v, 8, 1);
     shmq_producer_close(p);
     CHECK_RC(shmq_producer_open(&p, name, NULL, 0), 0);
     CHECK(shmq_producer_next_sequence(p) == 3); /* message 2 is kept, not reused */

@@ -92,9 +92,9 @@ static void garbage_stamps_are_reported_not_looped_on(void)
      * segment could. */
     struct shmq_region *rw;
     CHECK_RC(shmq_region_open(&rw, name, SHMQ_REGION_READ_WRITE), 0);
-    unsigned char *slots = (unsigned char *)shmq_region_base(rw) + p->geometry.slots_offset;
+    unsigned char *slots = (unsigned char *)shmq_region_base(rw) + p->geometry.index_offset;
     for (uint64_t s = 0; s < p->geometry.capacity; s++)
-        atomic_store(&shmq_slot_at(slots, &p->geometry, s)->stamp, UINT64_C(1) << 62);
+        atomic_store(&shmq_record_at(slots, &p->geometry, s)->stamp, UINT64_C(1) << 62);
     uint64_t got, t0 = now_ns();
     CHECK_RC(shmq_consumer_poll(c, &got, sizeof(got), NULL), SHMQ_CORRUPT);
     CHECK_RC(shmq_consumer_poll(c, &got, sizeof(got), NULL), SHMQ_CORRUPT);
