@@ -91,7 +91,7 @@ static void ref_throughput(size_t size, double seconds, struct board *b)
                     continue;
                 }
             }
-            unsigned char *slot = r->index + (tail % REF_SLOTS) * stride;
+            unsigned char *slot = r->slots + (tail % REF_SLOTS) * stride;
             uint64_t len;
             memcpy(&len, slot, 8);
             memcpy(buf, slot + 8, len);
@@ -119,7 +119,7 @@ static void ref_throughput(size_t size, double seconds, struct board *b)
             if (head - tail_cache == REF_SLOTS)
                 continue;
         }
-        unsigned char *slot = r->index + (head % REF_SLOTS) * stride;
+        unsigned char *slot = r->slots + (head % REF_SLOTS) * stride;
         uint64_t len = size;
         memcpy(slot, &len, 8);
         memcpy(slot + 8, msg, size);

@@ -21,9 +21,10 @@
  *   position (never above the final one), or the consumer's load of head
  *   sees h, and the limit the producer computed without it lets it rewrite
  *   only sequences below h <= H. A consumer starting at H or later loses
- *   nothing. One starting earlier ("earliest") can find, at its first poll,
- *   a message rewritten while it registered: that is counted as lost, the
- *   way a lossy consumer counts an overrun.
+ *   nothing. One starting earlier ("earliest") can find messages below H
+ *   rewritten while it registered (one large record rewrites several
+ *   small ones): those are counted as lost, the way a lossy consumer counts
+ *   an overrun, and only those.
  *
  * WAITING (producer) vs RELEASING (consumer), another Dekker handshake:
  *   producer: wake_at = what it needs; w = futex (seq_cst);

@@ -86,7 +86,7 @@ static uint64_t load_head(const struct shmq_consumer *c)
     return shmq_load_acquire(&c->control->head);
 }
 
-uint64_t shmq_oldest_intact(const struct shmq_consumer *c, uint64_t head)
+uint64_t shmq_oldest_intact(const struct shmq_consumer *c, uint64_t head, int waited_for)
 {
     uint64_t capacity = c->geometry.capacity;
     /* Relaxed: a hint (producer.c stores it before overwriting); whatever
@@ -95,8 +95,10 @@ uint64_t shmq_oldest_intact(const struct shmq_consumer *c, uint64_t head)
     uint64_t published = head - c->geometry.first_sequence;
     /* Never before the first message, never past head, never more than a
      * lap behind it; and in a full ring of one-slot records, one past the
-     * record the next publish rewrites, so that it costs us nothing. */
-    uint64_t low = published >= capacity ? head - capacity + 1 : c->geometry.first_sequence;
+     * record the next publish rewrites, so that it costs us nothing, unless
+     * the producer waits for us (`waited_for`): then that record stays. */
+    uint64_t low = published >= capacity ? head - capacity + (waited_for ? 0 : 1)
+                                          : c->geometry.first_sequence;
     if ((int64_t)(tail - low) < 0 || (int64_t)(tail - head) > 0)
         tail = low;
     return tail;
@@ -116,7 +118,7 @@ void shmq_consumer_bind(struct shmq_consumer *c, unsigned char *base,
     if (c->entry == NULL)
         c->entry = &c->private_entry;
     uint64_t head = load_head(c);
-    uint64_t earliest = shmq_oldest_intact(c, head);
+    uint64_t earliest = shmq_oldest_intact(c, head, 0);
     if (start == SHMQ_START_EARLIEST) {
         c->position = earliest;
     } else if (start != SHMQ_START_AT || (int64_t)(c->position - head) > 0) {
@@ -354,40 +356,6 @@ static void load_payload(const _Atomic uint64_t *payload, unsigned char *buf, si
     }
 }
 
-int shmq_record_unchanged(const struct shmq_consumer *c, uint64_t sequence)
-{
-    /* Acquire fence: pairs with the release fence of begin_record (producer.c).
-     * If any load before this fence saw a word a newer record wrote, the
-     * stamp load after it sees this record's mark (or a newer stamp). */
-    shmq_fence_acquire();
-    /* Relaxed: ordered by the fence just above. */
-    return shmq_load_relaxed(&shmq_record_at(c->index, &c->geometry, sequence)->stamp) == sequence;
-}
-
-enum shmq_copy_result shmq_record_find(const struct shmq_consumer *c, uint64_t s,
-                                       const _Atomic uint64_t **payload, uint32_t *length)
-{
-    const struct shmq_geometry *g = &c->geometry;
-    struct shmq_record *record = shmq_record_at(c->index, g, s);
-    /* Acquire: pairs with the release store of the final stamp in end_record;
-     * seeing stamp == s means seeing all of message s. */
-    uint64_t stamp = shmq_load_acquire(&record->stamp);
-    if (stamp != s)
-        return (int64_t)(stamp - s) < 0 ? SHMQ_COPY_EMPTY : SHMQ_COPY_OVERRUN;
-    /* Relaxed: covered by the acquire above, and re-validated by the caller. */
-    uint32_t len = shmq_load_relaxed(&record->length);
-    uint32_t slot = shmq_load_relaxed(&record->slot);
-    if (len > g->max_message || slot >= g->capacity ||
-        shmq_record_slots(len, g->slot_stride) > g->capacity - slot) {
-        /* A record being rewritten may pair a new length with an old slot:
-         * corrupt only if the stamp still says it is whole. */
-        return shmq_record_unchanged(c, s) ? SHMQ_COPY_CORRUPT : SHMQ_COPY_OVERRUN;
-    }
-    *payload = shmq_payload_at(c->data, g, slot);
-    *length = len;
-    return SHMQ_COPY_OK;
-}
-
 enum shmq_copy_result shmq_copy_at(struct shmq_consumer *c, uint64_t s,
                                    const struct shmq_destination *d, size_t *length)
 {
@@ -447,9 +415,13 @@ uint64_t shmq_overrun_target(const struct shmq_consumer *c, uint64_t at, uint64_
         front = at + 1;
     *explained = (int64_t)(front - at) > 0;
     /* Halfway from the oldest intact record to the producer: as far from
-     * the next overrun as from the newest message. */
-    uint64_t oldest = shmq_oldest_intact(c, front);
-    uint64_t target = oldest + (front - oldest) / 2;
+     * the next overrun as from the newest message. A reader a lossless
+     * producer waits for (registered, or a group's) is lapped only in the
+     * registration window (backpressure.c), by records before the head it
+     * registered at, and never again: it loses only those. */
+    int waited_for = c->geometry.lossless && (c->registered || c->group != NULL);
+    uint64_t oldest = shmq_oldest_intact(c, front, waited_for);
+    uint64_t target = waited_for ? oldest : oldest + (front - oldest) / 2;
     /* A stale head could point at or before us; never move backwards. */
     if ((int64_t)(target - at) <= 0)
         target = at + 1;

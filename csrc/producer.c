@@ -343,7 +343,7 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
 
 /* Copies length bytes into payload words. The last word is assembled in a
  * register so we never read past the caller's buffer. */
-static void store_payload(_Atomic uint64_t *payload, const unsigned char *data, size_t length)
+static inline __attribute__((always_inline)) void store_payload(_Atomic uint64_t *payload, const unsigned char *data, size_t length)
 {
     size_t words = length / 8;
     for (size_t i = 0; i < words; i++) {
@@ -368,6 +368,24 @@ static void store_payload(_Atomic uint64_t *payload, const unsigned char *data, 
 static inline void plan_record(struct shmq_producer *p, size_t length)
 {
     uint64_t capacity = p->geometry.capacity;
+    if (length <= p->geometry.slot_stride) {
+        /* The hot path, one slot (which never needs padding): it rewrites
+         * the slot a lap before next_slot, so it overwrites the oldest
+         * intact record if, and only if, that record starts there (intact
+         * records start at or after it, in order). */
+        uint64_t survivor = p->oldest;
+        /* Relaxed: our own store (or a dead predecessor's, ordered by the
+         * lock). */
+        if (survivor != p->next &&
+            shmq_load_relaxed(&shmq_record_at(p->index, &p->geometry, survivor)->slot) ==
+                (uint32_t)(p->next_slot & (capacity - 1)))
+            survivor++;
+        p->plan_slot = p->next_slot;
+        p->plan_end = p->next_slot + 1;
+        p->plan_survivor = survivor;
+        p->need = survivor + capacity - 1;
+        return;
+    }
     uint64_t slots = shmq_record_slots(length, p->geometry.slot_stride);
     uint64_t at = p->next_slot;
     uint64_t offset = at & (capacity - 1);
@@ -386,7 +404,7 @@ static inline void plan_record(struct shmq_producer *p, size_t length)
 }
 
 /* Step 1 for the planned record `sequence`; returns where its payload goes. */
-static _Atomic uint64_t *begin_record(struct shmq_producer *p, uint64_t sequence)
+static inline _Atomic uint64_t *begin_record(struct shmq_producer *p, uint64_t sequence)
 {
     const struct shmq_geometry *g = &p->geometry;
     uint64_t capacity = g->capacity;
@@ -413,7 +431,7 @@ static _Atomic uint64_t *begin_record(struct shmq_producer *p, uint64_t sequence
 }
 
 /* Steps 2 (what is left of it) and 3. */
-static void end_record(struct shmq_producer *p, uint64_t sequence, size_t length)
+static inline void end_record(struct shmq_producer *p, uint64_t sequence, size_t length)
 {
     const struct shmq_geometry *g = &p->geometry;
     struct shmq_record *record = shmq_record_at(p->index, g, sequence);
@@ -427,8 +445,8 @@ static void end_record(struct shmq_producer *p, uint64_t sequence, size_t length
     p->next_slot = p->plan_end;
 }
 
-static void write_record(struct shmq_producer *p, uint64_t sequence, const void *data,
-                         size_t length)
+static inline void write_record(struct shmq_producer *p, uint64_t sequence, const void *data,
+                                size_t length)
 {
     store_payload(begin_record(p, sequence), data, length);
     end_record(p, sequence, length);

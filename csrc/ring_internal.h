@@ -233,18 +233,10 @@ struct shmq_destination {
 };
 enum shmq_copy_result shmq_copy_at(struct shmq_consumer *consumer, uint64_t sequence,
                                    const struct shmq_destination *destination, size_t *length);
-/* Steps 1 and 2 of reading (consumer.c) up to the copy: where message
- * `sequence` lies, if its stamp says it is there and its record is sound
- * (OK, EMPTY, OVERRUN or CORRUPT). The caller validates what it read with
- * shmq_record_unchanged. */
-enum shmq_copy_result shmq_record_find(const struct shmq_consumer *consumer, uint64_t sequence,
-                                       const _Atomic uint64_t **payload, uint32_t *length);
-/* After reading a record: whether its stamp still says `sequence` (the
- * acquire fence half of the seqlock; see consumer.c). */
-int shmq_record_unchanged(const struct shmq_consumer *consumer, uint64_t sequence);
 /* The oldest record a reader may find intact, from tail, clamped into the
- * lap before head (consumer.c). */
-uint64_t shmq_oldest_intact(const struct shmq_consumer *consumer, uint64_t head);
+ * lap before head (consumer.c); waited_for: a reader a lossless producer
+ * waits for. */
+uint64_t shmq_oldest_intact(const struct shmq_consumer *consumer, uint64_t head, int waited_for);
 /* Where a reader lapped at `at` (the stamp found there: `stamp`) resumes;
  * *explained says whether the producer is really past `at`. */
 uint64_t shmq_overrun_target(const struct shmq_consumer *consumer, uint64_t at, uint64_t stamp,
@@ -441,6 +433,49 @@ static inline _Atomic uint64_t *shmq_payload_at(unsigned char *data, const struc
                                                 uint32_t slot)
 {
     return (_Atomic uint64_t *)(data + (size_t)slot * g->slot_stride);
+}
+
+/* After reading a record: whether its stamp still says `sequence` (the
+ * acquire fence half of the seqlock; see consumer.c). */
+static inline int shmq_record_unchanged(const struct shmq_consumer *c, uint64_t sequence)
+{
+    /* Acquire fence: pairs with the release fence of begin_record (producer.c).
+     * If any load before this fence saw a word a newer record wrote, the
+     * stamp load after it sees this record's mark (or a newer stamp). */
+    shmq_fence_acquire();
+    /* Relaxed: ordered by the fence just above. */
+    return shmq_load_relaxed(&shmq_record_at(c->index, &c->geometry, sequence)->stamp) == sequence;
+}
+
+/* Steps 1 and 2 of reading (consumer.c) up to the copy: where message
+ * `sequence` lies, if its stamp says it is there and its record is sound
+ * (OK, EMPTY, OVERRUN or CORRUPT). The caller validates what it read with
+ * shmq_record_unchanged. */
+static inline enum shmq_copy_result shmq_record_find(const struct shmq_consumer *c, uint64_t s,
+                                                     const _Atomic uint64_t **payload,
+                                                     uint32_t *length)
+{
+    const struct shmq_geometry *g = &c->geometry;
+    struct shmq_record *record = shmq_record_at(c->index, g, s);
+    /* Acquire: pairs with the release store of the final stamp in end_record;
+     * seeing stamp == s means seeing all of message s. */
+    uint64_t stamp = shmq_load_acquire(&record->stamp);
+    if (stamp != s)
+        return (int64_t)(stamp - s) < 0 ? SHMQ_COPY_EMPTY : SHMQ_COPY_OVERRUN;
+    /* Relaxed: covered by the acquire above, and re-validated by the caller. */
+    uint32_t len = shmq_load_relaxed(&record->length);
+    uint32_t slot = shmq_load_relaxed(&record->slot);
+    /* A one-slot record fits wherever it starts; a longer one must end
+     * inside the data area. */
+    if (len > g->max_message || slot >= g->capacity ||
+        (len > g->slot_stride && shmq_record_slots(len, g->slot_stride) > g->capacity - slot)) {
+        /* A record being rewritten may pair a new length with an old slot:
+         * corrupt only if the stamp still says it is whole. */
+        return shmq_record_unchanged(c, s) ? SHMQ_COPY_CORRUPT : SHMQ_COPY_OVERRUN;
+    }
+    *payload = shmq_payload_at(c->data, g, slot);
+    *length = len;
+    return SHMQ_COPY_OK;
 }
 
 #endif

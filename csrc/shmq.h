@@ -4,21 +4,34 @@
  * Read this header top to bottom; it is the manual.
  *
  * MODEL
- *   A queue is a ring of `capacity` fixed-size slots in a named shared-memory
- *   segment (/dev/shm/shmq-NAME), plus two empty files used for their locks
- *   (/dev/shm/shmq-NAME.consumers and .producer) and a page of System V
- *   memory per consumer and one to wake sleepers. One producer publishes
- *   messages of up to `slot_size` bytes; each message gets the next 64-bit
- *   sequence number. Any number of consumers read every message, each at its
+ *   A queue is a ring of `capacity` slots of `slot_size` bytes in a named
+ *   shared-memory segment (/dev/shm/shmq-NAME), plus two empty files used for
+ *   their locks (/dev/shm/shmq-NAME.consumers and .producer) and a page of
+ *   System V memory per consumer and one to wake sleepers. One producer
+ *   publishes messages of up to `max_message_size` bytes (SIZES); each
+ *   message gets the next 64-bit sequence number. Any number of consumers read every message, each at its
  *   own position. On a lossy queue (the default) the producer never waits
  *   for consumers: a consumer that falls more than a ring behind is overrun.
  *   It notices, counts exactly how many messages it lost, and carries on. On
  *   a lossless queue the producer waits for its registered consumers instead
  *   (LOSSLESS below). A consumer never returns a torn message: a payload is
- *   delivered only if it was copied whole before the producer reused the slot.
+ *   delivered only if it was copied whole before the producer reused any of
+ *   its slots.
  *
  *   Invariant, per consumer: delivered + lost == messages published since the
  *   consumer's start position.
+ *
+ * SIZES
+ *   A message takes as many consecutive slots as it needs (at least one):
+ *   max_message_size (struct shmq_config; default slot_size) may be anything
+ *   up to slot_size * capacity, and the ring stays slot_size * capacity bytes
+ *   of slots plus a 16-byte index record per slot. A message never runs past
+ *   the last slot (it starts at slot 0 instead, skipping the rest), so every
+ *   payload is contiguous: a loan and an in-place read are one span of bytes.
+ *   A ring holds `capacity` messages of one slot, fewer of larger ones. A
+ *   large message overwritten while it is read is one lost message, never a
+ *   part of one; a lossless producer waits until every registered consumer
+ *   has read everything the next message overwrites.
  *
  * ROLES AND TRUST
  *   The producer alone can write the ring: consumers open it with a
@@ -46,7 +59,7 @@
  *                       wait check asked it to stop (see WAITING)
  *     -ECANCELED        shmq_producer_interrupt / shmq_consumer_interrupt
  *                       ended the wait (SHMQ_INTERRUPTED)
- *     -EMSGSIZE         message larger than slot_size, or buffer too small
+ *     -EMSGSIZE         message larger than max_message_size, or buffer too small
  *     -EBUSY            another live producer holds the queue
  *     -EPERM            the queue belongs to another user, or is open wider
  *                       than the mode asked for (someone else planted it)

@@ -2101,7 +2101,8 @@ static PyMethodDef Consumer_methods[] = {
      "msg:` gives a read-only memoryview into the slot (None if no message came within "
      "timeout); the consumer moves past it when the block ends. On a lossless queue a "
      "registered consumer's view cannot be overwritten during the block (a buffer that "
-     "escapes it can: the exit raises BufferError). Otherwise the exit re-checks the slot "
+     "escapes it can: the exit raises BufferError), except a message from before its "
+     "open (start='earliest' or a sequence) that the producer was already rewriting. Otherwise the exit re-checks the slot "
      "and raises Overwritten if the producer rewrote it meanwhile: discard what the block "
      "computed (the message counts as lost)."},
     {"__enter__", return_self, METH_NOARGS, "__enter__($self, /)\n--\n\n"},

@@ -20,7 +20,7 @@ lengths, then the messages back to back:
         16     8   first: source sequence number of the first message
         24     8   lost: messages the out side's consumer has lost to overrun
                    since this stream began, up to the first message
-        32     4   slot_size of the source queue
+        32     4   max_message_size of the source queue (its largest message)
         36     4   capacity of the source queue
         40  4*count  length of each message
          .     .   the messages
@@ -44,10 +44,10 @@ in `duplicates`. Otherwise it starts a new stream at `start`.
 The in side trusts nothing in a sample: anyone who can reach the Zenoh
 network may have sent it. A sample counts as `malformed`, and changes
 nothing else, unless it has the magic and version; 1 <= count; a table that
-fits; lengths that add up to the sample and none above its slot_size;
-1 <= slot_size <= SLOT_SIZE_MAX; a capacity that is a power of two from 2 to
+fits; lengths that add up to the sample and none above its largest
+message; 1 <= largest message (a u32); a capacity that is a power of two from 2 to
 CAPACITY_MAX; first + count <= 2^64; lost <= first; for a stream it knows,
-the slot_size and capacity it began with; and a first sequence within reach
+the largest message and capacity it began with; and a first sequence within reach
 of where the stream stands (below). The far ring's geometry comes only from
 the receiver's own options, never from a sample.
 
@@ -88,7 +88,7 @@ renamed into place.
 Loss accounting, end to end: a far consumer's `lost` counts only overruns of
 the far ring. Messages lost between the source and a far consumer are
 far `lost` + the bridge's `source_lost` + `transit_lost` + `too_large` (the
-messages larger than the far queue's slot, dropped) + `dropped` (messages
+messages larger than the far queue's max_message_size, dropped) + `dropped` (messages
 taken but not yet republished into a full lossless far queue when the in
 side was stopped), counted from the first sample the in side received.
 
@@ -511,7 +511,7 @@ class Forwarder(_Side):
                 queue_id = None
             if not resume:
                 return consumer, random.getrandbits(64), 0, queue_id, False
-            if queue_id == saved["queue_id"] and (consumer.slot_size, consumer.capacity) == (
+            if queue_id == saved["queue_id"] and (consumer.max_message_size, consumer.capacity) == (
                     saved["slot_size"], saved["capacity"]):
                 return consumer, saved["stream"], saved["lost"], queue_id, True
             consumer.close()   # the queue changed under us: start afresh
@@ -556,7 +556,8 @@ class Forwarder(_Side):
                 consumer.close()
 
     def _stream(self, consumer, stream, lost_before, queue_id):
-        slot, capacity = consumer.slot_size, consumer.capacity
+        # "slot" on the wire: the source's largest message.
+        slot, capacity = consumer.max_message_size, consumer.capacity
         budget = max(self.batch_bytes, 1)
         buf = bytearray(budget + slot)   # room for one more whole message past the budget
         view = memoryview(buf)
@@ -701,7 +702,7 @@ def _parse(data):
     magic, version, _flags, count, stream, first, lost, slot, capacity = HEADER.unpack_from(data)
     body = HEADER.size + 4 * count
     if (magic != MAGIC or version != VERSION or count < 1 or body > len(data)
-            or not 1 <= slot <= shmq.SLOT_SIZE_MAX
+            or slot < 1
             or not 2 <= capacity <= shmq.CAPACITY_MAX or capacity & (capacity - 1)
             or first + count > _SEQ_END or lost > first):
         return None
@@ -755,7 +756,7 @@ class Receiver(_Side):
         except BaseException:
             self._session.close()
             raise
-        self._far_slot = self._producer.slot_size
+        self._far_slot = self._producer.max_message_size
         self._far_next = self._producer.next_sequence   # we are its only producer
         self._far_id = _queue_id(to)
         self._restore()
@@ -987,7 +988,7 @@ class Receiver(_Side):
         for field, text in (("resets", "resets (a new stream behind the last one: the source "
                                        "queue made anew)"),
                             ("malformed", "malformed samples refused"),
-                            ("too_large", "messages larger than the far slot dropped"),
+                            ("too_large", "messages larger than the far max_message_size dropped"),
                             ("dropped", "messages dropped when stopping"),
                             ("duplicates", "messages seen already skipped")):
             if grown.get(field):
