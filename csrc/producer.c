@@ -89,6 +89,18 @@ static void producer_in_child(struct shmq_fork_link *link)
     p->wake_sender = p->wake_fd = -1;
 }
 
+/* Closes a region of a handle that fork() may be copying from another
+ * thread: the child's handler (producer_in_child) must find it whole or
+ * not at all, never freed. */
+static void forget_region(struct shmq_region **slot)
+{
+    shmq_fork_guard(1);
+    struct shmq_region *region = *slot;
+    *slot = NULL;
+    shmq_fork_guard(0);
+    shmq_region_close(region);
+}
+
 static int geometry_matches(const struct shmq_geometry *g, const struct shmq_config *config)
 {
     if (config == NULL)
@@ -140,11 +152,9 @@ static int create_queue(struct shmq_producer *p, const char *name, const struct 
     if (rc == 0)
         rc = shmq_consumers_producer_open(&p->consumers, name, g, p->control, mode);
     if (rc < 0) {
-        shmq_region_close(p->lock);
-        p->lock = NULL;
+        forget_region(&p->lock);
         shmq_region_unlink(name);
-        shmq_region_close(p->region);
-        p->region = NULL;
+        forget_region(&p->region);
         return rc;
     }
     /* Last: a consumer that sees the ring valid finds its consumer state. */
@@ -184,13 +194,11 @@ static int attach_queue(struct shmq_producer *p, const char *name, const struct 
     if (rc == 0) {
         rc = shmq_consumers_producer_open(&p->consumers, name, &p->geometry, p->control, mode);
         if (rc < 0) {
-            shmq_region_close(p->lock);
-            p->lock = NULL;
+            forget_region(&p->lock);
         }
     }
     if (rc < 0) {
-        shmq_region_close(p->region);
-        p->region = NULL;
+        forget_region(&p->region);
     }
     return rc;
 }
