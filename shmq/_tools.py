@@ -191,7 +191,8 @@ def describe(name):
         "permissions": f"{q['mode'] & 0o7777:04o}",
         "size": q["ring_bytes"] + q["state_bytes"], "ring_bytes": q["ring_bytes"],
         "state_bytes": q["state_bytes"],
-        "slot_size": q["slot_size"], "capacity": q["capacity"], "lossless": bool(q["lossless"]),
+        "slot_size": q["slot_size"], "max_message_size": q["max_message_size"],
+        "capacity": q["capacity"], "lossless": bool(q["lossless"]),
         "first_sequence": q["first_sequence"], "head": q["head"],
         "producer_alive": bool(q["producer_alive"]), "ended": bool(q["ended"]),
         "consumers": len(entries), "registered": sum(e["registered"] for e in entries),
@@ -356,7 +357,8 @@ def _print_stat(info, out):
         ("owner", f"{printable(info['owner'])} (uid {info['owner_uid']}), permissions {info['permissions']}"),
         ("size", f"{info['size']:,} bytes (ring {info['ring_bytes']:,}, consumer state "
                  f"{info['state_bytes']:,})"),
-        ("slots", f"{info['capacity']} x {info['slot_size']} bytes"),
+        ("slots", f"{info['capacity']} x {info['slot_size']} bytes, messages up to "
+                  f"{info['max_message_size']:,} bytes"),
         ("mode", _mode_word(info)),
         ("head", f"{info['head']} (first sequence {info['first_sequence']})"),
         ("producer", _producer_word(info)),
