@@ -256,7 +256,7 @@ static void find_records(struct shmq_producer *p)
         p->next++;
     }
     /* Relaxed: ordered after the dead producer's stores by the lock, as for
-     * head. Clamped into the lap before head, which also catches garbage. */
+     * head. A hint only: clamped into the lap before head. */
     uint64_t tail = shmq_load_relaxed(&p->control->tail);
     /* No record before the first message ever existed. */
     uint64_t from = p->next - g->first_sequence < capacity ? g->first_sequence : p->next - capacity;
@@ -264,17 +264,37 @@ static void find_records(struct shmq_producer *p)
         tail = p->next;
     if ((int64_t)(tail - from) < 0)
         tail = from;
-    /* A predecessor that died inside step 1 may have stored tail before
-     * invalidating every record below it: invalidate them now, since their
-     * slots may be the next ones rewritten. */
-    for (uint64_t r = from; r != tail; r++) {
+    /* The intact records: the longest run back from head, no further than
+     * tail, of records stamped whole whose slots end where the next one
+     * begins or earlier, all within the lap before next_slot. Head and tail
+     * are the predecessor's word, which a crash or a scribbling owner may
+     * have left wrong: the index itself decides. */
+    uint64_t live = p->next, end = p->next_slot;
+    while (live != tail) {
+        if (!record_extent(p, live - 1, &slot, &slots) || slots > end - (p->next_slot - capacity))
+            break;
+        /* The last position of its slot whose record ends by `end`. */
+        uint64_t start = end - slots - ((end - slots - slot) & (capacity - 1));
+        if ((int64_t)(start - (p->next_slot - capacity)) < 0)
+            break;
+        end = start;
+        live--;
+    }
+    /* Every other record of the lap is marked overwritten (and one that a
+     * stale head leaves "from the future", stamped whole for a sequence
+     * past head, is marked with it: each index record belongs to exactly
+     * one sequence of the lap), since its slots may be the next ones
+     * rewritten; those before the first message keep their "one lap
+     * before" stamp. */
+    for (uint64_t r = p->next - capacity; r != live; r++) {
         struct shmq_record *record = shmq_record_at(p->index, g, r);
+        uint64_t mark = p->next - r > p->next - g->first_sequence ? r : r + capacity - 1;
         /* Relaxed, both: ours now; ordered before any payload store by the
          * release fence of the next publish. */
-        if (shmq_load_relaxed(&record->stamp) == r)
-            shmq_store_relaxed(&record->stamp, r + capacity - 1);
+        if (shmq_load_relaxed(&record->stamp) != mark)
+            shmq_store_relaxed(&record->stamp, mark);
     }
-    p->oldest = tail;
+    p->oldest = live;
     /* Relaxed: read by consumers as a hint only (consumer.c); the next
      * publish's release fence orders it anyway. */
     shmq_store_relaxed(&p->control->tail, p->oldest);

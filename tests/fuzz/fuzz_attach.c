@@ -1,16 +1,20 @@
 /*
- * libFuzzer target: attach and header validation, reading slots, and the
- * consumer state of layout 3, over shared memory built from the fuzzer's
- * bytes. tests/fuzz/run.sh builds and runs it; tests/fuzz/README.md says how
- * to replay a finding.
+ * libFuzzer target: attach and header validation, reading records (layout 6:
+ * an index of records, each message's payload in one or more slots of the
+ * data area), and the consumer state of layout 3, over shared memory built
+ * from the fuzzer's bytes. tests/fuzz/run.sh builds and runs it;
+ * tests/fuzz/README.md says how to replay a finding.
  *
  * WHAT ONE INPUT DOES
  *   1. Builds a valid queue by hand from the geometry the prelude asks for:
  *      the ring, in /dev/shm, through the core's own header code
  *      (shmq_header_init), with `published` messages stamped through a
- *      producer bound to that mapping (so slots hold real, checkable
- *      payloads); and its consumer state through the core's own producer-side
- *      code (shmq_consumers_producer_open): the empty lock file
+ *      producer bound to that mapping (so the index and the data area hold
+ *      real, checkable records: lengths up to max_message_size, many
+ *      spanning several slots, some pushed past the data area's last slots
+ *      to slot 0, leaving padding); and its consumer state through the
+ *      core's own producer-side code (shmq_consumers_producer_open): the
+ *      empty lock file
  *      NAME.consumers and the wake page, one page of System V memory whose id
  *      it stores in the ring (line 4, wake_shm); and NAME.producer, as a
  *      producer that made the queue and left leaves it. Starting from a
@@ -18,8 +22,13 @@
  *      coverage starts deep instead of waiting for the fuzzer to guess them.
  *   2. Damages it with up to 16 patches, each a 1/2/4/8-byte value written at
  *      an offset inside one area of a target:
- *        ring       identity line, control lines (head, futex word, stream
- *                   state, wake_shm), slot headers, anywhere;
+ *        ring       identity line, control lines (head, tail, futex word,
+ *                   stream state, wake_shm), an index record's bytes,
+ *                   anywhere; and, as variant, the identity's data_offset or
+ *                   max_message, the tail word, one field of an index record
+ *                   (stamp, length or slot, raw or near what matters: the
+ *                   head, max_message, a slot count, the data area's end),
+ *                   the data area;
  *        wake page  attached by the harness (shmat) by the id the ring names,
  *                   if this process made it: the wake line, the producer's
  *                   line, the tag, anywhere;
@@ -50,11 +59,14 @@
  *      the harness's own writable mappings: that is how a field read twice,
  *      or a stamp or length trusted without a check, would show up as an
  *      out-of-bounds access.
- *   4. Runs up to 32 operations: poll, poll_many, poll_wait(0), poll_alloc,
- *      wait (timeout 0 or 1 us, so the consumer sleeps on the wake page),
- *      peek/release, the accessors, and through the producer publish,
- *      publish_many, wait_room and publish_wait (0 or 1 us, so a lossless
- *      producer waits on the wake page and probes liveness),
+ *   4. Runs up to 32 operations: poll, poll_many, poll_wait(0), poll_alloc
+ *      (into buffers of the largest message, of none, of some bytes or
+ *      slots, or larger), wait (timeout 0 or 1 us, so the consumer sleeps on
+ *      the wake page), peek/release (maybe publishing meanwhile), the
+ *      accessors, and through the producer publish, publish_many (maybe
+ *      one byte past max_message_size), wait_room, wait_room_for and
+ *      publish_wait (0 or 1 us, so a lossless producer waits on the wake
+ *      page and probes liveness),
  *      claim/commit/abort, the producer's list of consumers and
  *      shmq_inspect; and letting go of the locks the harness planted.
  *
@@ -62,14 +74,22 @@
  *   - Every return code is one the manual (csrc/shmq.h) documents for that
  *     call and that situation; -ENOMEM or -EMFILE count as failures, since
  *     nothing here should exhaust memory or descriptors.
- *   - A delivered length is <= slot_size and <= the buffer; -EMSGSIZE
- *     reports a length that is > the buffer and <= slot_size; poll_many's
- *     lengths fit the buffer together.
+ *   - A delivered length is <= max_message_size and <= the buffer; -EMSGSIZE
+ *     reports a length that is > the buffer and <= max_message_size;
+ *     poll_many's lengths fit the buffer together.
  *   - The consumer's position only moves forward, by exactly the messages
  *     delivered plus the growth of its lost count.
- *   - While no patch touched the identity line or the slots, every delivered
- *     message is byte for byte the one published under its sequence (or,
- *     before first_sequence, the empty stamp a new ring starts with).
+ *   - While no patch touched the identity line, the index or the data area
+ *     (the control lines, head and tail included, are validated by the
+ *     stamps), every delivered message is byte for byte the one published
+ *     under its sequence (or, before first_sequence, the empty record a new
+ *     ring starts with); a peek whose release returns 0 lent out exactly
+ *     those bytes, also when the producer published a lap meanwhile, and
+ *     also after a head or tail changed before a producer takes the ring
+ *     over (its takeover trusts the index, not those words: the reproducers
+ *     takeover-* in crashers/ are what it once got wrong).
+ *   - A lent-out payload (peek) and a loan (claim) lie in the data area,
+ *     from the start of a slot.
  *   - System V ids are checked before use: a wake page a consumer or
  *     producer attached is one page, the ring owner's, tagged with the
  *     ring's instance (decoys of another size or tag are refused); a sound
@@ -95,7 +115,7 @@
  * INPUT FORMAT (bytes past the end of the input read as zero, so every input,
  * the empty one included, is a valid queue plus whatever it asks for)
  *
- *   prelude, 32 bytes:
+ *   prelude, 40 bytes:
  *     0  u8   flags (FLAG_* below)
  *     1  u8   capacity: 2 << (v % 6), so 2..64 slots
  *     2  u16  slot_size: v % 257, 0 meaning the default (1024)
@@ -113,11 +133,16 @@
  *     31 u8   odd files: bits 0-1 what sits under NAME.consumers, bits 2-3
  *             under NAME.producer (ODD_*: the normal file, a FIFO, a
  *             directory, a symlink to the ring)
+ *     32 u8   max_message_size (max_message_choice in fuzz_input.h: 0 the
+ *             default, slot_size * k, or exactly slot_size * capacity)
+ *     33 u8   size flags (SIZE_* below)
+ *     34      reserved, 6 bytes
  *   patches, 11 bytes each: where u8 | offset u16 | value u64
  *     where bits 0 and 6: target (bit 0 + 2 * bit 6: ring, wake page, entry,
  *     lock file); bits 1-2: width 1 << v; bits 3-4: area; bit 5: live;
- *     bit 7: variant (lock file: truncate or chmod instead of pwrite, read
- *     lock instead of write lock)
+ *     bit 7: variant (ring: the areas from RING_SIZES on, where but for the
+ *     data area the width bits pick how the value is made; lock file:
+ *     truncate or chmod instead of pwrite, read lock instead of write lock)
  *   operations, 2 bytes each: op u8 (op % 13 picks one of run_op's) | arg u8
  *
  * Each fuzzer process uses one queue name, "fuzz-TAG-PID", created and
@@ -144,12 +169,15 @@
 #define FUZZ_TARGET "fuzz_attach"
 #include "fuzz_input.h"
 
-#define PRELUDE_SIZE 32u
+#define PRELUDE_SIZE 40u
 #define PATCH_SIZE 11u
 #define OP_SIZE 2u
 #define MAX_PATCHES 16u
 #define MAX_OPS 32u
 #define MAX_ENTRIES 4u
+/* The largest max_message_size a prelude asks for: the default slot size
+ * times the largest capacity. */
+#define MAX_MESSAGE (SHMQ_DEFAULT_SLOT_SIZE * 64u)
 /* A short wait: long enough to go through a sleep round (the wake page, the
  * futex, a lossless producer's liveness probe), short enough for speed. */
 #define SHORT_WAIT_NS 1000
@@ -176,12 +204,24 @@ enum {
     MORE_NO_LOCK_FILE = 1u << 7,      /* no NAME.consumers (a producer makes one) */
 };
 
+/* Size flags (prelude byte 33). */
+enum {
+    SIZE_PRODUCER_OTHER_MAX = 1u << 0, /* the producer asks for max_message + 1: -EMEDIUMTYPE */
+    SIZE_PRODUCER_SAME_MAX = 1u << 1,  /* ... for the queue's own: it attaches */
+};
+
 /* What sits under NAME.consumers / NAME.producer (prelude byte 31). */
 enum { ODD_NONE, ODD_FIFO, ODD_DIRECTORY, ODD_SYMLINK };
 
 /* Patch targets, and their areas. */
 enum { TARGET_RING, TARGET_WAKE, TARGET_ENTRY, TARGET_LOCKS };
-enum { RING_IDENTITY, RING_CONTROL_LINES, RING_SLOT_HEADERS, RING_ANYWHERE };
+/* Ring areas: area + 4 * variant. RING_SIZES (data_offset or max_message),
+ * RING_TAIL and RING_RECORD_FIELD write one field, with a value made as the
+ * width bits say (patch_ring_field); the others write the value's bytes. */
+enum { RING_IDENTITY, RING_CONTROL_LINES, RING_INDEX, RING_ANYWHERE,
+       RING_SIZES, RING_TAIL, RING_RECORD_FIELD, RING_DATA };
+/* The fields of an index record (RING_RECORD_FIELD). */
+enum { FIELD_STAMP, FIELD_LENGTH, FIELD_SLOT };
 enum { WAKE_SLEEPERS, WAKE_PRODUCER, WAKE_TAG, WAKE_ANYWHERE };
 enum { ENTRY_POSITION, ENTRY_PID_STATE, ENTRY_REST, ENTRY_ANYWHERE };
 enum { LOCKS_FILE, LOCKS_ID_RANGE, LOCKS_LIVE_BYTE, LOCKS_WAKE_ID };
@@ -212,9 +252,10 @@ static void at_exit(void)
 
 /* The message stamped under `sequence`: its length and its bytes, so that a
  * delivered copy can be checked without keeping what was published. */
-static size_t pattern_length(uint64_t sequence, uint32_t salt, uint32_t slot_size)
+static size_t pattern_length(uint64_t sequence, uint32_t salt, uint32_t slot_size,
+                             uint64_t max_message)
 {
-    return (size_t)((sequence * 7u + salt) % ((uint64_t)slot_size + 1));
+    return pattern_length_in(sequence, salt, 0, slot_size, (size_t)max_message);
 }
 
 static void fill_pattern(uint8_t *buf, size_t length, uint64_t sequence, uint32_t salt)
@@ -255,7 +296,7 @@ static int mapped_here(const char *path)
  * room, read locks, odd files). SHMQ_FUZZ_WRITE_SEEDS=DIR writes them to DIR
  * and exits; run.sh does that before every run. */
 struct seed {
-    uint8_t flags, capacity_log2, published, more, entries, fill, odd;
+    uint8_t flags, capacity_log2, published, more, entries, fill, odd, max_message, sizes;
     uint16_t slot_size;
     uint64_t first_sequence;
     const char *patches; /* PATCH_SIZE bytes each */
@@ -283,6 +324,12 @@ struct seed {
 /* fill, let go of the planted locks, wait for room (the producer probes and
  * forgets an entry nobody holds), fill again */
 #define SEED_OPS_RELEASE "\6\x07\x0a\x03\x0c\0\x0a\x03\x0a\x02\6\x07\x0b\x84"
+/* large messages: peek while 3 are published, poll into the largest
+ * buffer, peek while 8 are, publish_many, poll_many into room for 4, peek
+ * and poll into buffers of 1 and 2 slots, wait_room_for the next length and
+ * for one byte too many, claim, poll into no buffer, inspect */
+#define SEED_OPS_LARGE \
+    "\x08\x0e\0\0\x08\x22\6\x07\1\x70\x08\x02\0\x06\0\x0a\x0a\x05\x0a\x0d\x09\0\0\x02\x0b\x84"
 /* where | offset u16 | value u64; where: target (0x00 ring, 0x01 wake page,
  * 0x40 entry, 0x41 lock file) | width (0x00 1, 0x02 2, 0x04 4, 0x06 8) |
  * area (0x00, 0x08, 0x10, 0x18) | live 0x20 | variant 0x80 */
@@ -311,6 +358,24 @@ struct seed {
 #define PATCH_WAKE_ID_HALF_PAGE "\x79\0\0\x04\0\0\0\0\0\0\0"
 #define PATCH_WAKE_ID_ENTRY "\x79\0\0\x05\0\0\0\0\0\0\0"
 #define PATCH_WAKE_ID_GARBAGE "\x59\0\0\x38\x22\0\0\0\0\0\0"
+/* Ring fields (variant 0x80; the width bits pick how the value is made):
+ * max_message one byte lower (valid: its largest records become corrupt),
+ * max_message twice the bound, data_offset a page on; tail at head, and a
+ * lap behind head, before the producer attaches and once everyone is open;
+ * record 0's length max_message + 1, record 1's slot one past where its
+ * slots end at the data area's end, record 2's stamp the sequence it holds
+ * in the lap before head; 8 bytes of the data area. */
+#define PATCH_MAX_MESSAGE_DOWN "\x80\x01\0\xff\xff\0\0\0\0\0\0"
+#define PATCH_MAX_MESSAGE_PAST "\x82\x01\0\x10\0\0\0\0\0\0\0"
+#define PATCH_DATA_OFFSET_PAGE "\x82\0\0\x01\0\0\0\0\0\0\0"
+#define PATCH_TAIL_AT_HEAD "\x8a\0\0\x01\0\0\0\0\0\0\0"
+#define PATCH_TAIL_LAP_BEHIND "\x8a\0\0\0\0\0\0\0\0\0\0"
+#define PATCH_LIVE_TAIL_AT_HEAD "\xaa\0\0\x01\0\0\0\0\0\0\0"
+#define PATCH_LIVE_TAIL_LAP_BEHIND "\xaa\0\0\0\0\0\0\0\0\0\0"
+#define PATCH_LIVE_LENGTH_PAST_MAX "\xb2\0\x01\x03\0\0\0\0\0\0\0"
+#define PATCH_LIVE_SLOT_PAST_END "\xb2\x01\x02\x02\0\0\0\0\0\0\0"
+#define PATCH_STAMP_OF_LAP "\x92\x02\0\0\0\0\0\0\0\0\0"
+#define PATCH_LIVE_DATA "\xbe\x40\0\x5a\x5a\x5a\x5a\x5a\x5a\x5a\x5a"
 
 #define EARLIEST FLAG_START_EARLIEST
 #define PRODUCER FLAG_PRODUCER
@@ -389,6 +454,49 @@ static const struct seed seeds[] = {
      .entries = 1, .slot_size = 16,
      PATCHES(PATCH_PLANT_BYTE_1 PATCH_PLANT_WAKE_ID_OF_1 PATCH_LOCKS_CHMOD),
      OPS(SEED_OPS_FILL SEED_OPS_SHORT)},
+    /* Large messages (max_message_size: 0xf0 and up the bound, slot_size *
+     * capacity; else slot_size * (1 + v % capacity) less v >> 6 bytes). A
+     * message may take the whole data area. */
+    {.flags = EARLIEST, .capacity_log2 = 3, .published = 20, .slot_size = 32, .max_message = 0xf0,
+     PATCHES(""), OPS(SEED_OPS_READ SEED_OPS_LARGE)},
+    /* Six slots at most, of 24 bytes in a stride of 32: padding at the end. */
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 2, .published = 10, .slot_size = 24,
+     .max_message = 5, PATCHES(""), OPS(SEED_OPS_LARGE SEED_OPS_MIXED)},
+    /* The default slot size and the largest ring: 64 KiB messages. */
+    {.flags = EARLIEST | PRODUCER | FIRST, .capacity_log2 = 5, .published = 12,
+     .max_message = 0xff, .sizes = SIZE_PRODUCER_SAME_MAX, PATCHES(""), OPS(SEED_OPS_LARGE)},
+    /* Lossless, records of up to four slots: the producer waits for the
+     * records a large one would overwrite. */
+    {.flags = PRODUCER | FIRST, .capacity_log2 = 2, .more = LOSSLESS, .slot_size = 16,
+     .max_message = 3, PATCHES(""), OPS(SEED_OPS_FILL SEED_OPS_LARGE)},
+    {.flags = PRODUCER, .capacity_log2 = 3, .published = 5, .more = LOSSLESS | MORE_START_AT,
+     .slot_size = 20, .max_message = 0x4b, PATCHES(""), OPS(SEED_OPS_ZERO_COPY SEED_OPS_LARGE)},
+    /* Index records rewritten under the reader: a length past max_message,
+     * a slot whose record runs past the data area, payload bytes. */
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 3, .published = 12, .slot_size = 40,
+     .max_message = 0x47,
+     PATCHES(PATCH_LIVE_LENGTH_PAST_MAX PATCH_LIVE_SLOT_PAST_END PATCH_LIVE_DATA
+             PATCH_STAMP_OF_LAP),
+     OPS(SEED_OPS_READ SEED_OPS_LARGE)},
+    /* Tail at head before the producer takes over (it invalidates what lies
+     * below), then a lap behind and at head again under it (a hint only). */
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 2, .published = 9, .slot_size = 64,
+     .max_message = 0xf3,
+     PATCHES(PATCH_TAIL_AT_HEAD PATCH_LIVE_TAIL_LAP_BEHIND PATCH_LIVE_TAIL_AT_HEAD),
+     OPS(SEED_OPS_MIXED SEED_OPS_LARGE)},
+    /* Tail a lap behind before the producer takes over (a takeover that
+     * trusted it delivered a torn message). */
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 1, .published = 3, .slot_size = 16,
+     .max_message = 3, PATCHES(PATCH_TAIL_LAP_BEHIND), OPS(SEED_OPS_MIXED SEED_OPS_LARGE)},
+    /* max_message lowered by a byte; a producer that asks for another. */
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 1, .published = 3, .slot_size = 16,
+     .max_message = 2, .sizes = SIZE_PRODUCER_OTHER_MAX, PATCHES(PATCH_MAX_MESSAGE_DOWN),
+     OPS(SEED_OPS_READ)},
+    /* Impossible sizes: refused. */
+    {.flags = EARLIEST | PRODUCER | FIRST, .capacity_log2 = 2, .published = 3, .slot_size = 16,
+     .max_message = 0xf0, PATCHES(PATCH_MAX_MESSAGE_PAST), OPS(SEED_OPS_READ)},
+    {.flags = EARLIEST | PRODUCER, .capacity_log2 = 2, .published = 3, .slot_size = 16,
+     .max_message = 1, PATCHES(PATCH_DATA_OFFSET_PAGE), OPS(SEED_OPS_READ)},
 };
 
 static void put(uint8_t *out, size_t at, const void *value, size_t n)
@@ -422,6 +530,8 @@ static void write_seeds(const char *dir)
         put(out, 26, &salt, 2);
         put(out, 28, &s->more, 1);
         put(out, 31, &s->odd, 1);
+        put(out, 32, &s->max_message, 1);
+        put(out, 33, &s->sizes, 1);
         size_t at = PRELUDE_SIZE;
         put(out, at, s->patches, (size_t)patches * PATCH_SIZE);
         at += (size_t)patches * PATCH_SIZE;
@@ -457,6 +567,7 @@ struct prelude {
     uint8_t flags;
     uint8_t more;
     uint8_t odd;
+    uint8_t sizes;
     struct shmq_config config;
     uint64_t instance;
     uint32_t published;
@@ -486,6 +597,9 @@ static void read_prelude(struct reader *r, struct prelude *p)
     p->more = read_u8(r);
     p->start_delta = (int16_t)read_u16(r);
     p->odd = read_u8(r);
+    uint32_t slot_size = p->config.slot_size ? p->config.slot_size : SHMQ_DEFAULT_SLOT_SIZE;
+    p->config.max_message_size = max_message_choice(read_u8(r), slot_size, p->config.capacity);
+    p->sizes = read_u8(r);
     if (p->more & MORE_LOSSLESS)
         p->config.delivery = SHMQ_LOSSLESS;
     r->at = PRELUDE_SIZE;
@@ -666,8 +780,9 @@ static int build_queue(struct queue *q, const struct prelude *p)
     for (unsigned i = 0; i < DECOYS; i++)
         q->decoys[i] = -1;
     if (shmq_geometry_plan(&q->geometry, &p->config) < 0)
-        FAIL("geometry_plan refused capacity %u slot_size %u", p->config.capacity,
-             p->config.slot_size);
+        FAIL("geometry_plan refused capacity %u slot_size %u max_message_size %llu",
+             p->config.capacity, p->config.slot_size,
+             (unsigned long long)p->config.max_message_size);
     /* The input chooses the instance, so runs are reproducible. */
     q->geometry.instance = p->instance;
     if (shmq_region_create(&q->ring, queue_name, (size_t)q->geometry.total_size, 0600) < 0)
@@ -675,14 +790,16 @@ static int build_queue(struct queue *q, const struct prelude *p)
     unsigned char *base = shmq_region_base(q->ring);
     shmq_header_init(base, &q->geometry);
     /* Messages stamped by a producer bound to our mapping: the core's own
-     * write path, so the slots hold exactly what a real producer leaves. */
+     * write path, so the index and the data area hold exactly what a real
+     * producer leaves (records of mixed sizes, padding, invalidation marks,
+     * tail). */
     struct shmq_producer stamper;
     memset(&stamper, 0, sizeof(stamper));
     shmq_producer_bind(&stamper, base, &q->geometry, NULL);
-    static uint8_t payload[SHMQ_DEFAULT_SLOT_SIZE];
+    static uint8_t payload[MAX_MESSAGE];
     for (uint32_t i = 0; i < p->published; i++) {
         uint64_t s = shmq_producer_next_sequence(&stamper);
-        size_t length = pattern_length(s, p->salt, q->geometry.slot_size);
+        size_t length = pattern_length(s, p->salt, q->geometry.slot_size, q->geometry.max_message);
         fill_pattern(payload, length, s, p->salt);
         if (shmq_producer_publish(&stamper, payload, length, NULL) != 0)
             FAIL("stamping message %u failed", i);
@@ -777,18 +894,19 @@ static void check_progress(struct shmq_consumer *c, struct tally *t, const char 
 static void check_message(const struct queue *q, struct shmq_consumer *c, uint64_t sequence,
                           const uint8_t *buf, size_t length, uint32_t salt, const char *what)
 {
-    uint32_t slot_size = shmq_consumer_slot_size(c);
-    EXPECT(length <= slot_size, "%s delivered %zu bytes, slot_size %u", what, length, slot_size);
+    uint64_t max = shmq_consumer_max_message_size(c);
+    EXPECT(length <= max, "%s delivered %zu bytes, max_message_size %llu", what, length,
+           (unsigned long long)max);
     if (!q->payloads_trusted)
         return;
     /* A sequence before first_sequence is reachable only through a head
-     * patched behind it; its slot may still hold the stamp header_init left
-     * there ("one lap before", length 0), which reads as an empty message.
+     * patched behind it; its record may still be as header_init left it
+     * ("one lap before", length 0), which reads as an empty message.
      * Garbage in shared memory can't be told from messages; the check is
      * that nothing else comes out. */
     if ((int64_t)(sequence - q->geometry.first_sequence) < 0 && length == 0)
         return;
-    size_t want = pattern_length(sequence, salt, slot_size);
+    size_t want = pattern_length(sequence, salt, shmq_consumer_slot_size(c), max);
     EXPECT(length == want, "%s: sequence %llu has %zu bytes, published %zu", what,
            (unsigned long long)sequence, length, want);
     for (size_t i = 0; i < length; i++)
@@ -796,14 +914,17 @@ static void check_message(const struct queue *q, struct shmq_consumer *c, uint64
                what, (unsigned long long)sequence, i);
 }
 
-/* A buffer of exactly the size asked for, so ASan sees one byte too many. */
-static uint8_t *buffer_for(uint8_t arg, uint32_t slot_size, size_t *size)
+/* A buffer of exactly the size asked for, so ASan sees one byte too many:
+ * of `max` bytes (the largest message, or poll_many's room for several), of
+ * none, of arg >> 2 units (bytes; slots where messages span several, so that
+ * some fit and some don't), or a little more than `max`. */
+static uint8_t *buffer_for(uint8_t arg, size_t max, uint32_t unit, size_t *size)
 {
     switch (arg & 3) {
-    case 0: *size = slot_size; break;
+    case 0: *size = max; break;
     case 1: *size = 0; return NULL;
-    case 2: *size = arg >> 2; break;
-    default: *size = (size_t)slot_size + (arg >> 2); break;
+    case 2: *size = (size_t)(arg >> 2) * unit; break;
+    default: *size = max + (arg >> 2); break;
     }
     uint8_t *buf = malloc(*size ? *size : 1);
     if (buf == NULL)
@@ -814,15 +935,15 @@ static uint8_t *buffer_for(uint8_t arg, uint32_t slot_size, size_t *size)
 struct alloc_state {
     uint8_t *buf;
     size_t length;
-    uint32_t slot_size;
+    uint64_t max_message;
     int refuse;
 };
 
 static void *alloc_message(void *context, size_t length)
 {
     struct alloc_state *a = context;
-    EXPECT(length <= a->slot_size, "poll_alloc asked for %zu bytes, slot_size %u", length,
-           a->slot_size);
+    EXPECT(length <= a->max_message, "poll_alloc asked for %zu bytes, max_message_size %llu",
+           length, (unsigned long long)a->max_message);
     /* The manual: a copy the producer overwrote is dropped and alloc called
      * again; the previous buffer is ours to release. */
     free(a->buf);
@@ -851,12 +972,19 @@ struct session {
     int listed; /* the entry the producer must list with our pid, or -1 */
 };
 
+/* buffer_for's unit for this consumer's messages. */
+static uint32_t buffer_unit(struct shmq_consumer *c)
+{
+    uint32_t slot_size = shmq_consumer_slot_size(c);
+    return shmq_consumer_max_message_size(c) > slot_size ? slot_size : 1;
+}
+
 static void op_poll(struct session *s, uint8_t op, uint8_t arg)
 {
     struct shmq_consumer *c = s->consumer;
-    uint32_t slot_size = shmq_consumer_slot_size(c);
+    uint64_t max_message = shmq_consumer_max_message_size(c);
     size_t size;
-    uint8_t *buf = buffer_for(arg, slot_size, &size);
+    uint8_t *buf = buffer_for(arg, (size_t)max_message, buffer_unit(c), &size);
     uint64_t before = shmq_consumer_position(c);
     size_t length = (size_t)-1;
     int rc = op == 0 ? shmq_consumer_poll(c, buf, size, &length)
@@ -869,9 +997,9 @@ static void op_poll(struct session *s, uint8_t op, uint8_t arg)
         check_message(s->queue, c, shmq_consumer_position(c) - 1, buf, length,
                       s->prelude->salt, what);
     } else if (rc == -EMSGSIZE) {
-        EXPECT(length > size && length <= slot_size,
-               "%s: -EMSGSIZE with length %zu, buffer %zu, slot_size %u", what, length, size,
-               slot_size);
+        EXPECT(length > size && length <= max_message,
+               "%s: -EMSGSIZE with length %zu, buffer %zu, max_message_size %llu", what, length,
+               size, (unsigned long long)max_message);
         EXPECT(shmq_consumer_position(c) - before == shmq_consumer_lost(c) - s->tally.lost,
                "%s: -EMSGSIZE consumed a message", what);
     }
@@ -882,10 +1010,11 @@ static void op_poll(struct session *s, uint8_t op, uint8_t arg)
 static void op_poll_many(struct session *s, uint8_t arg)
 {
     struct shmq_consumer *c = s->consumer;
-    uint32_t slot_size = shmq_consumer_slot_size(c);
+    uint64_t max_message = shmq_consumer_max_message_size(c);
     size_t max = 1 + (arg >> 5);
     size_t size;
-    uint8_t *buf = buffer_for(arg, slot_size * (uint32_t)((arg & 16) ? max : 1), &size);
+    uint8_t *buf = buffer_for(arg, (size_t)max_message * ((arg & 16) ? max : 1), buffer_unit(c),
+                              &size);
     size_t lengths[8];
     int n = shmq_consumer_poll_many(c, buf, size, lengths, max);
     EXPECT(n >= 0 || n == -EMSGSIZE || n == SHMQ_CORRUPT,
@@ -911,7 +1040,7 @@ static void op_poll_many(struct session *s, uint8_t arg)
             }
         } else {
             for (int i = 0; i < n; i++)
-                EXPECT(lengths[i] <= slot_size, "poll_many delivered %zu bytes", lengths[i]);
+                EXPECT(lengths[i] <= max_message, "poll_many delivered %zu bytes", lengths[i]);
         }
     }
     free(buf);
@@ -921,7 +1050,7 @@ static void op_poll_many(struct session *s, uint8_t arg)
 static void op_poll_alloc(struct session *s, uint8_t arg)
 {
     struct shmq_consumer *c = s->consumer;
-    struct alloc_state a = {.slot_size = shmq_consumer_slot_size(c), .refuse = arg & 1};
+    struct alloc_state a = {.max_message = shmq_consumer_max_message_size(c), .refuse = arg & 1};
     size_t length = (size_t)-1;
     int rc = shmq_consumer_poll_alloc(c, alloc_message, &a, &length);
     EXPECT(rc == 0 || rc == SHMQ_EMPTY || rc == SHMQ_CORRUPT || (rc == -ENOMEM && a.refuse),
@@ -946,14 +1075,24 @@ static void check_room(const struct session *s, int had_room, const char *what)
            "%s found no room with no registered consumer and no entry page to read", what);
 }
 
+/* The producer, if the harness has one whose messages fit its buffers: a
+ * header patched to a larger geometry, with the ring resized to match, may
+ * allow messages past MAX_MESSAGE, which the harness then does not publish. */
+static struct shmq_producer *writer(const struct session *s)
+{
+    struct shmq_producer *p = s->producer;
+    return p != NULL && shmq_producer_max_message_size(p) <= MAX_MESSAGE ? p : NULL;
+}
+
 /* Publishes through the producer: one message (op 5) or a batch (op 6). */
 static void op_publish(struct session *s, uint8_t op, uint8_t arg)
 {
-    struct shmq_producer *p = s->producer;
+    struct shmq_producer *p = writer(s);
     if (p == NULL)
         return;
     uint32_t slot_size = shmq_producer_slot_size(p);
-    static uint8_t payload[8][SHMQ_DEFAULT_SLOT_SIZE + 1];
+    uint64_t max_message = shmq_producer_max_message_size(p);
+    static uint8_t payload[8][MAX_MESSAGE + 1];
     const void *messages[8];
     size_t lengths[8];
     size_t count = op == 5 ? 1 : 1 + arg % 8;
@@ -963,9 +1102,9 @@ static void op_publish(struct session *s, uint8_t op, uint8_t arg)
     uint64_t next = shmq_producer_next_sequence(p);
     for (size_t i = 0; i < count; i++) {
         uint64_t sequence = next + i;
-        lengths[i] = pattern_length(sequence, s->prelude->salt, slot_size);
+        lengths[i] = pattern_length(sequence, s->prelude->salt, slot_size, max_message);
         if (too_long && i == count - 1)
-            lengths[i] = (size_t)slot_size + 1;
+            lengths[i] = (size_t)max_message + 1;
         fill_pattern(payload[i], lengths[i], sequence, s->prelude->salt);
         messages[i] = payload[i];
     }
@@ -974,7 +1113,7 @@ static void op_publish(struct session *s, uint8_t op, uint8_t arg)
                      : shmq_producer_publish_many(p, messages, lengths, count, &last);
     uint64_t done = shmq_producer_next_sequence(p) - next;
     if (too_long) {
-        EXPECT(rc == -EMSGSIZE, "publishing slot_size + 1 bytes returned %d", rc);
+        EXPECT(rc == -EMSGSIZE, "publishing max_message_size + 1 bytes returned %d", rc);
         EXPECT(done == 0, "a refused publish moved the sequence");
         return;
     }
@@ -998,22 +1137,35 @@ static void op_publish(struct session *s, uint8_t op, uint8_t arg)
  * page, sleeps, and probes the entries that hold it back). */
 static void op_room(struct session *s, uint8_t arg)
 {
-    struct shmq_producer *p = s->producer;
+    struct shmq_producer *p = writer(s);
     if (p == NULL)
         return;
     int64_t timeout = (arg & 2) ? SHORT_WAIT_NS : 0;
     int full = timeout == 0 ? SHMQ_FULL : -ETIMEDOUT;
+    uint64_t max_message = shmq_producer_max_message_size(p);
+    uint64_t next = shmq_producer_next_sequence(p);
+    size_t length = pattern_length(next, s->prelude->salt, shmq_producer_slot_size(p), max_message);
     int rc;
     if (arg & 1) {
-        rc = shmq_producer_wait_room(p, timeout);
+        /* Room for one slot, or (bit 2) for the next message's length, or
+         * (bits 2 and 3) for one byte too many: -EMSGSIZE. */
+        int too_long = (arg & 12) == 12;
+        if (arg & 4)
+            rc = shmq_producer_wait_room_for(p, too_long ? (size_t)max_message + 1 : length,
+                                             timeout);
+        else
+            rc = shmq_producer_wait_room(p, timeout);
+        if (too_long) {
+            EXPECT(rc == -EMSGSIZE, "wait_room_for(max_message_size + 1) returned %d", rc);
+            return;
+        }
         EXPECT(rc == 0 || (rc == full && shmq_producer_lossless(p)),
                "wait_room(%lld) returned %d (%s)", (long long)timeout, rc, shmq_strerror(rc));
         check_room(s, rc == 0, "wait_room");
+        EXPECT(shmq_producer_next_sequence(p) == next, "wait_room moved the sequence");
         return;
     }
-    uint64_t next = shmq_producer_next_sequence(p);
-    uint8_t payload[SHMQ_DEFAULT_SLOT_SIZE];
-    size_t length = pattern_length(next, s->prelude->salt, shmq_producer_slot_size(p));
+    static uint8_t payload[MAX_MESSAGE];
     fill_pattern(payload, length, next, s->prelude->salt);
     rc = shmq_producer_publish_wait(p, payload, length, NULL, timeout);
     EXPECT(rc == 0 || (rc == full && shmq_producer_lossless(p)),
@@ -1073,16 +1225,21 @@ static void op_list(struct session *s, uint8_t arg)
                 EXPECT(infos[i].index < info.max_consumers, "inspect: entry %u", infos[i].index);
             if (s->queue->payloads_trusted)
                 EXPECT(info.capacity == s->queue->geometry.capacity &&
-                           info.max_consumers == entries && info.owner_uid == geteuid(),
-                       "inspect: capacity %u, %u entries, owner %u", info.capacity,
-                       info.max_consumers, (unsigned)info.owner_uid);
+                           info.max_consumers == entries && info.owner_uid == geteuid() &&
+                           info.max_message_size == s->queue->geometry.max_message,
+                       "inspect: capacity %u, %u entries, owner %u, max_message_size %llu",
+                       info.capacity, info.max_consumers, (unsigned)info.owner_uid,
+                       (unsigned long long)info.max_message_size);
         }
     }
 }
 
 #ifdef SHMQ_OVERWRITTEN /* the zero-copy API */
 /* peek, look at every byte lent out, maybe try a poll in between (it must
- * refuse), release. */
+ * refuse) or publish some messages meanwhile (arg >> 2 of them: a lossy
+ * producer may rewrite the record), release. A release that returns 0 says
+ * the lent bytes stayed the message: both copies, the one made at once and
+ * the one made just before the release, must then be it. */
 static void op_peek(struct session *s, uint8_t arg)
 {
     struct shmq_consumer *c = s->consumer;
@@ -1096,11 +1253,22 @@ static void op_peek(struct session *s, uint8_t arg)
         check_progress(c, &s->tally, "peek");
         return;
     }
-    uint32_t slot_size = shmq_consumer_slot_size(c);
-    EXPECT(length <= slot_size && data != NULL, "peek lent %zu bytes, slot_size %u", length,
-           slot_size);
-    /* Touch every byte: a pointer or length past the slot faults here. */
-    static uint8_t copy[SHMQ_DEFAULT_SLOT_SIZE];
+    uint64_t max_message = shmq_consumer_max_message_size(c);
+    EXPECT(length <= max_message && data != NULL, "peek lent %zu bytes, max_message_size %llu",
+           length, (unsigned long long)max_message);
+    /* Inside the data area, from the start of a slot: the mapping is not
+     * ASan's, so a payload lent from the index would go unnoticed there. */
+    const struct shmq_geometry *g = &c->geometry;
+    size_t from = (size_t)((const unsigned char *)data - c->data);
+    size_t area = (size_t)g->capacity * g->slot_stride;
+    EXPECT((const unsigned char *)data >= c->data && from <= area && length <= area - from &&
+               from % g->slot_stride == 0,
+           "peek lent %zu bytes at %zu of a data area of %zu", length, from, area);
+    /* Touch every byte: a pointer or length past the mapping faults here. */
+    uint8_t *copy = malloc(length ? length : 1);
+    uint8_t *later = malloc(length ? length : 1);
+    if (copy == NULL || later == NULL)
+        FAIL("out of memory");
     memcpy(copy, data, length);
     if (arg & 1) {
         uint8_t buf[8];
@@ -1110,6 +1278,10 @@ static void op_peek(struct session *s, uint8_t arg)
         const void *data2;
         EXPECT(shmq_consumer_peek(c, &data2, &ignored) == -EINPROGRESS, "a second peek succeeded");
     }
+    if (arg & 2)
+        for (unsigned i = 0; i < (unsigned)(arg >> 2); i++)
+            op_publish(s, 5, 0);
+    memcpy(later, data, length);
     uint64_t sequence = shmq_consumer_position(c);
     rc = shmq_consumer_release(c);
     EXPECT(rc == 0 || rc == SHMQ_OVERWRITTEN, "release returned %d (%s)", rc, shmq_strerror(rc));
@@ -1117,7 +1289,11 @@ static void op_peek(struct session *s, uint8_t arg)
     if (rc == 0) {
         s->tally.delivered++;
         check_message(s->queue, c, sequence, copy, length, s->prelude->salt, "peek");
+        check_message(s->queue, c, sequence, later, length, s->prelude->salt,
+                      "peek, the bytes lent out at release");
     }
+    free(copy);
+    free(later);
     check_progress(c, &s->tally, "release");
 }
 
@@ -1129,13 +1305,14 @@ static void op_claim(struct session *s, uint8_t arg)
     if (p == NULL)
         return;
     uint32_t slot_size = shmq_producer_slot_size(p);
+    uint64_t max_message = shmq_producer_max_message_size(p);
     uint64_t next = shmq_producer_next_sequence(p);
-    size_t size = (arg & 0x80) ? (size_t)slot_size + 1
-                               : pattern_length(next, s->prelude->salt, slot_size);
+    size_t size = (arg & 0x80) ? (size_t)max_message + 1
+                               : pattern_length(next, s->prelude->salt, slot_size, max_message);
     void *data = NULL;
     int rc = shmq_producer_claim(p, size, &data);
     if (arg & 0x80) {
-        EXPECT(rc == -EMSGSIZE, "claim of slot_size + 1 returned %d", rc);
+        EXPECT(rc == -EMSGSIZE, "claim of max_message_size + 1 returned %d", rc);
         return;
     }
     EXPECT(rc == 0 || (rc == SHMQ_FULL && shmq_producer_lossless(p)), "claim returned %d (%s)", rc,
@@ -1144,6 +1321,14 @@ static void op_claim(struct session *s, uint8_t arg)
     if (rc != 0)
         return;
     EXPECT(data != NULL && ((uintptr_t)data & 15) == 0, "claim lent a misaligned loan");
+    /* The whole loan in the data area, from the start of a slot: the mapping
+     * is not ASan's, so a loan over the index would go unnoticed there. */
+    const struct shmq_geometry *g = &p->geometry;
+    size_t from = (size_t)((unsigned char *)data - p->data);
+    size_t area = (size_t)g->capacity * g->slot_stride;
+    EXPECT((unsigned char *)data >= p->data && from <= area && size <= area - from &&
+               from % g->slot_stride == 0,
+           "claim lent %zu bytes at %zu of a data area of %zu", size, from, area);
     fill_pattern(data, size, next, s->prelude->salt);
     if (arg & 1) {
         uint8_t one = 0;
@@ -1182,6 +1367,11 @@ static void op_misc(struct session *s, uint8_t arg)
     rc = shmq_consumer_registered(c);
     EXPECT(rc == 0 || (rc == 1 && shmq_consumer_lossless(c) && shmq_consumer_entry(c) >= 0),
            "registered returned %d", rc);
+    uint64_t max_message = shmq_consumer_max_message_size(c);
+    EXPECT(max_message <= (uint64_t)shmq_consumer_slot_size(c) * shmq_consumer_capacity(c) &&
+               (!s->queue->payloads_trusted || max_message == s->queue->geometry.max_message),
+           "max_message_size %llu, slot_size %u, capacity %u", (unsigned long long)max_message,
+           shmq_consumer_slot_size(c), shmq_consumer_capacity(c));
     (void)shmq_consumer_backlog(c);
     shmq_consumer_set_spin(c, arg);
     EXPECT(!mapped_here(locks_path), "someone maps the lock file %s", locks_path);
@@ -1385,6 +1575,113 @@ static void patch_lock_file(struct session *s, size_t width, uint16_t offset, ui
     }
 }
 
+/* A value near `base`: base plus a small signed step. */
+static uint64_t near(uint64_t base, uint64_t value)
+{
+    return base + (uint64_t)(int64_t)(int16_t)value;
+}
+
+/* One field of the ring, with a value made from the patch's as its width
+ * bits (`how`) say: a small step from what the field holds, a value near
+ * what matters to that field, or raw (32 or 64 bits).
+ *   RING_SIZES         offset bit 0: data_offset or max_message; near:
+ *                      data_offset a page step away, max_message a whole
+ *                      number of slots from 0 to twice the bound;
+ *   RING_TAIL          near: head plus a step, or inside the lap before
+ *                      head (where tail is taken as it is);
+ *   RING_RECORD_FIELD  record offset % capacity, field (offset >> 8) % 3:
+ *                      stamp (near: the head, or the sequence the record
+ *                      would hold in the lap before it, plus a step), length
+ *                      (near: max_message, or a whole number of slots, plus
+ *                      a step), slot (near: capacity, or where the record's
+ *                      slots would end exactly at the data area's end, plus
+ *                      a step). */
+static void patch_ring_field(struct session *s, unsigned ring_area, unsigned how,
+                             uint16_t offset, uint64_t value)
+{
+    struct queue *q = s->queue;
+    const struct shmq_geometry *g = &q->geometry;
+    unsigned char *base = shmq_region_base(q->ring);
+    struct shmq_control *control = control_of(q);
+    uint64_t capacity = g->capacity;
+    uint64_t head = shmq_load_relaxed(&control->head);
+    if (ring_area == RING_SIZES) {
+        size_t at = (offset & 1) ? offsetof(struct shmq_identity, max_message)
+                                 : offsetof(struct shmq_identity, data_offset);
+        uint64_t field;
+        memcpy(&field, base + at, sizeof(field));
+        switch (how) {
+        case 0: field = near(field, value); break;
+        case 1:
+            field = (offset & 1) ? (uint64_t)g->slot_size * (value % (2 * capacity + 1))
+                                 : field + (uint64_t)(int64_t)(int8_t)value * g->page_size;
+            break;
+        case 2: field = (uint32_t)value; break;
+        default: field = value; break;
+        }
+        memcpy(base + at, &field, sizeof(field));
+        return;
+    }
+    if (ring_area == RING_TAIL) {
+        uint64_t tail = shmq_load_relaxed(&control->tail);
+        switch (how) {
+        case 0: tail = near(tail, value); break;
+        case 1:
+            tail = (value & 1) ? near(head, value >> 1)
+                               : head - capacity + (value >> 1) % (capacity + 1);
+            break;
+        case 2: tail = (uint32_t)value; break;
+        default: tail = value; break;
+        }
+        shmq_store_relaxed(&control->tail, tail);
+        return;
+    }
+    uint64_t index = offset % capacity;
+    struct shmq_record *record = shmq_record_at(base + g->index_offset, g, index);
+    uint32_t length = shmq_load_relaxed(&record->length);
+    switch ((offset >> 8) % 3) {
+    case FIELD_STAMP: {
+        uint64_t stamp = shmq_load_relaxed(&record->stamp);
+        /* The sequence of this record in the lap before head. */
+        uint64_t lap = head - 1 - ((head - 1 - index) & (capacity - 1));
+        switch (how) {
+        case 0: stamp = near(stamp, value); break;
+        case 1: stamp = near((value & 1) ? head : lap, value >> 1); break;
+        case 2: stamp = (uint32_t)value; break;
+        default: stamp = value; break;
+        }
+        shmq_store_relaxed(&record->stamp, stamp);
+        break;
+    }
+    case FIELD_LENGTH:
+        switch (how) {
+        case 0: length = (uint32_t)near(length, value); break;
+        case 1:
+            length = (value & 1) ? (uint32_t)near(g->max_message, value >> 1)
+                                 : (uint32_t)(g->slot_stride * ((value >> 1) % (capacity + 2)) +
+                                              (uint64_t)(int64_t)(int8_t)(value >> 8));
+            break;
+        default: length = (uint32_t)value; break;
+        }
+        shmq_store_relaxed(&record->length, length);
+        break;
+    default: {
+        uint32_t slot = shmq_load_relaxed(&record->slot);
+        switch (how) {
+        case 0: slot = (uint32_t)near(slot, value); break;
+        case 1: {
+            uint64_t last_fit = capacity - shmq_record_slots(length, g->slot_stride);
+            slot = (uint32_t)near((value & 1) ? capacity : last_fit, value >> 1);
+            break;
+        }
+        default: slot = (uint32_t)value; break;
+        }
+        shmq_store_relaxed(&record->slot, slot);
+        break;
+    }
+    }
+}
+
 static void apply_patch(struct session *s, const struct patch *patch)
 {
     struct queue *q = s->queue;
@@ -1403,21 +1700,34 @@ static void apply_patch(struct session *s, const struct patch *patch)
         const struct shmq_geometry *g = &q->geometry;
         base = shmq_region_base(q->ring);
         size = shmq_region_size(q->ring);
-        switch (area) {
-        case RING_IDENTITY: start = 0; length = SHMQ_LINE; break;
-        case RING_CONTROL_LINES: start = SHMQ_LINE; length = 4 * SHMQ_LINE; break;
-        case RING_SLOT_HEADERS: {
-            /* The stamp and length words of one slot. */
-            size_t slot = patch->offset / SHMQ_SLOT_HEADER % g->capacity;
-            start = g->slots_offset + slot * g->slot_stride;
-            length = SHMQ_SLOT_HEADER;
-            break;
-        }
-        default: start = 0; length = size; break;
-        }
-        if (area != RING_CONTROL_LINES)
+        unsigned ring_area = area + 4 * (unsigned)variant;
+        /* Head and tail are validated by the stamps wherever they are used
+         * (tail is a hint: consumer.c, producer.c), so a delivered message
+         * is still the one published; anything else may change what a
+         * record says. */
+        if (ring_area != RING_CONTROL_LINES && ring_area != RING_TAIL)
             q->payloads_trusted = 0;
         q->intact = 0;
+        switch (ring_area) {
+        case RING_IDENTITY: start = 0; length = SHMQ_LINE; break;
+        case RING_CONTROL_LINES: start = SHMQ_LINE; length = 4 * SHMQ_LINE; break;
+        case RING_INDEX: {
+            /* The bytes of one index record: stamp, length, slot. */
+            size_t record = patch->offset / SHMQ_RECORD_BYTES % g->capacity;
+            start = g->index_offset + record * SHMQ_RECORD_BYTES;
+            length = SHMQ_RECORD_BYTES;
+            break;
+        }
+        case RING_DATA:
+            start = g->data_offset;
+            length = (size_t)g->capacity * g->slot_stride;
+            break;
+        case RING_ANYWHERE: start = 0; length = size; break;
+        default: {
+            patch_ring_field(s, ring_area, (where >> 1) & 3, patch->offset, patch->value);
+            return;
+        }
+        }
         break;
     }
     case TARGET_WAKE:
@@ -1628,6 +1938,10 @@ static int attach_producer(struct session *s)
         config.slot_size = q->geometry.slot_size + 1;
     if (p->more & MORE_PRODUCER_DELIVERY)
         config.delivery = (p->more & MORE_LOSSLESS) ? SHMQ_LOSSY : SHMQ_LOSSLESS;
+    if (p->sizes & SIZE_PRODUCER_OTHER_MAX)
+        config.max_message_size = q->geometry.max_message + 1;
+    else if (p->sizes & SIZE_PRODUCER_SAME_MAX)
+        config.max_message_size = q->geometry.max_message;
     int named = ring_wake_id(q);
     int good = good_wake_page(q, named);
     int rc = shmq_producer_open(&s->producer, queue_name, &config, 0);
@@ -1636,14 +1950,28 @@ static int attach_producer(struct session *s)
      * NAME.consumers where it cannot be replaced. -EBUSY: the harness holds
      * a read lock on NAME.producer, which only its owner can open (the
      * harness is the owner): it fakes no producer, but blocks a new one. */
+    /* -EMEDIUMTYPE: asked for another geometry or delivery, or for the
+     * queue's own max_message_size where a patch changed the header's. */
+    int other = (p->more & (MORE_PRODUCER_GEOMETRY | MORE_PRODUCER_DELIVERY)) ||
+                (p->sizes & SIZE_PRODUCER_OTHER_MAX) ||
+                ((p->sizes & SIZE_PRODUCER_SAME_MAX) && !q->payloads_trusted);
     int ok = open_code_ok(rc) || (rc == -EBUSY && q->producer_read_locked) ||
              (rc == -EPERM && ((p->flags & FLAG_WIDE_MODES) || (p->odd & 15) != 0)) ||
-             (rc == -EMEDIUMTYPE && (p->more & (MORE_PRODUCER_GEOMETRY | MORE_PRODUCER_DELIVERY)));
+             (rc == -EMEDIUMTYPE && other);
     EXPECT(ok, "producer_open returned %d (%s)", rc, shmq_strerror(rc));
     if (rc != 0) {
         s->producer = NULL;
         return rc;
     }
+    EXPECT(!(p->sizes & SIZE_PRODUCER_OTHER_MAX) || !q->payloads_trusted,
+           "producer_open accepted max_message_size %llu for a queue of %llu",
+           (unsigned long long)config.max_message_size,
+           (unsigned long long)q->geometry.max_message);
+    if (q->payloads_trusted)
+        EXPECT(shmq_producer_max_message_size(s->producer) == q->geometry.max_message,
+               "the producer's max_message_size is %llu, the queue's %llu",
+               (unsigned long long)shmq_producer_max_message_size(s->producer),
+               (unsigned long long)q->geometry.max_message);
     check_producer_wake(s, named, good);
     return 0;
 }

@@ -13,16 +13,19 @@
  * WHAT ONE INPUT DOES
  *   1. Makes a real queue with the core's own calls (shmq_producer_open:
  *      ring, lock file, wake page), lossy or lossless, of 2..64 slots of
- *      8..128 bytes, starting at any first_sequence, and stamps some
- *      messages. Each message carries its sequence in its first 8 bytes and
- *      a pattern drawn from it, so a delivered copy tells which message it
- *      is and whether it is whole.
+ *      8..128 bytes, with a max_message_size of one slot up to the whole
+ *      data area, starting at any first_sequence, and stamps some messages,
+ *      of mixed sizes (many spanning several slots, some forcing padding at
+ *      the data area's end). Each message carries its sequence in its first
+ *      8 bytes and a pattern drawn from it, so a delivered copy tells which
+ *      message it is and whether it is whole.
  *   2. Opens 1..3 members of group "fz" (the first creates the group page,
  *      the others join it) and maybe a plain consumer, through
  *      shmq_consumer_open_with; then maps the group page writable, as any
  *      member could, and the ring writable, as its producer does.
  *   3. Runs up to 48 operations: poll, poll_many, peek/release, poll_wait,
- *      wait, batch_begin/batch_end on a member; publish, publish_many,
+ *      wait, batch_begin (or batch_begin_within a byte budget)/batch_end on
+ *      a member; publish, publish_many,
  *      wait_room and publish_wait on the producer (a lossless producer
  *      then reads the group page in shmq_group_low, probing liveness);
  *      shmq_group_low called directly over the page with a fuzzed head;
@@ -34,22 +37,27 @@
  *      id a joiner of that slot would tell); and
  *      patches: the page's cursor, lost, member_slots, magic, instance,
  *      name, created, ended, a member slot's token, claim_from, claim_to,
- *      pid, received, or any word of the page; a slot's stamp or length. Cursor and claim
+ *      pid, received, or any word of the page; an index record's stamp,
+ *      length or slot, or a word of the data area. Cursor, claim and stamp
  *      values are raw, or the head plus a small signed offset, so that the
- *      near-head cases the protocol is about are reached at once.
+ *      near-head cases the protocol is about are reached at once; lengths
+ *      and slots raw, or near max_message and capacity.
  *
  * WHAT IT ASSERTS (a failed check abort()s, so libFuzzer keeps the input)
  *   - Every return code is one csrc/shmq.h documents for that call.
- *   - A delivered length is <= slot_size and <= the buffer; -EMSGSIZE names
- *     a length > the buffer and <= slot_size; poll_many's lengths fit the
- *     buffer together; a lent-out payload is readable to its end.
- *   - While no slot was patched, every delivered message (copied or lent
- *     out and released intact) is whole: exactly the message published
- *     under the sequence it carries, one already published. An empty one
- *     (a slot as a new ring leaves it) only once the page was patched.
+ *   - A delivered length is <= max_message_size and <= the buffer;
+ *     -EMSGSIZE names a length > the buffer and <= max_message_size;
+ *     poll_many's lengths fit the buffer together; a lent-out payload lies
+ *     in the data area and is readable to its end.
+ *   - While no index record or data was patched, every delivered message
+ *     (copied or lent out and released intact) is whole: exactly the
+ *     message published under the sequence it carries, one already
+ *     published; a lent-out one stayed so until its release returned 0. An
+ *     empty one (a record as a new ring leaves it) only once the page was
+ *     patched.
  *   - While the page is intact (not patched, no planted lock, no member
  *     closed holding a claim), no message reaches the group twice; on a
- *     lossless queue, with no slot patched, the group loses nothing and a
+ *     lossless queue, with no record patched, the group loses nothing and a
  *     member's in-place read is never overwritten, unless the group was
  *     made starting below the head (start earliest with messages there: a
  *     producer protects those only from its next listing of the consumers
@@ -69,7 +77,7 @@
  * polls inside batches with timeout 0 only.
  *
  * INPUT FORMAT (bytes past the end read as zero; every input is valid)
- *   prelude, 16 bytes:
+ *   prelude, 24 bytes:
  *     0  u8   flags (FLAG_* below)
  *     1  u8   capacity: 2 << (v % 6), so 2..64 slots
  *     2  u8   slot_size: 8 + v % 121
@@ -78,6 +86,9 @@
  *     5  u8   operations: v % 49
  *     6  u16  salt mixed into every payload
  *     8  u64  first_sequence
+ *     16 u8   max_message_size (max_message_choice in fuzz_input.h; at least
+ *             8 bytes, the sequence every message carries)
+ *     17      reserved, 7 bytes
  *   operations, 2 bytes each: op u8 (op % OPS picks one) | arg u8; a patch
  *   (and group_low) reads 9 more: where u8 | value u64.
  */
@@ -98,9 +109,12 @@
 #define FUZZ_TARGET "fuzz_groups"
 #include "fuzz_input.h"
 
-#define PRELUDE_SIZE 16u
+#define PRELUDE_SIZE 24u
 #define MAX_OPS 48u
 #define MAX_MEMBERS 3u
+/* The largest max_message_size a prelude asks for: 128-byte slots, 64 of
+ * them. */
+#define MAX_MESSAGE (128u * 64u)
 #define GROUP "fz"
 #define SHORT_WAIT_NS 1000
 /* Sequences tracked for "delivered at most once", from first_sequence. */
@@ -117,9 +131,10 @@ enum {
 
 
 /* The message stamped under `sequence`: its sequence, then a pattern. */
-static size_t pattern_length(uint64_t sequence, uint32_t salt, uint32_t slot_size)
+static size_t pattern_length(uint64_t sequence, uint32_t salt, uint32_t slot_size,
+                             uint64_t max_message)
 {
-    return 8 + (size_t)((sequence * 7u + salt) % ((uint64_t)slot_size - 7));
+    return pattern_length_in(sequence, salt, 8, slot_size, (size_t)max_message);
 }
 
 static void fill_pattern(uint8_t *buf, size_t length, uint64_t sequence, uint32_t salt)
@@ -158,13 +173,13 @@ static int sysv_mappings(void)
 /* op codes (op % OPS) */
 enum {
     OP_POLL, OP_POLL_MANY, OP_PEEK, OP_BATCH_BEGIN, OP_BATCH_END, OP_PUBLISH, OP_ROOM,
-    OP_WAIT, OP_PATCH_PAGE, OP_PATCH_SLOT, OP_REOPEN, OP_LOCK, OP_GROUP_LOW, OP_INSPECT,
+    OP_WAIT, OP_PATCH_PAGE, OP_PATCH_RECORD, OP_REOPEN, OP_LOCK, OP_GROUP_LOW, OP_INSPECT,
     OP_POLL_WAIT, OP_RESCUE, OPS
 };
 
 /* arg: bits 0-1 pick the member (3: the plain consumer, or member 0). */
 struct seed {
-    uint8_t flags, capacity_log2, slot_size, published, members;
+    uint8_t flags, capacity_log2, slot_size, published, members, max_message;
     uint64_t first_sequence;
     const char *ops; /* variable-length records, as in the input */
     size_t ops_size;
@@ -186,6 +201,11 @@ struct seed {
 #define P_SLOTS_HUGE "\x08\0\x02\xff\xff\xff\xff\0\0\0\0"
 #define P_LOST "\x08\0\x01\x10\0\0\0\0\0\0\0"
 #define P_STAMP "\x09\0\0\x03\0\0\0\0\0\0\0"
+/* record 1's length max_message + 1; record 2's slot capacity - 1; a word
+ * of the data area */
+#define P_LENGTH_PAST_MAX "\x09\0\x41\x01\0\0\0\x01\0\0\0"
+#define P_SLOT_AT_END "\x09\0\x42\xff\xff\0\0\x02\0\0\0"
+#define P_DATA "\x09\0\x03\x5a\x5a\x5a\x5a\x5a\x5a\x5a\x5a"
 #define LOW_HEAD "\x0c\x01\0\x40\0\0\0\0\0\0\0"                 /* group_low(head + 64), probe */
 #define LOW_RAW "\x0c\x02\0\x01\0\0\0\0\0\0\x80"
 /* poll m0, poll_many m1, peek m0, publish, poll m1, batch m0 of 4, poll m0 x2,
@@ -197,6 +217,10 @@ struct seed {
 #define OPS_FILL "\5\x07\5\x07\x06\x03\x06\x02\0\0\1\x71\x06\x03\5\x07"
 /* plant a lock on member slot 1's byte and in its id range */
 #define OPS_LOCKS "\x0b\x01\x0b\x05\x06\x03\0\0\x0b\x01\x06\x03"
+/* large messages: peek m0 with a lap published meanwhile, poll m1 into a
+ * buffer of one slot and of two, a batch m0 within two slots' bytes, poll
+ * m0 x2, batch_end, poll_many m1 into room for 4, publish 8, peek m1 */
+#define OPS_LARGE "\2\x08\0\x19\0\x29\3\xa0\0\0\0\0\4\0\1\x71\5\x07\2\x01"
 
 static const struct seed seeds[] = {
     {.flags = FLAG_EARLIEST, .capacity_log2 = 2, .slot_size = 24, .published = 5, .members = 1,
@@ -212,6 +236,17 @@ static const struct seed seeds[] = {
      OPS_OF(P_TOKEN_1 P_TO_1_HUGE P_SLOTS_HUGE OPS_DEAD P_CURSOR_AHEAD OPS_READ, 26)},
     {.flags = FLAG_LOSSLESS | FLAG_PLAIN, .capacity_log2 = 2, .slot_size = 12, .published = 4,
      .members = 3, OPS_OF(OPS_LOCKS OPS_FILL P_SLOTS_ZERO P_LOST OPS_FILL P_STAMP OPS_READ, 34)},
+    /* Large messages (max_message: as in fuzz_attach's prelude byte 32). A
+     * message may take the whole data area. */
+    {.flags = FLAG_EARLIEST | FLAG_PLAIN, .capacity_log2 = 3, .slot_size = 32, .published = 12,
+     .members = 2, .max_message = 0xf0, OPS_OF(OPS_LARGE OPS_READ OPS_LARGE, 32)},
+    {.flags = FLAG_LOSSLESS | FLAG_EARLIEST, .capacity_log2 = 2, .slot_size = 24, .published = 6,
+     .members = 2, .max_message = 5, OPS_OF(OPS_FILL OPS_LARGE OPS_DEAD OPS_LARGE, 38)},
+    {.flags = FLAG_EARLIEST, .capacity_log2 = 5, .slot_size = 128, .published = 30, .members = 3,
+     .max_message = 0xff, OPS_OF(OPS_LARGE OPS_DEAD OPS_LARGE, 30)},
+    {.flags = FLAG_EARLIEST | FLAG_PLAIN, .capacity_log2 = 2, .slot_size = 40, .published = 6,
+     .members = 1, .max_message = 0x43,
+     OPS_OF(P_LENGTH_PAST_MAX OPS_READ P_SLOT_AT_END OPS_LARGE P_DATA OPS_READ, 37)},
 };
 
 static void write_seeds(const char *dir)
@@ -228,6 +263,7 @@ static void write_seeds(const char *dir)
         out[5] = s->op_count;
         memcpy(out + 6, &salt, 2);
         memcpy(out + 8, &s->first_sequence, 8);
+        out[16] = s->max_message;
         if (s->ops_size > sizeof(out) - PRELUDE_SIZE || s->op_count > MAX_OPS) {
             fprintf(stderr, "fuzz_groups: seed %zu is too long\n", i);
             exit(1);
@@ -269,6 +305,7 @@ struct prelude {
     uint8_t flags;
     uint32_t capacity;
     uint32_t slot_size;
+    uint64_t max_message; /* the queue's max_message_size */
     uint32_t published;
     uint32_t members;
     uint32_t ops;
@@ -286,6 +323,9 @@ static void read_prelude(struct reader *r, struct prelude *p)
     p->ops = read_u8(r) % (MAX_OPS + 1);
     p->salt = read_u16(r);
     p->first_sequence = read_u64(r);
+    p->max_message = max_message_choice(read_u8(r), p->slot_size, p->capacity);
+    if (p->max_message < 8)
+        p->max_message = p->slot_size; /* room for the sequence */
     r->at = PRELUDE_SIZE;
 }
 
@@ -305,7 +345,7 @@ struct session {
     struct shmq_group_page *page;
     int page_id;
     int page_patched;   /* the page, or the locks that tell it, were tampered with */
-    int slots_patched;  /* a slot's stamp or length was */
+    int slots_patched;  /* an index record or the data area was */
     int claim_abandoned; /* a member closed holding a claim: at-least-once */
     int planted;        /* the harness holds a lock among the group's */
     /* A group was made starting below the head (start earliest, with
@@ -410,8 +450,8 @@ static int no_loss(const struct session *s)
 static void check_message(struct session *s, int who, const uint8_t *buf, size_t length,
                           const char *what)
 {
-    EXPECT(length <= s->pre.slot_size, "%s delivered %zu bytes, slot_size %u", what, length,
-           s->pre.slot_size);
+    EXPECT(length <= s->pre.max_message, "%s delivered %zu bytes, max_message_size %llu", what,
+           length, (unsigned long long)s->pre.max_message);
     if (s->slots_patched)
         return;
     if (length < 8) {
@@ -426,7 +466,7 @@ static void check_message(struct session *s, int who, const uint8_t *buf, size_t
     EXPECT(index < head_of(s) - s->pre.first_sequence,
            "%s delivered sequence %llu, never published (head %llu)", what,
            (unsigned long long)sequence, (unsigned long long)head_of(s));
-    size_t want = pattern_length(sequence, s->pre.salt, s->pre.slot_size);
+    size_t want = pattern_length(sequence, s->pre.salt, s->pre.slot_size, s->pre.max_message);
     EXPECT(length == want, "%s: sequence %llu has %zu bytes, published %zu", what,
            (unsigned long long)sequence, length, want);
     for (size_t i = 8; i < length; i++)
@@ -463,14 +503,18 @@ static void check_members(struct session *s, const char *what)
     }
 }
 
-/* A buffer of exactly the size asked for, so ASan sees one byte too many. */
-static uint8_t *buffer_for(uint8_t arg, uint32_t slot_size, size_t *size)
+/* A buffer of exactly the size asked for, so ASan sees one byte too many:
+ * of `max` bytes (the largest message, or poll_many's room for several), of
+ * none, of arg >> 4 units (bytes; slots where messages span several), or a
+ * little more than `max`. */
+static uint8_t *buffer_for(const struct session *s, uint8_t arg, size_t max, size_t *size)
 {
+    size_t unit = s->pre.max_message > s->pre.slot_size ? s->pre.slot_size : 1;
     switch ((arg >> 2) & 3) {
-    case 0: *size = slot_size; break;
+    case 0: *size = max; break;
     case 1: *size = 0; return NULL;
-    case 2: *size = arg >> 4; break;
-    default: *size = (size_t)slot_size + (arg >> 4); break;
+    case 2: *size = (size_t)(arg >> 4) * unit; break;
+    default: *size = max + (arg >> 4); break;
     }
     uint8_t *buf = malloc(*size ? *size : 1);
     if (buf == NULL)
@@ -501,9 +545,9 @@ static void op_poll(struct session *s, uint8_t arg, int wait)
     struct shmq_consumer *c = target(s, arg, &who);
     if (c == NULL)
         return;
-    uint32_t slot_size = s->pre.slot_size;
+    uint64_t max_message = s->pre.max_message;
     size_t size;
-    uint8_t *buf = buffer_for(arg, slot_size, &size);
+    uint8_t *buf = buffer_for(s, arg, (size_t)max_message, &size);
     size_t length = (size_t)-1;
     /* Inside a batch only without waiting: see NOT FUZZED above. */
     int64_t timeout = (arg & 0x10) && !(who >= 0 && s->m[who].in_batch) ? SHORT_WAIT_NS : 0;
@@ -517,9 +561,9 @@ static void op_poll(struct session *s, uint8_t arg, int wait)
         EXPECT(length <= size, "%s delivered %zu bytes into %zu", what, length, size);
         check_message(s, who, buf, length, what);
     } else if (rc == -EMSGSIZE) {
-        EXPECT(length > size && length <= slot_size,
-               "%s: -EMSGSIZE with length %zu, buffer %zu, slot_size %u", what, length, size,
-               slot_size);
+        EXPECT(length > size && length <= max_message,
+               "%s: -EMSGSIZE with length %zu, buffer %zu, max_message_size %llu", what, length,
+               size, (unsigned long long)max_message);
     }
     free(buf);
 }
@@ -530,10 +574,9 @@ static void op_poll_many(struct session *s, uint8_t arg)
     struct shmq_consumer *c = target(s, arg, &who);
     if (c == NULL)
         return;
-    uint32_t slot_size = s->pre.slot_size;
     size_t max = 1 + (arg >> 5);
     size_t size;
-    uint8_t *buf = buffer_for(arg, slot_size * (uint32_t)((arg & 16) ? max : 1), &size);
+    uint8_t *buf = buffer_for(s, arg, (size_t)s->pre.max_message * ((arg & 16) ? max : 1), &size);
     size_t lengths[8];
     int n = shmq_consumer_poll_many(c, buf, size, lengths, max);
     EXPECT(n >= 0 || n == -EMSGSIZE || n == SHMQ_CORRUPT, "poll_many returned %d (%s)", n,
@@ -567,9 +610,17 @@ static void op_peek(struct session *s, uint8_t arg)
         EXPECT(shmq_consumer_release(c) == -EINVAL, "release without a peek succeeded");
         return;
     }
-    EXPECT(length <= s->pre.slot_size && data != NULL, "peek lent %zu bytes", length);
-    static uint8_t copy[256];
-    memcpy(copy, data, length); /* a pointer or length past the slot faults here */
+    EXPECT(length <= s->pre.max_message && data != NULL, "peek lent %zu bytes", length);
+    /* Inside the data area, from the start of a slot: the mapping is not
+     * ASan's, so a payload lent from the index would go unnoticed there. */
+    const struct shmq_geometry *g = &c->geometry;
+    size_t from = (size_t)((const unsigned char *)data - c->data);
+    size_t area = (size_t)g->capacity * g->slot_stride;
+    EXPECT((const unsigned char *)data >= c->data && from <= area && length <= area - from &&
+               from % g->slot_stride == 0,
+           "peek lent %zu bytes at %zu of a data area of %zu", length, from, area);
+    static uint8_t copy[MAX_MESSAGE], later[MAX_MESSAGE];
+    memcpy(copy, data, length); /* a pointer or length past the mapping faults here */
     if (arg & 4) {
         uint8_t buf[8];
         size_t ignored;
@@ -582,14 +633,21 @@ static void op_peek(struct session *s, uint8_t arg)
         for (uint32_t i = 0; i <= s->pre.capacity / 8; i++)
             op_publish(s, 7);
     }
+    memcpy(later, data, length);
     rc = shmq_consumer_release(c);
     EXPECT(rc == 0 || rc == SHMQ_OVERWRITTEN, "release returned %d (%s)", rc, shmq_strerror(rc));
     /* Lossless and intact: a claimed message is not rewritten under its
      * member (and a registered plain consumer's is not either). */
     EXPECT(rc == 0 || !no_loss(s) || who < 0,
            "an in-place read of a lossless queue was overwritten");
-    if (rc == 0)
+    if (rc == 0) {
+        /* The bytes lent out stayed the message until the release: the one
+         * delivery check counts the message once, so the later copy must
+         * equal the first. */
         check_message(s, who, copy, length, "peek");
+        EXPECT(s->slots_patched || memcmp(copy, later, length) == 0,
+               "peek: the bytes lent out changed before a release that returned 0");
+    }
 }
 
 static void op_batch(struct session *s, uint8_t arg, int begin)
@@ -598,7 +656,11 @@ static void op_batch(struct session *s, uint8_t arg, int begin)
     struct shmq_consumer *c = target(s, arg, &who);
     if (c == NULL)
         return;
-    if (begin)
+    /* With bit 7: within a byte budget of 0..7 slots (at least one message). */
+    if (begin && (arg & 0x80))
+        shmq_consumer_batch_begin_within(c, (size_t)((arg >> 2) & 31),
+                                         (size_t)((arg >> 4) & 7) * s->pre.slot_size);
+    else if (begin)
         shmq_consumer_batch_begin(c, (size_t)(arg >> 2));
     else
         shmq_consumer_batch_end(c);
@@ -608,13 +670,13 @@ static void op_batch(struct session *s, uint8_t arg, int begin)
 
 static void op_publish(struct session *s, uint8_t arg)
 {
-    static uint8_t payload[8][128];
+    static uint8_t payload[8][MAX_MESSAGE];
     const void *messages[8];
     size_t lengths[8];
     size_t count = 1 + arg % 8;
     uint64_t next = head_of(s);
     for (size_t i = 0; i < count; i++) {
-        lengths[i] = pattern_length(next + i, s->pre.salt, s->pre.slot_size);
+        lengths[i] = pattern_length(next + i, s->pre.salt, s->pre.slot_size, s->pre.max_message);
         fill_pattern(payload[i], lengths[i], next + i, s->pre.salt);
         messages[i] = payload[i];
     }
@@ -640,8 +702,8 @@ static void op_room(struct session *s, uint8_t arg)
         return;
     }
     uint64_t next = head_of(s);
-    uint8_t payload[128];
-    size_t length = pattern_length(next, s->pre.salt, s->pre.slot_size);
+    static uint8_t payload[MAX_MESSAGE];
+    size_t length = pattern_length(next, s->pre.salt, s->pre.slot_size, s->pre.max_message);
     fill_pattern(payload, length, next, s->pre.salt);
     rc = shmq_producer_publish_wait(s->p, payload, length, NULL, timeout);
     EXPECT(rc == 0 || (rc == full && lossless), "publish_wait returned %d (%s)", rc,
@@ -707,16 +769,37 @@ static void op_patch_page(struct session *s, uint8_t where, uint64_t raw)
     s->page_patched = 1;
 }
 
-/* A slot's stamp (the head plus an offset, or raw) or length. */
-static void op_patch_slot(struct session *s, uint8_t where, uint64_t raw)
+/* Fields of an index record, or the data area (where & 3). */
+enum { RECORD_STAMP, RECORD_LENGTH, RECORD_SLOT, RECORD_DATA };
+
+/* One field of index record raw >> 32: its stamp (the head plus an offset,
+ * or raw), its length (max_message plus an offset, or raw), or its first
+ * slot (capacity plus an offset, or raw); or a word of the data area (the
+ * one at raw >> 40, set to raw). */
+static void op_patch_record(struct session *s, uint8_t where, uint64_t raw)
 {
     unsigned char *base = shmq_region_base(s->ring);
     const struct shmq_geometry *g = &s->p->geometry;
-    struct shmq_slot *slot = shmq_slot_at(base + g->slots_offset, g, raw >> 32);
-    if (where & 1)
-        atomic_store(&slot->length, (uint32_t)raw);
-    else
-        atomic_store(&slot->stamp, value_of(s, where, raw));
+    struct shmq_record *record = shmq_record_at(base + g->index_offset, g, raw >> 32);
+    int16_t step = (int16_t)(uint16_t)raw;
+    switch (where & 3) {
+    case RECORD_STAMP: atomic_store(&record->stamp, value_of(s, where, raw)); break;
+    case RECORD_LENGTH:
+        atomic_store(&record->length,
+                     (where & 0x40) ? (uint32_t)(g->max_message + (uint64_t)(int64_t)step)
+                                    : (uint32_t)raw);
+        break;
+    case RECORD_SLOT:
+        atomic_store(&record->slot,
+                     (where & 0x40) ? (uint32_t)(g->capacity + (int64_t)step) : (uint32_t)raw);
+        break;
+    default: {
+        size_t words = (size_t)g->capacity * g->slot_stride / 8;
+        _Atomic uint64_t *word = (_Atomic uint64_t *)(void *)(base + g->data_offset);
+        atomic_store(&word[(size_t)(raw >> 40) % words], raw);
+        break;
+    }
+    }
     s->slots_patched = 1;
 }
 
@@ -732,7 +815,7 @@ static void op_reopen(struct session *s, uint8_t arg)
     struct shmq_consumer *c = s->m[k].c;
     if ((arg & 1) && !s->m[k].in_batch) {
         shmq_consumer_batch_begin(c, 1 + (arg >> 4));
-        uint8_t buf[128];
+        static uint8_t buf[MAX_MESSAGE];
         size_t length;
         int rc = shmq_consumer_poll(c, buf, sizeof(buf), &length);
         EXPECT(rc == 0 || rc == SHMQ_EMPTY || rc == SHMQ_CORRUPT, "poll returned %d (%s)", rc,
@@ -862,9 +945,9 @@ static void run_op(struct session *s, struct reader *r)
         op_patch_page(s, where, read_u64(r));
         break;
     }
-    case OP_PATCH_SLOT: {
+    case OP_PATCH_RECORD: {
         uint8_t where = read_u8(r);
-        op_patch_slot(s, where, read_u64(r));
+        op_patch_record(s, where, read_u64(r));
         break;
     }
     case OP_REOPEN: op_reopen(s, arg); break;
@@ -895,6 +978,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct shmq_config config = {
         .slot_size = s.pre.slot_size,
         .capacity = s.pre.capacity,
+        .max_message_size = s.pre.max_message,
         .first_sequence = s.pre.first_sequence,
         .max_consumers = 8,
         .delivery = (s.pre.flags & FLAG_LOSSLESS) ? SHMQ_LOSSLESS : SHMQ_LOSSY,
@@ -908,9 +992,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     for (uint32_t i = 0; i < s.pre.published; i++) {
-        uint8_t payload[128];
+        static uint8_t payload[MAX_MESSAGE];
         uint64_t next = head_of(&s);
-        size_t length = pattern_length(next, s.pre.salt, s.pre.slot_size);
+        size_t length = pattern_length(next, s.pre.salt, s.pre.slot_size, s.pre.max_message);
         fill_pattern(payload, length, next, s.pre.salt);
         rc = shmq_producer_publish(s.p, payload, length, NULL);
         EXPECT(rc == 0 || (rc == SHMQ_FULL && (s.pre.flags & FLAG_LOSSLESS)),

@@ -81,6 +81,42 @@ static inline uint8_t pattern_byte(uint64_t sequence, uint32_t salt, size_t i)
     return (uint8_t)(sequence * 31u + salt + i * 7u);
 }
 
+/* The max_message_size a prelude byte v asks for (0: the default, which is
+ * slot_size): 0 the default; 0xf0 and up exactly slot_size * capacity, the
+ * bound; otherwise slot_size * k, k = 1 + v % capacity, less v >> 6 bytes
+ * (0..3), so that the last slot of the largest record is not always full. */
+static inline uint64_t max_message_choice(uint8_t v, uint32_t slot_size, uint32_t capacity)
+{
+    if (v == 0)
+        return 0;
+    if (v >= 0xf0)
+        return (uint64_t)slot_size * capacity;
+    uint64_t largest = (uint64_t)slot_size * (1 + v % capacity);
+    uint64_t less = v >> 6;
+    return less < largest ? largest - less : largest;
+}
+
+/* The length of the message stamped under `sequence`, in [low, max]. While
+ * max <= slot_size: spread evenly, as before messages could span slots.
+ * Otherwise a mix: a quarter fit one slot, a quarter are exactly max (the
+ * largest record, which often has to skip the data area's last slots:
+ * padding), and half are spread evenly up to max, most of them spanning
+ * several slots. */
+static inline size_t pattern_length_in(uint64_t sequence, uint32_t salt, size_t low,
+                                       size_t slot_size, size_t max)
+{
+    uint64_t x = sequence * 7u + salt;
+    if (max <= slot_size)
+        return low + (size_t)(x % ((uint64_t)(max - low) + 1));
+    uint64_t h = (sequence + salt) * UINT64_C(0x9E3779B97F4A7C15);
+    h ^= h >> 29;
+    switch (h & 3) {
+    case 0: return low + (size_t)(x % ((uint64_t)(slot_size - low) + 1));
+    case 1: return max;
+    default: return low + (size_t)((h >> 8) % ((uint64_t)(max - low) + 1));
+    }
+}
+
 /* The lowest free descriptor: what a leak would raise. */
 static inline int lowest_fd(void)
 {

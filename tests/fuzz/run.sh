@@ -1,8 +1,10 @@
 #!/bin/sh
 # Builds the libFuzzer targets with the core under ASan + UBSan and fuzzes
 # them for SECONDS (default 60) in all, half each:
-#   fuzz_attach.c  attach, header validation, slot reading and the consumer
-#                  state of layout 3 (lock file, wake page, entry pages);
+#   fuzz_attach.c  attach, header validation, reading the records of layout
+#                  6 (index and data area, messages over several slots) and
+#                  the consumer state of layout 3 (lock file, wake page,
+#                  entry pages);
 #   fuzz_groups.c  consumer groups over a group page whose cursor, lost
 #                  count and member claims come from the input.
 # tests/fuzz/README.md has the details.
