@@ -26,7 +26,7 @@ const char *shmq_strerror(int code)
     case -EINVAL: return "invalid argument or name (names: 1-200 of [A-Za-z0-9._-], starting with a letter or digit, not ending in .consumers, .producer or .bridge)";
     case -ENAMETOOLONG: return "name longer than 200 characters";
     case -EPROTO: return "not a shmq queue (bad magic, or not a regular file: a FIFO, socket, directory or symlink under the name)";
-    case -ENODATA: return "segment is empty or was never fully initialised";
+    case -ENODATA: return "segment is empty or was never fully initialised (its creator is still at work, or died at it: shmq rm NAME removes it)";
     case -EPROTONOSUPPORT: return "segment has an unsupported layout version";
     case -EBADMSG: return "segment header is corrupt or does not match the segment size";
     case -EMEDIUMTYPE: return "queue exists with a different slot size, capacity, max message size or delivery";
