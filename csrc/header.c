@@ -38,11 +38,29 @@ static uint64_t new_instance(void)
     return instance | 1; /* never 0, which reads as "unset" */
 }
 
-/* The data area starts on the page after the index. */
+/* Spanning: the data area starts on the page after the index. Otherwise
+ * each slot's payload follows its sequence's index record, one slot_stride
+ * apart, as in layout 5. */
 static uint64_t data_offset_for(const struct shmq_geometry *g)
 {
+    if (!g->spanning)
+        return g->index_offset + SHMQ_RECORD_BYTES;
     uint64_t end = g->index_offset + (uint64_t)g->capacity * SHMQ_RECORD_BYTES;
     return (end + g->page_size - 1) / g->page_size * g->page_size;
+}
+
+static uint64_t total_size_for(const struct shmq_geometry *g)
+{
+    /* Both factors are bounded above (2^30 * ~2^26), so this cannot overflow. */
+    uint64_t slots = (uint64_t)g->capacity * g->slot_stride;
+    return g->spanning ? g->data_offset + slots : g->index_offset + slots;
+}
+
+/* The fields every side derives from the identity. */
+static void derive(struct shmq_geometry *g)
+{
+    g->record_stride = g->spanning ? SHMQ_RECORD_BYTES : g->slot_stride;
+    g->slot_payload = (uint32_t)shmq_slot_payload_for(g->slot_size);
 }
 
 /* Fills *g from the caller's wishes; -EINVAL for impossible geometry. */
@@ -56,7 +74,6 @@ int shmq_geometry_plan(struct shmq_geometry *g, const struct shmq_config *config
         return -EINVAL;
     memset(g, 0, sizeof(*g));
     g->slot_size = slot_size;
-    g->slot_stride = (uint32_t)shmq_slot_stride_for(slot_size);
     g->capacity = capacity;
     g->page_size = system_page_size();
     g->first_sequence = config ? config->first_sequence : 0;
@@ -69,10 +86,15 @@ int shmq_geometry_plan(struct shmq_geometry *g, const struct shmq_config *config
     g->max_message = config && config->max_message_size ? config->max_message_size : slot_size;
     if (g->max_message > (uint64_t)slot_size * capacity || g->max_message > SHMQ_MESSAGE_SIZE_MAX)
         return -EINVAL;
+    /* Messages of one slot keep their index record in front of the slot
+     * (one cache line from stamp to payload); larger ones need the index
+     * apart, so that a payload spans consecutive slots. */
+    g->spanning = g->max_message > slot_size;
+    g->slot_stride = (uint32_t)shmq_slot_stride_for(slot_size, g->spanning);
+    derive(g);
     g->index_offset = g->page_size;
     g->data_offset = data_offset_for(g);
-    /* Both factors are bounded above (2^30 * ~2^26), so this cannot overflow. */
-    g->total_size = g->data_offset + (uint64_t)capacity * g->slot_stride;
+    g->total_size = total_size_for(g);
     if (g->total_size > SHMQ_SEGMENT_MAX || g->total_size > (uint64_t)SIZE_MAX)
         return -EFBIG;
     return 0;
@@ -85,7 +107,7 @@ void shmq_header_init(void *base, const struct shmq_geometry *g)
     struct shmq_identity identity = {
         .magic = 0, /* stored last, by shmq_header_publish */
         .version = SHMQ_LAYOUT_VERSION,
-        .flags = g->lossless ? SHMQ_FLAG_LOSSLESS : 0,
+        .flags = (g->lossless ? SHMQ_FLAG_LOSSLESS : 0) | (g->spanning ? SHMQ_FLAG_SPANNING : 0),
         .slot_size = g->slot_size,
         .slot_stride = g->slot_stride,
         .capacity = g->capacity,
@@ -117,7 +139,7 @@ void shmq_header_init(void *base, const struct shmq_geometry *g)
         /* Relaxed: published, like the fields above, by the magic's release. */
         shmq_store_relaxed(&record->stamp, sequence - g->capacity);
         shmq_store_relaxed(&record->length, 0);
-        shmq_store_relaxed(&record->slot, 0);
+        shmq_store_relaxed(&record->slot, (uint32_t)(sequence & (g->capacity - 1)));
     }
 }
 
@@ -162,23 +184,25 @@ int shmq_header_read(const void *base, size_t mapped_size, struct shmq_geometry 
     g->instance = id.instance;
     g->consumer_entries = id.consumer_entries;
     g->lossless = (id.flags & SHMQ_FLAG_LOSSLESS) != 0;
+    g->spanning = (id.flags & SHMQ_FLAG_SPANNING) != 0;
 
     if (g->page_size != system_page_size())
         return -EBADMSG;
     if (g->slot_size == 0 || g->slot_size > SHMQ_SLOT_SIZE_MAX ||
-        g->slot_stride != shmq_slot_stride_for(g->slot_size))
+        g->slot_stride != shmq_slot_stride_for(g->slot_size, g->spanning))
         return -EBADMSG;
+    derive(g);
     if (g->capacity < 2 || g->capacity > SHMQ_CAPACITY_MAX || (g->capacity & (g->capacity - 1)))
         return -EBADMSG;
     if (g->index_offset != g->page_size || g->data_offset != data_offset_for(g))
         return -EBADMSG;
     if (g->max_message > (uint64_t)g->slot_size * g->capacity ||
-        g->max_message > SHMQ_MESSAGE_SIZE_MAX)
+        g->max_message > SHMQ_MESSAGE_SIZE_MAX || (g->max_message > g->slot_size) != g->spanning)
         return -EBADMSG;
     if (g->consumer_entries > SHMQ_CONSUMER_ENTRIES_MAX || g->instance == 0 ||
         (g->lossless && g->consumer_entries == 0))
         return -EBADMSG;
-    if (g->total_size != g->data_offset + (uint64_t)g->capacity * g->slot_stride)
+    if (g->total_size != total_size_for(g))
         return -EBADMSG;
     if (g->total_size != mapped_size || g->total_size > SHMQ_SEGMENT_MAX)
         return -EBADMSG;

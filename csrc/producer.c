@@ -136,10 +136,22 @@ static int check_ownership(const struct shmq_region *region, mode_t mode)
     return 0;
 }
 
+/* The producer's copy of the records' first slots (capacity of them), or
+ * -ENOMEM; freed with the handle. */
+static int allocate_record_slots(struct shmq_producer *p)
+{
+    free(p->record_slots);
+    p->record_slots = calloc(p->geometry.capacity, sizeof(*p->record_slots));
+    return p->record_slots != NULL ? 0 : -ENOMEM;
+}
+
 static int create_queue(struct shmq_producer *p, const char *name, const struct shmq_config *config)
 {
     struct shmq_geometry *g = &p->geometry;
     int rc = shmq_geometry_plan(g, config);
+    if (rc < 0)
+        return rc;
+    rc = allocate_record_slots(p);
     if (rc < 0)
         return rc;
     mode_t mode = requested_mode(config);
@@ -185,6 +197,8 @@ static int attach_queue(struct shmq_producer *p, const char *name, const struct 
     }
     if (rc == 0 && !geometry_matches(&p->geometry, config))
         rc = -EMEDIUMTYPE;
+    if (rc == 0)
+        rc = allocate_record_slots(p);
     if (rc == 0) {
         p->control = shmq_region_base(p->region);
         rc = shmq_producer_lock_take(&p->lock, name);
@@ -208,8 +222,7 @@ static int attach_queue(struct shmq_producer *p, const char *name, const struct 
 static inline uint64_t record_start(const struct shmq_producer *p, uint64_t record)
 {
     uint64_t mask = p->geometry.capacity - 1;
-    /* Relaxed: our own store (or a dead predecessor's, ordered by the lock). */
-    uint32_t slot = shmq_load_relaxed(&shmq_record_at(p->index, &p->geometry, record)->slot);
+    uint32_t slot = p->record_slots[record & mask];
     uint64_t back = (p->next_slot - slot) & mask;
     return p->next_slot - (back ? back : mask + 1);
 }
@@ -225,8 +238,9 @@ static int record_extent(const struct shmq_producer *p, uint64_t sequence, uint6
     if (shmq_load_relaxed(&record->stamp) != sequence)
         return 0;
     uint64_t length = shmq_load_relaxed(&record->length);
-    *slot = shmq_load_relaxed(&record->slot);
-    *slots = shmq_record_slots(length, g->slot_stride);
+    /* One-slot records' slot is their sequence's: the field is not kept. */
+    *slot = g->spanning ? shmq_load_relaxed(&record->slot) : (sequence & (g->capacity - 1));
+    *slots = shmq_record_slots(length, g->slot_payload);
     return length <= g->max_message && *slot < g->capacity && *slots <= g->capacity - *slot;
 }
 
@@ -241,7 +255,10 @@ static void find_records(struct shmq_producer *p)
      * or one whose last publish was overwriting it) nothing before head is
      * intact, and any place will do. */
     int anchored = p->next != g->first_sequence && record_extent(p, p->next - 1, &slot, &slots);
-    p->next_slot = anchored ? slot + slots : 0;
+    /* (Where a record's slot is its sequence's, in a ring of one-slot
+     * records with the index in front of each slot, next_slot must follow
+     * next: so it starts at next.) */
+    p->next_slot = anchored ? slot + slots : p->next;
     /* A producer that died after stamping messages but before advancing
      * head over them left whole messages behind, which readers may have
      * delivered: walk over them, so that no sequence number is ever reused
@@ -298,6 +315,11 @@ static void find_records(struct shmq_producer *p)
     /* Relaxed: read by consumers as a hint only (consumer.c); the next
      * publish's release fence orders it anyway. */
     shmq_store_relaxed(&p->control->tail, p->oldest);
+    /* Our copy of the intact records' slots (validated just above). */
+    for (uint64_t r = live; r != p->next; r++)
+        /* Relaxed: ordered after the dead producer's stores by the lock. */
+        p->record_slots[r & (capacity - 1)] =
+            shmq_load_relaxed(&shmq_record_at(p->index, g, r)->slot);
 }
 
 void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
@@ -310,6 +332,10 @@ void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
     p->consumers.wake = wake;
     p->next_probe_ns = 0;
     p->wake_sender = p->wake_fd = -1;
+    /* shmq_producer_open allocates it before it takes anything (-ENOMEM);
+     * only a test's handle bound to its own mapping gets it here. */
+    if (p->record_slots == NULL)
+        p->record_slots = calloc(p->geometry.capacity, sizeof(*p->record_slots));
     /* Relaxed: we hold the producer lock, and the last writer of head released
      * it by closing or dying, which the kernel orders before our lock. */
     p->next = shmq_load_relaxed(&p->control->head);
@@ -356,6 +382,7 @@ int shmq_producer_open(struct shmq_producer **out, const char *name,
     }
     if (rc < 0) {
         shmq_fork_untrack(&p->fork_link);
+        free(p->record_slots);
         free(p);
         return rc;
     }
@@ -396,17 +423,23 @@ static inline __attribute__((always_inline)) void store_payload(_Atomic uint64_t
 static inline void plan_record(struct shmq_producer *p, size_t length)
 {
     uint64_t capacity = p->geometry.capacity;
-    if (length <= p->geometry.slot_stride) {
+    if (!p->geometry.spanning) {
+        /* Every record is one slot, its sequence's (the index record in
+         * front of it): it overwrites record next - capacity, nothing else,
+         * and its "being written" mark is what invalidates that one. So
+         * nothing but the room check needs planning (and no tail). */
+        p->need = p->next;
+        return;
+    }
+    (void)capacity;
+    if (length <= p->geometry.slot_payload) {
         /* The hot path, one slot (which never needs padding): it rewrites
          * the slot a lap before next_slot, so it overwrites the oldest
          * intact record if, and only if, that record starts there (intact
          * records start at or after it, in order). */
         uint64_t survivor = p->oldest;
-        /* Relaxed: our own store (or a dead predecessor's, ordered by the
-         * lock). */
         if (survivor != p->next &&
-            shmq_load_relaxed(&shmq_record_at(p->index, &p->geometry, survivor)->slot) ==
-                (uint32_t)(p->next_slot & (capacity - 1)))
+            p->record_slots[survivor & (capacity - 1)] == (uint32_t)(p->next_slot & (capacity - 1)))
             survivor++;
         p->plan_slot = p->next_slot;
         p->plan_end = p->next_slot + 1;
@@ -414,7 +447,7 @@ static inline void plan_record(struct shmq_producer *p, size_t length)
         p->need = survivor + capacity - 1;
         return;
     }
-    uint64_t slots = shmq_record_slots(length, p->geometry.slot_stride);
+    uint64_t slots = shmq_record_slots(length, p->geometry.slot_payload);
     uint64_t at = p->next_slot;
     uint64_t offset = at & (capacity - 1);
     if (offset + slots > capacity)
@@ -432,11 +465,12 @@ static inline void plan_record(struct shmq_producer *p, size_t length)
 }
 
 /* Step 1 for the planned record `sequence`; returns where its payload goes. */
-static inline _Atomic uint64_t *begin_record(struct shmq_producer *p, uint64_t sequence)
+static inline _Atomic uint64_t *begin_record(struct shmq_producer *p, uint64_t sequence,
+                                            size_t length)
 {
     const struct shmq_geometry *g = &p->geometry;
     uint64_t capacity = g->capacity;
-    if (p->oldest != p->plan_survivor) {
+    if (g->spanning && p->oldest != p->plan_survivor) {
         /* Record sequence - capacity shares the index record of `sequence`:
          * the "being written" mark below invalidates it. */
         for (uint64_t r = p->oldest; r != p->plan_survivor; r++)
@@ -445,7 +479,9 @@ static inline _Atomic uint64_t *begin_record(struct shmq_producer *p, uint64_t s
                  * release fence below. */
                 shmq_store_relaxed(&shmq_record_at(p->index, g, r)->stamp, r + capacity - 1);
         p->oldest = p->plan_survivor;
-        /* Relaxed: a hint for readers that resynchronise (consumer.c). */
+        /* Relaxed: a hint for readers that resynchronise (consumer.c).
+         * (Where records are one slot each, readers work it out without:
+         * head - capacity + 1 once the ring is full.) */
         shmq_store_relaxed(&p->control->tail, p->oldest);
     }
     /* Relaxed store + release fence: the fence orders every mark of step 1
@@ -453,31 +489,39 @@ static inline _Atomic uint64_t *begin_record(struct shmq_producer *p, uint64_t s
      * in the consumer's shmq_record_unchanged: a reader that saw any new
      * payload word also sees its record's mark when it re-checks the stamp,
      * and discards its copy. */
-    shmq_store_relaxed(&shmq_record_at(p->index, g, sequence)->stamp, sequence - 1);
+    struct shmq_record *record = shmq_record_at(p->index, g, sequence);
+    shmq_store_relaxed(&record->stamp, sequence - 1);
     shmq_fence_release();
-    return shmq_payload_at(p->data, g, (uint32_t)(p->plan_slot & (capacity - 1)));
+    uint32_t slot = (uint32_t)((g->spanning ? p->plan_slot : sequence) & (capacity - 1));
+    /* Relaxed: published by the release store of the final stamp
+     * (end_record); stored before the payload, as one visit to the line
+     * that holds them and the payload's first bytes. */
+    shmq_store_relaxed(&record->length, (uint32_t)length);
+    if (g->spanning)
+        shmq_store_relaxed(&record->slot, slot);
+    return shmq_payload_at(p->data, g, slot);
 }
 
 /* Steps 2 (what is left of it) and 3. */
-static inline void end_record(struct shmq_producer *p, uint64_t sequence, size_t length)
+static inline void end_record(struct shmq_producer *p, uint64_t sequence)
 {
     const struct shmq_geometry *g = &p->geometry;
     struct shmq_record *record = shmq_record_at(p->index, g, sequence);
-    /* Relaxed: published by the release store of the stamp just below. */
-    shmq_store_relaxed(&record->length, (uint32_t)length);
-    shmq_store_relaxed(&record->slot, (uint32_t)(p->plan_slot & (g->capacity - 1)));
     /* Release: pairs with the consumer's acquire load of the stamp in
      * shmq_record_find; a reader that sees stamp == sequence sees the whole
      * record. */
     shmq_store_release(&record->stamp, sequence);
-    p->next_slot = p->plan_end;
+    if (g->spanning) {
+        p->record_slots[sequence & (g->capacity - 1)] = (uint32_t)(p->plan_slot & (g->capacity - 1));
+        p->next_slot = p->plan_end;
+    }
 }
 
 static inline void write_record(struct shmq_producer *p, uint64_t sequence, const void *data,
                                 size_t length)
 {
-    store_payload(begin_record(p, sequence), data, length);
-    end_record(p, sequence, length);
+    store_payload(begin_record(p, sequence, length), data, length);
+    end_record(p, sequence);
 }
 
 /* Wakes one sleeper, which passes the wake on to the others (consumer.c,
@@ -717,7 +761,7 @@ int shmq_producer_claim(struct shmq_producer *p, size_t size, void **data)
     plan_record(p, size);
     if (!has_room(p))
         return SHMQ_FULL;
-    *data = (void *)begin_record(p, p->next);
+    *data = (void *)begin_record(p, p->next, size);
     p->claimed = 1;
     p->refusal = -EINPROGRESS;
     p->claim_size = (uint32_t)size;
@@ -745,7 +789,7 @@ int shmq_producer_commit(struct shmq_producer *p)
         return -ECHILD;
     /* A reader that sees the stamp sees every store the caller made into
      * the loan (end_record's release). */
-    end_record(p, p->next, p->claim_size);
+    end_record(p, p->next);
     p->claimed = 0;
     p->refusal = 0;
     p->next++;
@@ -895,6 +939,7 @@ void shmq_producer_close(struct shmq_producer *p)
     shmq_consumers_close(&p->consumers);
     shmq_region_close(p->lock);
     shmq_region_close(p->region);
+    free(p->record_slots);
     free(p);
 }
 

@@ -22,6 +22,11 @@ struct shmq_geometry {
     uint64_t index_offset;
     uint64_t data_offset;
     uint64_t max_message;
+    /* Derived: whether records span slots (SHMQ_FLAG_SPANNING), the bytes
+     * between index records, and the payload bytes of a slot. */
+    int spanning;
+    uint32_t record_stride;
+    uint32_t slot_payload;
     uint64_t total_size;
     uint64_t instance;
     uint32_t consumer_entries;
@@ -143,6 +148,9 @@ struct shmq_producer {
      * is ever stored), and tail's private copy. */
     uint64_t next_slot;
     uint64_t oldest;
+    /* The first slot of each record, by index position: the producer's own
+     * copy, so that planning never loads a line that consumers read. */
+    uint32_t *record_slots;
     /* The record being published: its first slot position (after padding),
      * its end, and the first record it leaves intact. */
     uint64_t plan_slot;
@@ -424,7 +432,7 @@ int shmq_waiter_between(struct shmq_waiter *waiter, int signalled);
 static inline struct shmq_record *shmq_record_at(unsigned char *index, const struct shmq_geometry *g,
                                                  uint64_t sequence)
 {
-    return (struct shmq_record *)(index + (size_t)(sequence & (g->capacity - 1)) * SHMQ_RECORD_BYTES);
+    return (struct shmq_record *)(index + (size_t)(sequence & (g->capacity - 1)) * g->record_stride);
 }
 
 /* The payload words of a record whose first slot is `slot` (< capacity). The
@@ -464,11 +472,14 @@ static inline enum shmq_copy_result shmq_record_find(const struct shmq_consumer 
         return (int64_t)(stamp - s) < 0 ? SHMQ_COPY_EMPTY : SHMQ_COPY_OVERRUN;
     /* Relaxed: covered by the acquire above, and re-validated by the caller. */
     uint32_t len = shmq_load_relaxed(&record->length);
-    uint32_t slot = shmq_load_relaxed(&record->slot);
+    /* Where every record is one slot, its slot is its sequence's, computed
+     * rather than loaded: the copy's loads then need not wait for this one
+     * (a payload that runs into the next cache line is fetched at once). */
+    uint32_t slot = g->spanning ? shmq_load_relaxed(&record->slot) : (uint32_t)(s & (g->capacity - 1));
     /* A one-slot record fits wherever it starts; a longer one must end
      * inside the data area. */
     if (len > g->max_message || slot >= g->capacity ||
-        (len > g->slot_stride && shmq_record_slots(len, g->slot_stride) > g->capacity - slot)) {
+        (len > g->slot_payload && shmq_record_slots(len, g->slot_payload) > g->capacity - slot)) {
         /* A record being rewritten may pair a new length with an old slot:
          * corrupt only if the stamp still says it is whole. */
         return shmq_record_unchanged(c, s) ? SHMQ_COPY_CORRUPT : SHMQ_COPY_OVERRUN;

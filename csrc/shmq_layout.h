@@ -9,11 +9,19 @@
  * 1. The ring, /dev/shm/shmq-NAME: written by the producer alone. Consumers
  *    open it O_RDONLY and map it PROT_READ.
  *
+ *   spanning (SHMQ_FLAG_SPANNING, max_message > slot_size):
  *   offset 0       page_size          data_offset
  *   +--------------+------------------+--------+--------+-----+------------+
  *   | control page | index: capacity  | slot 0 | slot 1 | ... | slot cap-1 |
  *   |              | records, 16 B    |        |        |     |            |
  *   +--------------+------------------+--------+--------+-----+------------+
+ *   not spanning (every message one slot, its sequence's): each record in
+ *   front of its slot, slot_stride = 16 + round_up(slot_size, 16) apart,
+ *   data_offset = index_offset + 16 (layout 5's slots), so that a message's
+ *   stamp and payload share a cache line:
+ *   +--------------+-----------------+-----------------+-----+
+ *   | control page | record 0|slot 0 | record 1|slot 1 | ... |
+ *   +--------------+-----------------+-----------------+-----+
  *
  *   A message is a RECORD: its entry in the index (entry s & (capacity-1)
  *   for sequence s) and its payload in one or more consecutive slots of the
@@ -50,7 +58,7 @@
  *                    runs over shmq_record_slots(length) slots, all before
  *                    the end of the data area
  *
- *   Slot (slot_stride bytes: slot_size rounded up to 16): payload bytes only.
+ *   Slot: round_up(slot_size, 16) payload bytes (slot_stride apart).
  *
  * 2. The producer lock, /dev/shm/shmq-NAME.producer: an EMPTY file of mode
  *    0600; a producer holds an OFD write lock on its byte 0 while it lives.
@@ -118,7 +126,8 @@
 #define SHMQ_RECORD_BYTES 16u
 #define SHMQ_SLOT_ALIGN 16u
 #define SHMQ_FLAG_LOSSLESS 1u /* registered consumers hold the producer back */
-#define SHMQ_KNOWN_FLAGS SHMQ_FLAG_LOSSLESS
+#define SHMQ_FLAG_SPANNING 2u /* max_message > slot_size: records span slots */
+#define SHMQ_KNOWN_FLAGS (SHMQ_FLAG_LOSSLESS | SHMQ_FLAG_SPANNING)
 #define SHMQ_ENTRY_REGISTERED 1u
 #define SHMQ_STREAM_ENDED 1u
 #define SHMQ_WAKE_FUTEX 1u
@@ -329,17 +338,24 @@ static inline uint64_t shmq_group_page_bytes(uint64_t page_size)
     return (sizeof(struct shmq_group_page) + page_size - 1) / page_size * page_size;
 }
 
-/* Bytes one slot of the data area occupies. */
-static inline uint64_t shmq_slot_stride_for(uint64_t slot_size)
+/* Payload bytes of one slot: slot_size rounded up to 16. */
+static inline uint64_t shmq_slot_payload_for(uint64_t slot_size)
 {
     return (slot_size + SHMQ_SLOT_ALIGN - 1) & ~(uint64_t)(SHMQ_SLOT_ALIGN - 1);
 }
 
+/* Bytes one slot occupies: its payload, and in a ring of one-slot messages
+ * (not spanning) the index record of its sequence in front of it. */
+static inline uint64_t shmq_slot_stride_for(uint64_t slot_size, int spanning)
+{
+    return (spanning ? 0 : SHMQ_RECORD_BYTES) + shmq_slot_payload_for(slot_size);
+}
+
 /* Slots a record of `length` payload bytes occupies: at least one, so that
  * the index never describes more records than the data area holds. */
-static inline uint64_t shmq_record_slots(uint64_t length, uint64_t slot_stride)
+static inline uint64_t shmq_record_slots(uint64_t length, uint64_t slot_payload)
 {
-    return length <= slot_stride ? 1 : (length + slot_stride - 1) / slot_stride;
+    return length <= slot_payload ? 1 : (length + slot_payload - 1) / slot_payload;
 }
 
 #endif

@@ -60,10 +60,13 @@ def read_line(proc, timeout=30):
 def corrupt_length(name, sequence):
     """Gives the index record of `sequence` an impossible length, as a
     vandal with write access to the ring could (offsets from
-    csrc/shmq_layout.h: 16-byte records from index_offset, the page size)."""
+    csrc/shmq_layout.h: records from index_offset, the page size, 16 bytes
+    apart if the flags say SHMQ_FLAG_SPANNING, else slot_stride)."""
     with open(ring_path(name), "r+b") as f, mmap.mmap(f.fileno(), 0) as ring:
-        _, _, capacity, page = struct.unpack_from("=IIII", ring, 16)
-        struct.pack_into("=I", ring, page + (sequence % capacity) * 16 + 8, 10**6)
+        flags = struct.unpack_from("=I", ring, 12)[0]
+        _, stride, capacity, page = struct.unpack_from("=IIII", ring, 16)
+        step = 16 if flags & 2 else stride
+        struct.pack_into("=I", ring, page + (sequence % capacity) * step + 8, 10**6)
 
 
 def full_lossless(name, capacity=4):

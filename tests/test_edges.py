@@ -53,6 +53,8 @@ class Ring:
         self.map = mmap.mmap(self._file.fileno(), 0)
         self.slot_size, self.stride, self.capacity, self.page = struct.unpack_from("=IIII", self.map, 16)
         self.data = struct.unpack_from("=Q", self.map, 72)[0]  # data_offset
+        spanning = struct.unpack_from("=I", self.map, 12)[0] & 2  # flags: SHMQ_FLAG_SPANNING
+        self.record_stride = 16 if spanning else self.stride
 
     def __enter__(self):
         return self
@@ -67,7 +69,7 @@ class Ring:
 
     def slot(self, sequence):
         """The index record of sequence (16 bytes: stamp, length, first slot)."""
-        return self.page + (sequence % self.capacity) * 16
+        return self.page + (sequence % self.capacity) * self.record_stride
 
     def set_stamp(self, sequence, stamp):
         struct.pack_into("=Q", self.map, self.slot(sequence), stamp % 2**64)

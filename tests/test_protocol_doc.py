@@ -30,7 +30,7 @@ STRUCTS = ["shmq_identity", "shmq_control", "shmq_record", "shmq_wake_page", "sh
 CONSTANTS = ["SHMQ_MAGIC", "SHMQ_WAKE_MAGIC", "SHMQ_LAYOUT_VERSION", "SHMQ_LINE",
              "SHMQ_RECORD_BYTES", "SHMQ_SLOT_ALIGN", "SHMQ_STREAM_ENDED", "SHMQ_WAKE_FUTEX",
              "SHMQ_WAKE_DESCRIPTOR", "SHMQ_FLAG_LOSSLESS",
-             "SHMQ_KNOWN_FLAGS", "SHMQ_ENTRY_REGISTERED", "SHMQ_CONSUMER_ENTRIES_MAX",
+             "SHMQ_KNOWN_FLAGS", "SHMQ_FLAG_SPANNING", "SHMQ_ENTRY_REGISTERED", "SHMQ_CONSUMER_ENTRIES_MAX",
              "SHMQ_ENTRY_ID_BASE", "SHMQ_ENTRY_ID_SPAN", "SHMQ_NAME_MAX", "SHMQ_SLOT_SIZE_MAX",
              "SHMQ_MESSAGE_SIZE_MAX",
              "SHMQ_CAPACITY_MAX", "SHMQ_SEGMENT_MAX", "SHMQ_DEFAULT_SLOT_SIZE",
@@ -310,7 +310,7 @@ def test_a_live_ring_its_wake_page_and_its_lock_files_have_the_documented_bytes(
         assert _u(ring, ident, "magic") == consts["SHMQ_MAGIC"]
         assert ring[:8] == b"shmqring"  # the magic's bytes, on a little-endian host
         assert _u(ring, ident, "version") == consts["SHMQ_LAYOUT_VERSION"]
-        assert _u(ring, ident, "flags") == 0
+        assert _u(ring, ident, "flags") == consts["SHMQ_FLAG_SPANNING"]  # 320 > 40
         assert _u(ring, ident, "slot_size") == 40
         stride = 48  # round_up(40, SHMQ_SLOT_ALIGN)
         assert consts["SHMQ_SLOT_ALIGN"] == 16
@@ -355,6 +355,22 @@ def test_a_live_ring_its_wake_page_and_its_lock_files_have_the_documented_bytes(
         assert _u(ring, record, "stamp", rec[1]) == 1 + 8 - 1
         assert _u(ring, control, "tail") == 2
         assert _u(ring, control, "head") == 3
+        # Not spanning (no max_message_size): each slot behind its record,
+        # slot_stride apart, and the payload right after the record.
+        with shmq.Producer(name + "-fixed", slot_size=40, capacity=8, unlink_on_close=True) as fixed:
+            fixed.publish(message)
+            fixed.publish(message[::-1])
+            fring = Path(ring_path + "-fixed").read_bytes()
+            fstride = 16 + 48
+            assert _u(fring, ident, "flags") == 0
+            assert _u(fring, ident, "slot_stride") == fstride
+            assert _u(fring, ident, "max_message") == 40
+            assert _u(fring, ident, "data_offset") == page + 16
+            assert _u(fring, ident, "total_size") == len(fring) == page + 8 * fstride
+            assert _u(fring, record, "stamp", page + fstride) == 1
+            assert _u(fring, record, "length", page + fstride) == len(message)
+            start = page + fstride + 16
+            assert fring[start:start + len(message)] == message[::-1]
 
         # Both lock files are empty; the producer's is 0600, the consumers'
         # grants write wherever the ring grants read (0640 -> 0660).

@@ -150,9 +150,9 @@ static inline int wait_asleep(struct shmq_producer *p, const pid_t *kids, int n)
 
 /*
  * Writes producer p's next message the way a publish does (producer.c),
- * but never stores head: step 1 (through a loan), the payload, then, if
- * `final`, the length, first slot and final stamp. With final == 0 the
- * record is left as a producer killed in the middle of the write would
+ * but never stores head: step 1, the length and first slot (through a
+ * loan), the payload, then, if `final`, the final stamp. With final == 0
+ * the record is left as a producer killed in the middle of the write would
  * leave it (and p is done with: its loan stays open).
  */
 static inline void craft_record(struct shmq_producer *p, const void *data, size_t length,
@@ -165,10 +165,12 @@ static inline void craft_record(struct shmq_producer *p, const void *data, size_
     if (!final)
         return;
     struct shmq_record *record = shmq_record_at(p->index, &p->geometry, p->next);
-    atomic_store(&record->length, (uint32_t)length);
-    atomic_store(&record->slot, (uint32_t)(p->plan_slot & (p->geometry.capacity - 1)));
     atomic_store(&record->stamp, p->next);
-    p->next_slot = p->plan_end;
+    if (p->geometry.spanning) {
+        p->record_slots[p->next & (p->geometry.capacity - 1)] =
+            (uint32_t)(p->plan_slot & (p->geometry.capacity - 1));
+        p->next_slot = p->plan_end;
+    }
     p->next++;
     p->claimed = 0;
     p->refusal = 0;

@@ -804,6 +804,7 @@ static int build_queue(struct queue *q, const struct prelude *p)
         if (shmq_producer_publish(&stamper, payload, length, NULL) != 0)
             FAIL("stamping message %u failed", i);
     }
+    free(stamper.record_slots); /* what bind allocated: the rest is ours */
     if (!(p->flags & FLAG_NO_CONSUMER_STATE)) {
         /* The lock file and the wake page, as a producer makes them. */
         if (shmq_consumers_producer_open(&q->state, queue_name, &q->geometry,
@@ -1260,7 +1261,7 @@ static void op_peek(struct session *s, uint8_t arg)
      * ASan's, so a payload lent from the index would go unnoticed there. */
     const struct shmq_geometry *g = &c->geometry;
     size_t from = (size_t)((const unsigned char *)data - c->data);
-    size_t area = (size_t)g->capacity * g->slot_stride;
+    size_t area = (size_t)(g->total_size - g->data_offset);
     EXPECT((const unsigned char *)data >= c->data && from <= area && length <= area - from &&
                from % g->slot_stride == 0,
            "peek lent %zu bytes at %zu of a data area of %zu", length, from, area);
@@ -1325,7 +1326,7 @@ static void op_claim(struct session *s, uint8_t arg)
      * is not ASan's, so a loan over the index would go unnoticed there. */
     const struct shmq_geometry *g = &p->geometry;
     size_t from = (size_t)((unsigned char *)data - p->data);
-    size_t area = (size_t)g->capacity * g->slot_stride;
+    size_t area = (size_t)(g->total_size - g->data_offset);
     EXPECT((unsigned char *)data >= p->data && from <= area && size <= area - from &&
                from % g->slot_stride == 0,
            "claim lent %zu bytes at %zu of a data area of %zu", size, from, area);
@@ -1658,7 +1659,7 @@ static void patch_ring_field(struct session *s, unsigned ring_area, unsigned how
         case 0: length = (uint32_t)near(length, value); break;
         case 1:
             length = (value & 1) ? (uint32_t)near(g->max_message, value >> 1)
-                                 : (uint32_t)(g->slot_stride * ((value >> 1) % (capacity + 2)) +
+                                 : (uint32_t)(g->slot_payload * ((value >> 1) % (capacity + 2)) +
                                               (uint64_t)(int64_t)(int8_t)(value >> 8));
             break;
         default: length = (uint32_t)value; break;
@@ -1670,7 +1671,7 @@ static void patch_ring_field(struct session *s, unsigned ring_area, unsigned how
         switch (how) {
         case 0: slot = (uint32_t)near(slot, value); break;
         case 1: {
-            uint64_t last_fit = capacity - shmq_record_slots(length, g->slot_stride);
+            uint64_t last_fit = capacity - shmq_record_slots(length, g->slot_payload);
             slot = (uint32_t)near((value & 1) ? capacity : last_fit, value >> 1);
             break;
         }
@@ -1714,13 +1715,14 @@ static void apply_patch(struct session *s, const struct patch *patch)
         case RING_INDEX: {
             /* The bytes of one index record: stamp, length, slot. */
             size_t record = patch->offset / SHMQ_RECORD_BYTES % g->capacity;
-            start = g->index_offset + record * SHMQ_RECORD_BYTES;
+            start = g->index_offset + record * g->record_stride;
             length = SHMQ_RECORD_BYTES;
             break;
         }
         case RING_DATA:
+            /* (Not spanning, the area also holds the records in between.) */
             start = g->data_offset;
-            length = (size_t)g->capacity * g->slot_stride;
+            length = (size_t)(g->total_size - g->data_offset);
             break;
         case RING_ANYWHERE: start = 0; length = size; break;
         default: {

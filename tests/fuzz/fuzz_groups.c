@@ -615,7 +615,7 @@ static void op_peek(struct session *s, uint8_t arg)
      * ASan's, so a payload lent from the index would go unnoticed there. */
     const struct shmq_geometry *g = &c->geometry;
     size_t from = (size_t)((const unsigned char *)data - c->data);
-    size_t area = (size_t)g->capacity * g->slot_stride;
+    size_t area = (size_t)(g->total_size - g->data_offset);
     EXPECT((const unsigned char *)data >= c->data && from <= area && length <= area - from &&
                from % g->slot_stride == 0,
            "peek lent %zu bytes at %zu of a data area of %zu", length, from, area);
@@ -794,7 +794,7 @@ static void op_patch_record(struct session *s, uint8_t where, uint64_t raw)
                      (where & 0x40) ? (uint32_t)(g->capacity + (int64_t)step) : (uint32_t)raw);
         break;
     default: {
-        size_t words = (size_t)g->capacity * g->slot_stride / 8;
+        size_t words = (size_t)(g->total_size - g->data_offset) / 8;
         _Atomic uint64_t *word = (_Atomic uint64_t *)(void *)(base + g->data_offset);
         atomic_store(&word[(size_t)(raw >> 40) % words], raw);
         break;
