@@ -194,18 +194,19 @@ def consume(row, name, size, consumers):
 # ---------------------------------------------------------------- driver
 
 
-def _spawn(*args):
-    return subprocess.Popen([sys.executable, __file__, *map(str, args)], env=ENV,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def run_roles(script, produce, consume, consumers, size):
+    """Runs `script --role produce *produce` and `consumers` of `script
+    --role consume *consume`, starts them together, and returns the slowest
+    consumer's MB/s, the consumers' results and the producer's output."""
+    def spawn(*args):
+        return subprocess.Popen([sys.executable, script, *map(str, args)], env=ENV,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-
-def measure(row, size, consumers, seconds, seq):
-    name = f"zcb-{os.getpid()}-{seq}".replace("-", "_" if row.startswith("iceoryx2") else "-")
-    prod = _spawn("--role", "produce", row, name, size, consumers, seconds)
+    prod = spawn("--role", "produce", *produce)
     procs = [prod]
     try:
         assert prod.stdout.readline().strip() == "ready"
-        cons = [_spawn("--role", "consume", row, name, size, consumers) for _ in range(consumers)]
+        cons = [spawn("--role", "consume", *consume) for _ in range(consumers)]
         procs += cons
         for c in cons:
             assert c.stdout.readline().strip() == "ready"
@@ -213,13 +214,19 @@ def measure(row, size, consumers, seconds, seq):
         prod.stdin.write("go\n")
         prod.stdin.flush()
         results = [json.loads(c.communicate(timeout=60)[0].strip().splitlines()[-1]) for c in cons]
-        prod.communicate(timeout=30)
-        return min(r["rate"] for r in results) * size / 1e6
+        out = prod.communicate(timeout=30)[0]
+        return min(r["rate"] for r in results) * size / 1e6, results, out
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def measure(row, size, consumers, seconds, seq):
+    name = f"zcb-{os.getpid()}-{seq}".replace("-", "_" if row.startswith("iceoryx2") else "-")
+    return run_roles(__file__, (row, name, size, consumers, seconds),
+                     (row, name, size, consumers), consumers, size)[0]
 
 
 def memcpy_bound(size, seconds):

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -78,32 +77,14 @@ def measure_small(row, size, consumers, seconds, seq, slot, ring):
     # zero_copy_bench.consume reads "shmq copy" with poll() and anything else with view().
     zrow = "shmq copy" if row.startswith("shmq copy") else "shmq zero-copy"
 
-    def spawn(*args):
-        return subprocess.Popen([sys.executable, __file__, *map(str, args)], env=zcb.ENV,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    prod = spawn("--role", "produce", row, name, size, seconds, slot, ring)
-    procs = [prod]
-    try:
-        assert prod.stdout.readline().strip() == "ready"
-        cons = [spawn("--role", "consume", zrow, name, size, consumers) for _ in range(consumers)]
-        procs += cons
-        for c in cons:
-            assert c.stdout.readline().strip() == "ready"
-        prod.stdin.write("go\n")
-        prod.stdin.flush()
-        results = [json.loads(c.communicate(timeout=60)[0].strip().splitlines()[-1]) for c in cons]
-        out = prod.communicate(timeout=30)[0].split()
-        sent = int(out[out.index("sent") + 1])
-        for r in results:
-            if r["got"] != sent:
-                raise RuntimeError(f"{row}: a consumer got {r['got']} of {sent}")
-        return min(r["rate"] for r in results) * size / 1e6
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+    mbs, results, out = zcb.run_roles(__file__, (row, name, size, seconds, slot, ring),
+                                      (zrow, name, size, consumers), consumers, size)
+    words = out.split()
+    sent = int(words[words.index("sent") + 1])
+    for r in results:
+        if r["got"] != sent:
+            raise RuntimeError(f"{row}: a consumer got {r['got']} of {sent}")
+    return mbs
 
 
 def ratio_line(samples, a, b, consumers, size):

@@ -175,26 +175,10 @@ static int optional_u64(PyObject *value, const char *what, uint64_t max, uint64_
 
 static int optional_u32(PyObject *value, const char *what, uint32_t *out)
 {
-    *out = 0;
-    if (value == NULL || value == Py_None)
-        return 0;
-    if (!PyLong_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "%s must be int or None, not %.100s", what,
-                     Py_TYPE(value)->tp_name);
-        return -1;
-    }
-    unsigned long long v = PyLong_AsUnsignedLongLong(value);
-    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s must be a positive integer", what);
-        return -1;
-    }
-    if (v == 0 || v > UINT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s out of range: %llu", what, v);
-        return -1;
-    }
-    *out = (uint32_t)v;
-    return 0;
+    uint64_t wide;
+    int rc = optional_u64(value, what, UINT32_MAX, &wide);
+    *out = (uint32_t)wide;
+    return rc;
 }
 
 /* Gets a writable buffer; a read-only or non-buffer object is a TypeError. */

@@ -1257,14 +1257,7 @@ static void op_peek(struct session *s, uint8_t arg)
     uint64_t max_message = shmq_consumer_max_message_size(c);
     EXPECT(length <= max_message && data != NULL, "peek lent %zu bytes, max_message_size %llu",
            length, (unsigned long long)max_message);
-    /* Inside the data area, from the start of a slot: the mapping is not
-     * ASan's, so a payload lent from the index would go unnoticed there. */
-    const struct shmq_geometry *g = &c->geometry;
-    size_t from = (size_t)((const unsigned char *)data - c->data);
-    size_t area = (size_t)(g->total_size - g->data_offset);
-    EXPECT((const unsigned char *)data >= c->data && from <= area && length <= area - from &&
-               from % g->slot_stride == 0,
-           "peek lent %zu bytes at %zu of a data area of %zu", length, from, area);
+    expect_in_data_area(&c->geometry, c->data, data, length, "peek");
     /* Touch every byte: a pointer or length past the mapping faults here. */
     uint8_t *copy = malloc(length ? length : 1);
     uint8_t *later = malloc(length ? length : 1);
@@ -1322,14 +1315,7 @@ static void op_claim(struct session *s, uint8_t arg)
     if (rc != 0)
         return;
     EXPECT(data != NULL && ((uintptr_t)data & 15) == 0, "claim lent a misaligned loan");
-    /* The whole loan in the data area, from the start of a slot: the mapping
-     * is not ASan's, so a loan over the index would go unnoticed there. */
-    const struct shmq_geometry *g = &p->geometry;
-    size_t from = (size_t)((unsigned char *)data - p->data);
-    size_t area = (size_t)(g->total_size - g->data_offset);
-    EXPECT((unsigned char *)data >= p->data && from <= area && size <= area - from &&
-               from % g->slot_stride == 0,
-           "claim lent %zu bytes at %zu of a data area of %zu", size, from, area);
+    expect_in_data_area(&p->geometry, p->data, data, size, "claim");
     fill_pattern(data, size, next, s->prelude->salt);
     if (arg & 1) {
         uint8_t one = 0;

@@ -611,14 +611,7 @@ static void op_peek(struct session *s, uint8_t arg)
         return;
     }
     EXPECT(length <= s->pre.max_message && data != NULL, "peek lent %zu bytes", length);
-    /* Inside the data area, from the start of a slot: the mapping is not
-     * ASan's, so a payload lent from the index would go unnoticed there. */
-    const struct shmq_geometry *g = &c->geometry;
-    size_t from = (size_t)((const unsigned char *)data - c->data);
-    size_t area = (size_t)(g->total_size - g->data_offset);
-    EXPECT((const unsigned char *)data >= c->data && from <= area && length <= area - from &&
-               from % g->slot_stride == 0,
-           "peek lent %zu bytes at %zu of a data area of %zu", length, from, area);
+    expect_in_data_area(&c->geometry, c->data, data, length, "peek");
     static uint8_t copy[MAX_MESSAGE], later[MAX_MESSAGE];
     memcpy(copy, data, length); /* a pointer or length past the mapping faults here */
     if (arg & 4) {

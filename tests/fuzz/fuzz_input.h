@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "shmq.h"
+#include "ring_internal.h"
 
 /* The input, read as a stream that yields zeros past its end. */
 struct reader {
@@ -48,6 +49,19 @@ static inline uint64_t read_u64(struct reader *r) { uint64_t v; read_bytes(r, &v
         if (!(cond))                  \
             FAIL(__VA_ARGS__);        \
     } while (0)
+
+/* [data, data + length) lies in the data area that starts at `area` (of a
+ * ring with geometry g), from the start of a slot: the mapping is not
+ * ASan's, so a payload or a loan lent from the index would go unnoticed. */
+static inline void expect_in_data_area(const struct shmq_geometry *g, const unsigned char *area,
+                                       const void *data, size_t length, const char *what)
+{
+    size_t from = (size_t)((const unsigned char *)data - area);
+    size_t size = (size_t)(g->total_size - g->data_offset);
+    EXPECT((const unsigned char *)data >= area && from <= size && length <= size - from &&
+               from % g->slot_stride == 0,
+           "%s lent %zu bytes at %zu of a data area of %zu", what, length, from, size);
+}
 
 static char queue_name[96];
 static char ring_path[128];
