@@ -129,15 +129,18 @@ void shmq_header_init(void *base, const struct shmq_geometry *g)
     shmq_store_relaxed(&control->stream_state, 0);
     shmq_store_relaxed(&control->wake_shm, -1);
 
-    /* Each record starts out stamped with the sequence it held "one lap
-     * before" the first message, so a reader waiting for sequence s sees
-     * stamp s - capacity, which compares as "not yet written". Zero would
-     * compare as sequence 0, and be delivered as a message. */
+    /* Each record starts out marked "being written" for the sequence of
+     * its first lap (s - 1 for sequence s), so a reader waiting for s sees
+     * "not yet", and no record reads as a whole message of any sequence: a
+     * stamp "one lap before" (s - capacity) would read as a message of
+     * length 0 under that sequence to whoever looked for it, and zero as
+     * message 0. (For the sequence a lap earlier, it is the mark of an
+     * overwritten record: producer.c.) */
     for (uint64_t i = 0; i < g->capacity; i++) {
         uint64_t sequence = g->first_sequence + i;
         struct shmq_record *record = shmq_record_at(index, g, sequence);
         /* Relaxed: published, like the fields above, by the magic's release. */
-        shmq_store_relaxed(&record->stamp, sequence - g->capacity);
+        shmq_store_relaxed(&record->stamp, sequence - 1);
         shmq_store_relaxed(&record->length, 0);
         shmq_store_relaxed(&record->slot, (uint32_t)(sequence & (g->capacity - 1)));
     }

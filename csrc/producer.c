@@ -251,9 +251,8 @@ static void find_records(struct shmq_producer *p)
     const struct shmq_geometry *g = &p->geometry;
     uint64_t capacity = g->capacity, slot, slots;
     /* The last record before head places the next one; without one (a new
-     * ring, whose records are stamped as if a lap before the first message,
-     * or one whose last publish was overwriting it) nothing before head is
-     * intact, and any place will do. */
+     * ring, or one whose last publish was overwriting it) nothing before
+     * head is intact, and any place will do. */
     int anchored = p->next != g->first_sequence && record_extent(p, p->next - 1, &slot, &slots);
     /* (Where a record's slot is its sequence's, in a ring of one-slot
      * records with the index in front of each slot, next_slot must follow
@@ -301,11 +300,11 @@ static void find_records(struct shmq_producer *p)
      * stale head leaves "from the future", stamped whole for a sequence
      * past head, is marked with it: each index record belongs to exactly
      * one sequence of the lap), since its slots may be the next ones
-     * rewritten; those before the first message keep their "one lap
-     * before" stamp. */
+     * rewritten. (A new ring's records already hold that mark for the
+     * sequences before the first: header.c.) */
     for (uint64_t r = p->next - capacity; r != live; r++) {
         struct shmq_record *record = shmq_record_at(p->index, g, r);
-        uint64_t mark = p->next - r > p->next - g->first_sequence ? r : r + capacity - 1;
+        uint64_t mark = r + capacity - 1;
         /* Relaxed, both: ours now; ordered before any payload store by the
          * release fence of the next publish. */
         if (shmq_load_relaxed(&record->stamp) != mark)

@@ -2812,7 +2812,7 @@ static PyMethodDef module_methods[] = {
      "Never blocks."},
     {"inspect", shmq_inspect_py, METH_O,
      "inspect($module, name, /)\n--\n\nLook at queue `name` without taking anything and "
-     "without writing: a dict of name, slot_size, capacity, max_consumers, lossless, "
+     "without writing: a dict of name, slot_size, max_message_size, capacity, max_consumers, lossless, "
      "first_sequence, head (the sequence published next), producer_alive, ended, owner_uid, "
      "mode (permission bits), ring_bytes, state_bytes and consumers, a list of dicts (index, "
      "pid, uid, registered, position, lag, lost) for each live consumer that holds an entry. "

@@ -335,8 +335,8 @@ def test_a_live_ring_its_wake_page_and_its_lock_files_have_the_documented_bytes(
         assert _u(ring, record, "length", rec[0]) == len(message)
         assert _u(ring, record, "slot", rec[0]) == 0
         assert ring[data:data + len(message)] == message
-        # Unwritten records hold "one lap before": sequence 1 - capacity.
-        assert _u(ring, record, "stamp", rec[1]) == (1 - 8) % 2**64
+        # Unwritten records are marked "being written" for their first lap.
+        assert _u(ring, record, "stamp", rec[1]) == 1 - 1
         # A record of three slots goes where the last ended (slot 1), and one
         # of five no longer fits before the end (slots 4..7): it goes to slot
         # 0, and the records whose slots it takes are marked overwritten
