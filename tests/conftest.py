@@ -42,6 +42,21 @@ def queue_name(name):
 
 
 @pytest.fixture
+def clean_queue(name):
+    """A fresh queue name; after the test, force-unlinked, and nothing named
+    after it (ring, consumer state, group pages) may be left in /dev/shm."""
+    yield name
+    try:
+        shmq.unlink(name, force=True)
+    except shmq.QueueNotFound:
+        pass
+    stem = shmq.NAME_PREFIX + name
+    left = [f for f in os.listdir("/dev/shm")
+            if f.startswith(stem) and not f[len(stem):len(stem) + 1].isdigit()]
+    assert not left, f"left in /dev/shm: {left}"
+
+
+@pytest.fixture
 def names():
     """A factory of fresh queue names, all removed after the test."""
     made = []

@@ -51,18 +51,9 @@ def _tag(i: int) -> int:
 
 
 @pytest.fixture
-def queue(name):
-    """A fresh queue name; after the test, force-unlinked, and nothing named
-    after it (ring, consumer state, group pages) may be left in /dev/shm."""
-    yield name
-    try:
-        shmq.unlink(name, force=True)
-    except shmq.QueueNotFound:
-        pass
-    stem = shmq.NAME_PREFIX + name
-    left = [f for f in os.listdir("/dev/shm")
-            if f.startswith(stem) and not f[len(stem):len(stem) + 1].isdigit()]
-    assert not left, f"left in /dev/shm: {left}"
+def queue(clean_queue):
+    """conftest's clean_queue: nothing named after it may be left."""
+    return clean_queue
 
 
 def _exactly_once(arrays, count):
