@@ -141,6 +141,9 @@ static int check_ownership(const struct shmq_region *region, mode_t mode)
 static int allocate_record_slots(struct shmq_producer *p)
 {
     free(p->record_slots);
+    p->record_slots = NULL;
+    if (!p->geometry.spanning)
+        return 0; /* each record's slot is its sequence's */
     p->record_slots = calloc(p->geometry.capacity, sizeof(*p->record_slots));
     return p->record_slots != NULL ? 0 : -ENOMEM;
 }
@@ -315,7 +318,7 @@ static void find_records(struct shmq_producer *p)
      * publish's release fence orders it anyway. */
     shmq_store_relaxed(&p->control->tail, p->oldest);
     /* Our copy of the intact records' slots (validated just above). */
-    for (uint64_t r = live; r != p->next; r++)
+    for (uint64_t r = live; g->spanning && r != p->next; r++)
         /* Relaxed: ordered after the dead producer's stores by the lock. */
         p->record_slots[r & (capacity - 1)] =
             shmq_load_relaxed(&shmq_record_at(p->index, g, r)->slot);
@@ -333,7 +336,7 @@ void shmq_producer_bind(struct shmq_producer *p, unsigned char *base,
     p->wake_sender = p->wake_fd = -1;
     /* shmq_producer_open allocates it before it takes anything (-ENOMEM);
      * only a test's handle bound to its own mapping gets it here. */
-    if (p->record_slots == NULL)
+    if (p->record_slots == NULL && p->geometry.spanning)
         p->record_slots = calloc(p->geometry.capacity, sizeof(*p->record_slots));
     /* Relaxed: we hold the producer lock, and the last writer of head released
      * it by closing or dying, which the kernel orders before our lock. */
@@ -430,7 +433,6 @@ static inline void plan_record(struct shmq_producer *p, size_t length)
         p->need = p->next;
         return;
     }
-    (void)capacity;
     if (length <= p->geometry.slot_payload) {
         /* The hot path, one slot (which never needs padding): it rewrites
          * the slot a lap before next_slot, so it overwrites the oldest

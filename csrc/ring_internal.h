@@ -143,16 +143,19 @@ struct shmq_producer {
     struct shmq_consumer_state consumers;
     struct shmq_geometry geometry;
     uint64_t next; /* private copy of head: only this producer writes head */
-    /* RECORDS (producer.c): the slot position where the next record goes (a
-     * count of slots used, padding included: only its value modulo capacity
-     * is ever stored), and tail's private copy. */
+    /* RECORDS (producer.c), used where records span slots (geometry
+     * spanning; elsewhere a record's slot is its sequence's): the slot
+     * position where the next record goes (a count of slots used, padding
+     * included: only its value modulo capacity is ever stored), and tail's
+     * private copy. */
     uint64_t next_slot;
     uint64_t oldest;
     /* The first slot of each record, by index position: the producer's own
-     * copy, so that planning never loads a line that consumers read. */
+     * copy, so that planning never loads a line that consumers read.
+     * Spanning only (NULL otherwise). */
     uint32_t *record_slots;
-    /* The record being published: its first slot position (after padding),
-     * its end, and the first record it leaves intact. */
+    /* The record being published (spanning): its first slot position (after
+     * padding), its end, and the first record it leaves intact. */
     uint64_t plan_slot;
     uint64_t plan_end;
     uint64_t plan_survivor;
